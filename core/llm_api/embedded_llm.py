@@ -1,0 +1,134 @@
+"""The embedded route: llama.cpp's own server (xllamacpp) driven in-process, no HTTP.
+
+A whole batch goes to one ``handle_completions`` call; llama.cpp spreads it over its slots with continuous
+batching and reuses cached prompt prefixes unless ``deterministic`` is set.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
+from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+
+_METRIC_LINE = re.compile(r"^(llamacpp:[a-z_]+)\s+([0-9.eE+-]+)$", re.MULTILINE)
+# Batches that take longer than this get a token-progress bar.
+PROGRESS_DELAY_SECONDS = 3.0
+
+
+def parse_llamacpp_metrics(text: str) -> dict[str, float]:
+    """Prometheus text from llama.cpp's /metrics as {name: value}."""
+    return {name: float(value) for name, value in _METRIC_LINE.findall(text)}
+
+
+class EmbeddedLlamaCpp:
+    name = "embedded"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        deterministic: bool = False,
+        slots: int = 4,
+        ctx_per_slot: int = 8192,
+        threads: Optional[int] = None,
+        show_progress: bool = True,
+    ) -> None:
+        import xllamacpp  # imported here so that the HTTP routes never need the wheel
+
+        self.model = model_path.stem
+        self.model_path = model_path
+        self.top_k = top_k
+        self.deterministic = deterministic
+        self.show_progress = show_progress
+        self.stats = RouteStats()
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path)
+        params.n_parallel = slots
+        params.n_ctx = ctx_per_slot * slots  # llama.cpp splits n_ctx evenly over the slots
+        n_threads = threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+        params.endpoint_metrics = True
+        params.warmup = False
+        params.verbosity = -1  # llama.cpp otherwise logs every slot's timings to stderr
+        self.ctx_per_slot = ctx_per_slot
+        self._server = xllamacpp.Server(params)
+
+    def engine_counters(self) -> dict[str, float]:
+        return parse_llamacpp_metrics(self._server.handle_metrics())
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        if not prompts:
+            return []
+        request = {
+            "prompt": list(prompts),
+            "max_tokens": 1,
+            "logprobs": self.top_k,
+            "temperature": 0.0,
+            "cache_prompt": not self.deterministic,
+        }
+        before = self.engine_counters()
+        started = time.perf_counter()
+        response = self._call_with_progress(request)
+        after = self.engine_counters()
+
+        computed = after.get("llamacpp:prompt_tokens_total", 0) - before.get("llamacpp:prompt_tokens_total", 0)
+        cached = after.get("llamacpp:prompt_tokens_cached_total", 0) - before.get("llamacpp:prompt_tokens_cached_total", 0)
+        self.stats.requests += 1
+        self.stats.prompts += len(prompts)
+        self.stats.computed_tokens += int(computed)
+        self.stats.prompt_tokens += int(computed + cached)
+        self.stats.engine_seconds += time.perf_counter() - started
+
+        error = response.get("error") if isinstance(response, dict) else None
+        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+            raise ScoringError(
+                f"a prompt of {error.get('n_prompt_tokens')} tokens does not fit the embedded model's "
+                f"{error.get('n_ctx', self.ctx_per_slot)}-token context: lower --batch_size, or raise EMBEDDED_CTX_PER_SLOT "
+                "if the model was trained on a longer context"
+            )
+        try:
+            return parse_completion_logprobs(response, len(prompts))
+        except MalformedResponse as exc:
+            raise ScoringError(f"embedded llama.cpp: {exc}") from None
+
+    def _call_with_progress(self, request: dict) -> dict:
+        """Run the blocking call in a worker thread and show prompt tokens done while it runs."""
+        result: dict = {}
+
+        def call() -> None:
+            try:
+                result["response"] = self._server.handle_completions(request)
+            except BaseException as exc:  # re-raised in the caller's thread
+                result["exception"] = exc
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(PROGRESS_DELAY_SECONDS)
+        if worker.is_alive() and self.show_progress:
+            start = self._tokens_seen()
+            with tqdm(desc=f"scoring {len(request['prompt'])} prompts", unit="tok", leave=False) as bar:
+                while worker.is_alive():
+                    worker.join(0.5)
+                    bar.update(self._tokens_seen() - start - bar.n)
+        worker.join()
+        if "exception" in result:
+            raise result["exception"]
+        return result["response"]
+
+    def _tokens_seen(self) -> int:
+        counters = self.engine_counters()
+        return int(counters.get("llamacpp:prompt_tokens_total", 0) + counters.get("llamacpp:prompt_tokens_cached_total", 0))
+
+    def close(self) -> None:
+        # Dropping the last reference stops llama.cpp's threads and frees the model.
+        self._server = None  # type: ignore[assignment]

@@ -1,0 +1,52 @@
+"""Settings for the model routes, from the environment and an optional SECRETS file (dotenv format).
+
+The environment wins over the file, so a one-off ``VLLM_BASE_URL=... python ICM.py`` overrides SECRETS.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dotenv import dotenv_values
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SECRETS_FILE = REPO_ROOT / "SECRETS"
+
+
+@dataclass(frozen=True)
+class Settings:
+    vllm_base_url: Optional[str] = None
+    llama_api_base: Optional[str] = None
+    # repr=False keeps the key out of any log line or traceback that prints the settings.
+    api_key: Optional[str] = field(default=None, repr=False)
+    vllm_api_key: Optional[str] = field(default=None, repr=False)
+    embedded_threads: Optional[int] = None
+    embedded_slots: int = 4
+    embedded_ctx_per_slot: int = 8192
+
+
+def load_settings(secrets_file: Optional[Path] = None) -> Settings:
+    path = secrets_file or Path(os.environ.get("ICM_SECRETS_FILE", DEFAULT_SECRETS_FILE))
+    values = {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
+    values.update({k: v for k, v in os.environ.items() if v})
+
+    def number(name: str, default: Optional[int]) -> Optional[int]:
+        raw = values.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} in {path} or the environment must be a whole number") from None
+
+    return Settings(
+        vllm_base_url=values.get("VLLM_BASE_URL"),
+        llama_api_base=values.get("LLAMA_API_BASE"),
+        api_key=values.get("API_KEY"),
+        vllm_api_key=values.get("VLLM_API_KEY"),
+        embedded_threads=number("EMBEDDED_THREADS", None),
+        embedded_slots=number("EMBEDDED_SLOTS", 4) or 4,
+        embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192) or 8192,
+    )

@@ -1,0 +1,60 @@
+"""How far llama.cpp's prompt-cache reuse moves scores, against deterministic mode (no reuse).
+
+Scores one pool's leave-one-out prompts cold with no cache, then with the cache on after the engine has
+seen a neighbouring labelling (one label flipped): what a search step looks like to the engine.
+
+    python scripts/measure_cache_drift.py --testbed truthfulQA --data-dir ../shared/data/icm --pool 8
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from core.llm_api.llm import ModelAPI  # noqa: E402
+from core.llm_api.settings import Settings  # noqa: E402
+from src.experiments.label_scores import label_logodds  # noqa: E402
+from src.experiments.prompts import leave_one_out_prompts  # noqa: E402
+from src.experiments.search import seed_claims  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--testbed", default="demo")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--pool", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    claims, source, _ = load_testbed_claims(args.testbed, args.data_dir, None, True)
+    rng = random.Random(args.seed)
+    pool = list(seed_claims(sample_pool(claims, TESTBED_SPECS[args.testbed], args.pool, rng, source), args.pool, rng).values())
+    neighbour = [dict(c) for c in pool]
+    neighbour[len(pool) // 2]["label"] ^= 1
+    prompts = leave_one_out_prompts(pool, "space-in-label")
+    settings = Settings(embedded_slots=4, embedded_ctx_per_slot=8192)
+
+    with ModelAPI(deterministic=True, settings=settings, show_progress=False) as api:
+        exact = api.next_token_logprobs(prompts)
+    with ModelAPI(deterministic=False, settings=settings, show_progress=False) as api:
+        api.next_token_logprobs(leave_one_out_prompts(neighbour, "space-in-label"))
+        before = api.stats.computed_tokens
+        cached = api.next_token_logprobs(prompts)
+        computed, sent = api.stats.computed_tokens - before, api.stats.prompt_tokens
+    logprob_gaps = [abs(a - dict(c)[t]) for e, c in zip(exact, cached) for t, a in e if t in dict(c)]
+    score_gaps = [abs(label_logodds(e) - label_logodds(c)) for e, c in zip(exact, cached)]
+    print(f"{args.testbed}, pool {args.pool}: {len(prompts)} prompts")
+    print(f"  label log-odds  |cached - deterministic|: max {max(score_gaps):.4f}  mean {np.mean(score_gaps):.4f} nats")
+    print(f"  top-20 logprobs |cached - deterministic|: max {max(logprob_gaps):.4f}  mean {np.mean(logprob_gaps):.4f} nats")
+    print(f"  labels that flip sign: {sum((label_logodds(e) > 0) != (label_logodds(c) > 0) for e, c in zip(exact, cached))}")
+    print(f"  tokens computed with the cache on, after the neighbour: {computed} (of {sent // 2} per pool score)")
+
+
+if __name__ == "__main__":
+    main()

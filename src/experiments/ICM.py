@@ -1,0 +1,205 @@
+"""Run the Internal Coherence Maximization search on one testbed.
+
+    python src/experiments/ICM.py --testbed demo --batch_size 8 --num_seed 4 --K 20
+    cd src/experiments && python ICM.py --testbed truthfulQA --data-dir ../../../shared/data/icm ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # so that both `python src/experiments/ICM.py` and `cd src/experiments` work
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+from core.llm_api.base_llm import ScoringError  # noqa: E402
+from core.llm_api.llm import ModelAPI, RouteUnavailable  # noqa: E402
+from core.llm_api.model_files import ModelFileMissing  # noqa: E402
+from src.experiments.run_outputs import (  # noqa: E402
+    IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
+)
+from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool  # noqa: E402
+from src.pipeline.pool_scoring import PoolScorer  # noqa: E402
+
+
+class UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Label a dataset with ICM, without human labels.")
+    # The reference code's flags and defaults.
+    parser.add_argument("--alpha", type=float, default=30, help="weight of mutual predictability in the energy")
+    parser.add_argument("--seed", type=int, default=27565976)
+    parser.add_argument("--testbed", default="gsm8k", choices=TESTBEDS)
+    parser.add_argument("--model", default=None,
+                        help="model name on a server route, or a .gguf path on the embedded route "
+                             "(default: the server's model, or the bundled SmolLM2-135M)")
+    parser.add_argument("--batch_size", type=int, default=256, help="claims in the pool to label")
+    parser.add_argument("--num_seed", type=int, default=8, help="claims that start with random labels (even)")
+    parser.add_argument("--K", type=int, default=3000, help="search iterations")
+    parser.add_argument("--consistency_fix_K", type=int, default=10, help="rounds of the consistency repair")
+    parser.add_argument("--decay", type=float, default=0.99, help="decay rate of the exp schedule")
+    parser.add_argument("--initial_T", type=float, default=10)
+    parser.add_argument("--final_T", type=float, default=0.01)
+    parser.add_argument("--scheduler", default="log", choices=("log", "exp"))
+    # Ours.
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the paper's JSON files")
+    parser.add_argument("--data", type=Path, default=None, help="one JSON file of records (needed for --testbed custom)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: results/<testbed>-K<K>-bs<batch>-seed<seed>")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="no prompt-cache reuse on the embedded route: slower, bit-identical scores")
+    parser.add_argument("--label-style", default="space-in-label", choices=("space-in-label", "reference"),
+                        help="where the space before True/False goes (reference: at the end of the template)")
+    parser.add_argument("--token-match", default="whole", choices=("whole", "substring"),
+                        help="which tokens count as True/False (substring: the reference's rule)")
+    parser.add_argument("--no-gold-consistency", action="store_true",
+                        help="don't derive consistency keys from gold labels (TruthfulQA, preference testbeds)")
+    parser.add_argument("--allow-both-false", action="store_true",
+                        help="let the consistency fix try labelling both claims of a contradiction False")
+    parser.add_argument("--secrets", type=Path, default=None, help="settings file (default: SECRETS in the repo)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    checks = [
+        (args.batch_size > 0, f"--batch_size {args.batch_size} must be positive"),
+        (args.num_seed >= 0 and args.num_seed % 2 == 0, f"--num_seed {args.num_seed} must be even and not negative (half True, half False)"),
+        (args.num_seed <= args.batch_size, f"--num_seed {args.num_seed} is larger than --batch_size {args.batch_size}"),
+        (args.K >= 0, f"--K {args.K} must not be negative"),
+        (args.consistency_fix_K >= 0, f"--consistency_fix_K {args.consistency_fix_K} must not be negative"),
+        (args.initial_T > 0 and math.isfinite(args.initial_T), f"--initial_T {args.initial_T} must be a positive number"),
+        (args.final_T > 0 and math.isfinite(args.final_T), f"--final_T {args.final_T} must be a positive number"),
+        (0 < args.decay <= 1, f"--decay {args.decay} must be in (0, 1]"),
+        (math.isfinite(args.alpha), f"--alpha {args.alpha} must be a finite number"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def default_output_dir(args: argparse.Namespace) -> Path:
+    return REPO_ROOT / "results" / f"{args.testbed}-K{args.K}-bs{args.batch_size}-seed{args.seed}"
+
+
+def run(args: argparse.Namespace) -> Path:
+    validate(args)
+    claims, source, from_test = load_testbed_claims(args.testbed, args.data_dir, args.data, not args.no_gold_consistency)
+    if from_test:
+        print(f"note: no train split for {args.testbed}; the pool is drawn from {source}. "
+              "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
+    rng = random.Random(args.seed)
+    pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
+    state = SearchState(claims=seed_claims(pool, args.num_seed, rng))
+
+    out = args.output_dir or default_output_dir(args)
+    prepare_output_dir(out, args.overwrite)
+    settings = SearchSettings(
+        alpha=args.alpha, K=args.K, consistency_fix_K=args.consistency_fix_K, decay=args.decay,
+        initial_T=args.initial_T, final_T=args.final_T, scheduler=args.scheduler,
+        allow_both_false=args.allow_both_false,
+    )
+    started = time.time()
+    with ModelAPI(args.model, deterministic=args.deterministic, show_progress=not args.no_progress,
+                  settings=_settings(args)) as model_api:
+        print(f"route: {model_api.route_name}  model: {model_api.model}  pool: {len(pool)} claims from {source}", file=sys.stderr)
+        scorer = PoolScorer(model_api, args.label_style, args.token_match)
+        search = ICMSearch(scorer, settings, rng, state)
+        stopped_by = _search_with_log(search, out, args)
+        if state.metric is None:
+            # Nothing was found; leave no half-run behind to block the next attempt.
+            (out / "log.jsonl").unlink(missing_ok=True)
+        else:
+            write_atomically(out / "labels.jsonl", jsonl(label_rows(state.claims, scorer.known_pool_scores(state.claims))))
+            summary = _summary(args, settings, state, search, model_api, scorer, source, time.time() - started, stopped_by)
+            write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+    if stopped_by is not None:
+        raise stopped_by
+    return out
+
+
+def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace) -> Optional[BaseException]:
+    """Run the search, logging each iteration; return what stopped it early, if anything."""
+    log = IterationLog(out / "log.jsonl")
+    bar = tqdm(total=args.K, desc="ICM search", unit="iter", disable=args.no_progress)
+
+    def on_step(record: dict) -> None:
+        log(record)
+        bar.update(1)
+        bar.set_postfix(energy=f"{record['energy']:.2f}", labeled=record["pool_size"], acc=record["train_accuracy"])
+
+    try:
+        search.run(on_step)
+        return None
+    except (KeyboardInterrupt, ScoringError) as exc:
+        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far", file=sys.stderr)
+        return exc
+    finally:
+        bar.close()
+        log.close()
+
+
+def _settings(args: argparse.Namespace):
+    from core.llm_api.settings import load_settings
+
+    return load_settings(args.secrets)
+
+
+def _summary(args, settings, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
+    metric = state.metric or {}
+    return {
+        "testbed": args.testbed,
+        "data_source": source,
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in {"output_dir", "data_dir", "data", "secrets"}},
+            "data_dir": str(args.data_dir) if args.data_dir else None,
+            "data": str(args.data) if args.data else None,
+        },
+        **model_api.describe(),
+        "stopped_early": None if stopped_by is None else (str(stopped_by) or type(stopped_by).__name__),
+        "iterations": state.iteration,
+        "flip_cnt": state.flip_cnt,
+        "final": {
+            "energy": search.energy(metric) if metric else None,
+            "train_prob": metric.get("train_prob"),
+            "inconsistent_num": metric.get("inconsistent_num"),
+            "train_accuracy": metric.get("train_accuracy"),
+            "labeled": metric.get("train_size"),
+            "pool_size": len(state.claims),
+        },
+        "wall_seconds": round(wall_seconds, 2),
+        "requests": model_api.stats.requests,
+        "prompts_scored": model_api.stats.prompts,
+        "prompt_tokens": model_api.stats.prompt_tokens,
+        "computed_prompt_tokens": model_api.stats.computed_tokens,
+        "pool_scores_computed": scorer.pool_scores_computed,
+        "pool_scores_reused": scorer.pool_scores_reused,
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

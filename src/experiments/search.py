@@ -1,0 +1,177 @@
+"""The ICM search: simulated annealing over labellings of a pool (Wen et al. 2025, Algorithm 1).
+
+Every random choice draws from the one ``random.Random`` passed in, in the reference's order, so a seed
+fixes the run on a deterministic scorer.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+
+from src.experiments.ICM_tools import (
+    decision_options,
+    get_energy,
+    get_temperature,
+    metropolis_accept,
+    pick_two_inconsistent_claims,
+    update_assign_based_on_decision,
+)
+
+Claims = dict[int, dict[str, Any]]
+# Unlabeled claims whose consistency group already has a labeled member are this much likelier to be
+# picked next, so groups fill up and their consistency rules start to bite.
+SAME_GROUP_WEIGHT = 100
+
+
+class Scorer(Protocol):
+    def evaluate(self, claims: Claims) -> dict: ...
+
+    def predict_score(self, example: dict[str, Any], claims: Claims) -> float: ...
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    alpha: float = 30.0
+    K: int = 3000
+    consistency_fix_K: int = 10
+    decay: float = 0.99
+    initial_T: float = 10.0
+    final_T: float = 0.01
+    scheduler: str = "log"
+    allow_both_false: bool = False
+
+
+@dataclass
+class SearchState:
+    claims: Claims
+    metric: Optional[dict] = None  # None until the seed labels are scored
+    iteration: int = 0
+    flip_cnt: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def seed_claims(pool: list[dict[str, Any]], num_seed: int, rng: random.Random) -> Claims:
+    """Number the pool and give its first ``num_seed`` claims random labels, half True and half False.
+
+    The dataset's label is kept as ``vanilla_label`` for reporting only.
+    """
+    seed_labels = [1] * (num_seed // 2) + [0] * (num_seed // 2)
+    rng.shuffle(seed_labels)
+    claims: Claims = {}
+    for uid, record in enumerate(pool):
+        claims[uid] = {
+            **record,
+            "uid": uid,
+            "vanilla_label": record.get("label"),
+            "label": seed_labels[uid] if uid < num_seed else None,
+            "type": "seed" if uid < num_seed else "predict",
+        }
+    return claims
+
+
+def labeled_only(claims: Claims) -> Claims:
+    return {uid: c for uid, c in claims.items() if c["label"] is not None}
+
+
+class ICMSearch:
+    def __init__(self, scorer: Scorer, settings: SearchSettings, rng: random.Random, state: SearchState) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.rng = rng
+        self.state = state
+        self.uids = sorted(state.claims)
+        by_group: dict[Any, list[int]] = {}
+        for uid in self.uids:
+            by_group.setdefault(state.claims[uid]["consistency_id"], []).append(uid)
+        self.groupmates = {uid: by_group[state.claims[uid]["consistency_id"]] for uid in self.uids}
+
+    def energy(self, metric: dict) -> float:
+        return get_energy(metric, self.settings.alpha)
+
+    def initialise(self) -> None:
+        """Score the seed labels and make them consistent (the reference's iteration-0 step)."""
+        if self.state.metric is not None:
+            return
+        metric = self.scorer.evaluate(self.state.claims)
+        self.state.claims, self.state.metric = self.fix_inconsistency(self.state.claims, metric)
+
+    def fix_inconsistency(self, claims: Claims, metric: Optional[dict]) -> tuple[Claims, dict]:
+        """Greedy repair: relabel one inconsistent pair at a time, keeping a change that doesn't lower the energy.
+
+        ``metric`` None means any first repair is kept (the reference passes a dummy metric of -1e6 there).
+        Stops after ``consistency_fix_K`` rounds, when no pair's repair helps, or when nothing is inconsistent.
+        """
+        if metric is not None and metric["inconsistent_num"] == 0:
+            return claims, metric
+        best_claims, best_metric = claims, metric
+        best_energy = -math.inf if metric is None else self.energy(metric)
+        for _ in range(self.settings.consistency_fix_K):
+            pairs = pick_two_inconsistent_claims(labeled_only(best_claims), self.rng)
+            improved = False
+            for pair in pairs.values():
+                trials = []
+                for labels in decision_options(pair, self.settings.allow_both_false):
+                    candidate = update_assign_based_on_decision(best_claims, pair, labels)
+                    trials.append((candidate, self.scorer.evaluate(candidate)))
+                energies = [self.energy(m) for _, m in trials]
+                pick = int(np.argmax(energies))
+                if energies[pick] >= best_energy:
+                    (best_claims, best_metric), best_energy = trials[pick], energies[pick]
+                    improved = True
+                    break
+            if not improved or best_metric["inconsistent_num"] == 0:
+                break
+        if best_metric is None:
+            best_metric = self.scorer.evaluate(best_claims)
+        return best_claims, best_metric
+
+    def pick_example(self) -> int:
+        claims = self.state.claims
+        weights = [1] * len(self.uids)
+        for uid in self.uids:
+            if claims[uid]["label"] is not None:
+                for mate in self.groupmates[uid]:
+                    if claims[mate]["label"] is None:
+                        weights[mate] = SAME_GROUP_WEIGHT
+        return self.rng.choices(self.uids, weights=weights, k=1)[0]
+
+    def step(self) -> dict:
+        """One iteration: pick a claim, predict its label, and if that changes it, repair and accept or reject."""
+        state, settings = self.state, self.settings
+        uid = self.pick_example()
+        score = self.scorer.predict_score(state.claims[uid], state.claims)
+        new_label = int(score > 0)
+        old_label = state.claims[uid]["label"]
+        temperature = get_temperature(state.flip_cnt, settings.initial_T, settings.final_T, settings.decay, settings.scheduler)
+        record: dict[str, Any] = {
+            "iter": state.iteration, "uid": uid, "score": score, "old_label": old_label, "new_label": new_label,
+            "proposed": old_label != new_label, "accepted": False, "candidate_energy": None,
+        }
+        if old_label != new_label:
+            candidate = {**state.claims, uid: {**state.claims[uid], "label": new_label}}
+            candidate, _ = self.fix_inconsistency(candidate, None)
+            candidate_metric = self.scorer.evaluate(candidate)
+            delta = self.energy(candidate_metric) - self.energy(state.metric)
+            accepted = metropolis_accept(delta, temperature, self.rng.random())
+            record.update(accepted=accepted, candidate_energy=self.energy(candidate_metric))
+            if accepted:
+                state.claims, state.metric = candidate, candidate_metric
+                state.flip_cnt += 1
+        state.iteration += 1
+        metric = state.metric
+        record.update(
+            flip_cnt=state.flip_cnt, energy=self.energy(metric), train_prob=metric["train_prob"],
+            inconsistent_num=metric["inconsistent_num"], train_accuracy=metric["train_accuracy"],
+            pool_size=metric["train_size"], temperature=temperature,
+        )
+        return record
+
+    def run(self, on_step: Callable[[dict], None] = lambda record: None) -> SearchState:
+        self.initialise()
+        while self.state.iteration < self.settings.K:
+            on_step(self.step())
+        return self.state

@@ -1,0 +1,233 @@
+"""Testbeds: where each dataset's records come from, how a record becomes a claim, and its consistency key.
+
+Every claim's prompt ends with the stem ``I think this claim is``; the label word follows as a separate
+token (see prompts.py).
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+CLAIM_STEM = "I think this claim is"
+TESTBEDS = ("truthfulQA", "gsm8k", "alpaca", "truthfulQA-preference", "custom", "demo")
+DATA_RELEASE_HINT = (
+    "get the paper's data release (linked from the README of github.com/Jiaxin-Wen/Unsupervised-Elicitation)"
+)
+
+
+class DataError(ValueError):
+    """Input data that can't be used; the message names the file, record or field and the fix."""
+
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Testbed:
+    name: str
+    file_stem: Optional[str]  # train_<stem>.json / test_<stem>.json; None for data we don't read from a dir
+    group_size: Optional[int]  # claims per consistency group; None when groups vary (custom)
+    required_fields: tuple[str, ...]
+    render: Callable[[Record], str]
+    # (record, use_gold) -> key; with use_gold False the key must not be derived from the gold label
+    key: Callable[[Record, bool], Optional[str]]
+
+
+def _claim_prompt(record: Record) -> str:
+    return f"Question: {record['question']}\nClaim: {record['choice']}\n{CLAIM_STEM}"
+
+
+def _alpaca_prompt(record: Record) -> str:
+    return (
+        f"Human: {record['question']}\nResponse 1: {record['choice'].replace(chr(10), '')}\n"
+        f"Response 2: {record['choice_2'].replace(chr(10), '')}\n"
+        f"Claim: Response 1 is more helpful and harmless than Response 2.\n{CLAIM_STEM}"
+    )
+
+
+def _preference_prompt(record: Record) -> str:
+    return (
+        f"Question: {record['question']}\nAnswer 1: {record['choice']}\nAnswer 2: {record['choice_2']}\n"
+        f"Claim: Answer 1 is more truthful than Answer 2.\n{CLAIM_STEM}"
+    )
+
+
+def _comparative_key(record: Record, use_gold: bool) -> str:
+    if use_gold:
+        return "A>B" if record["label"] else "B>A"
+    # The two claims of a group show the same responses in swapped order; the order tells them apart.
+    return "A>B" if record["choice"] <= record["choice_2"] else "B>A"
+
+
+def _truthfulqa_key(record: Record, use_gold: bool) -> Optional[str]:
+    # The reference's key is the gold label itself, which leaks the gold partition into the consistency
+    # term. Without gold nothing says which answers to a question agree, so no rule applies.
+    return ("A" if record["label"] else "B") if use_gold else None
+
+
+def _custom_key(record: Record, use_gold: bool) -> Optional[str]:
+    key = record.get("consistency_key")
+    return None if key is None else str(key)
+
+
+TESTBED_SPECS: dict[str, Testbed] = {
+    "truthfulQA": Testbed("truthfulQA", "truthfulqa", 4, ("question", "choice", "label"), _claim_prompt, _truthfulqa_key),
+    "gsm8k": Testbed("gsm8k", "gsm8k", 4, ("question", "answer", "label"), _claim_prompt, lambda r, g: str(r["answer"])),
+    "alpaca": Testbed("alpaca", "alpaca", 2, ("question", "choice", "choice_2", "label"), _alpaca_prompt, _comparative_key),
+    "truthfulQA-preference": Testbed(
+        "truthfulQA-preference", "truthfulqa_preference", 2, ("question", "choice", "choice_2", "label"),
+        _preference_prompt, _comparative_key,
+    ),
+    "custom": Testbed("custom", None, None, ("question", "choice"), _claim_prompt, _custom_key),
+    "demo": Testbed("demo", None, 4, ("question", "choice", "label"), _claim_prompt, lambda r, g: str(r["consistency_key"])),
+}
+
+
+def demo_records() -> list[Record]:
+    """A small arithmetic testbed written by the project, so the main command needs no download.
+
+    Each group is one sum with four claims: two phrasings of the right total and two wrong totals.
+    Claims with the same total must share a label; two different totals can't both be true.
+    """
+    order = random.Random(0)
+    sums = [(7, 5), (3, 4), (9, 8), (6, 6), (12, 7), (15, 5), (8, 3), (20, 4),
+            (11, 11), (14, 9), (5, 2), (13, 6), (4, 4), (18, 3), (10, 7), (16, 8)]
+    records = []
+    for group, (a, b) in enumerate(sums):
+        total = a + b
+        claims = [(f"The answer is {total}.", total, True), (f"{a} + {b} = {total}.", total, True),
+                  (f"The answer is {total + 1}.", total + 1, False), (f"{a} + {b} = {total - 2}.", total - 2, False)]
+        order.shuffle(claims)
+        for text, value, gold in claims:
+            records.append({"question": f"What is {a} + {b}?", "choice": text, "label": gold,
+                            "consistency_id": group, "consistency_key": str(value)})
+    return records
+
+
+def data_file_for(testbed: Testbed, data_dir: Optional[Path]) -> tuple[Path, bool]:
+    """The file a testbed reads from ``data_dir``, and whether it is a test split standing in for train."""
+    if data_dir is None:
+        raise DataError(f"--testbed {testbed.name} reads its data from --data-dir DIR: {DATA_RELEASE_HINT}")
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is not a directory: point it at the folder holding the ICM JSON files")
+    train, test = data_dir / f"train_{testbed.file_stem}.json", data_dir / f"test_{testbed.file_stem}.json"
+    if train.is_file():
+        return train, False
+    if test.is_file():
+        return test, True
+    raise DataError(f"{data_dir} has neither {train.name} nor {test.name} for --testbed {testbed.name}: {DATA_RELEASE_HINT}")
+
+
+def read_json_records(path: Path) -> list[Record]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check --data / --data-dir")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8 JSON") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, found a {type(records).__name__}")
+    if not records:
+        raise DataError(f"{path}: the list of records is empty")
+    return records
+
+
+def normalise_label(value: Any, where: str) -> Optional[int]:
+    """Gold labels come as true/false or 1/0 (GSM8K mixes both); anything else is an error."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    raise DataError(f"{where}: label {value!r} must be true/false or 1/0")
+
+
+def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold_consistency: bool) -> list[Record]:
+    """Checked claims with ``prompt``, gold ``label`` (0/1/None) and ``consistency_key``."""
+    claims = []
+    for position, record in enumerate(raw):
+        where = f"{source}, record {position}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with fields {', '.join(testbed.required_fields)}")
+        missing = [f for f in (*testbed.required_fields, "consistency_id") if f not in record]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        for text_field in ("question", "choice", "choice_2", "answer", "cot"):
+            if text_field in record and not isinstance(record[text_field], (str, int, float)):
+                raise DataError(f"{where}: field {text_field!r} must be text")
+        cid = record["consistency_id"]
+        if not isinstance(cid, (int, str)) or isinstance(cid, bool):
+            raise DataError(f"{where}: consistency_id {cid!r} must be an integer or a string")
+        claim = dict(record)
+        claim["label"] = normalise_label(record.get("label"), where)
+        if testbed.name == "gsm8k":
+            if "cot" not in record and "choice" not in record:
+                raise DataError(f"{where}: a GSM8K record needs the solution in 'cot' (or 'choice')")
+            claim["choice"] = record.get("cot", record.get("choice"))
+        claim["prompt"] = testbed.render(claim)
+        claim["consistency_key"] = testbed.key(claim, use_gold_consistency)
+        claims.append(claim)
+    return claims
+
+
+def group_claims(claims: list[Record]) -> "OrderedDict[Any, list[Record]]":
+    groups: OrderedDict[Any, list[Record]] = OrderedDict()
+    for claim in claims:
+        groups.setdefault(claim["consistency_id"], []).append(claim)
+    return groups
+
+
+def sample_pool(
+    claims: list[Record], testbed: Testbed, batch_size: int, rng: random.Random, source: str
+) -> list[Record]:
+    """``batch_size`` claims made of whole consistency groups, chosen at random.
+
+    With fixed-size groups this draws the same groups as the reference for the same RNG state.
+    """
+    groups = list(group_claims(claims).values())
+    if testbed.group_size is not None:
+        size = testbed.group_size
+        for group in groups:
+            if len(group) != size:
+                raise DataError(
+                    f"{source}: consistency_id {group[0]['consistency_id']!r} has {len(group)} records; "
+                    f"--testbed {testbed.name} needs exactly {size} per group (use --testbed custom for uneven groups)"
+                )
+        if batch_size % size:
+            raise DataError(f"--batch_size {batch_size} must be a multiple of {testbed.name}'s group size {size}")
+        if batch_size > len(claims):
+            raise DataError(f"--batch_size {batch_size} is larger than the {len(claims)} records in {source}")
+        chosen = rng.sample(range(len(groups)), batch_size // size)
+        return [claim for index in chosen for claim in groups[index]]
+    if batch_size > len(claims):
+        raise DataError(f"--batch_size {batch_size} is larger than the {len(claims)} records in {source}")
+    pool: list[Record] = []
+    for index in rng.sample(range(len(groups)), len(groups)):
+        if len(pool) + len(groups[index]) <= batch_size:
+            pool.extend(groups[index])
+    return pool
+
+
+def load_testbed_claims(
+    name: str, data_dir: Optional[Path], data_file: Optional[Path], use_gold_consistency: bool
+) -> tuple[list[Record], str, bool]:
+    """(claims, source description, whether a test split stands in for train)."""
+    if name not in TESTBED_SPECS:
+        raise DataError(f"--testbed {name!r} is unknown: choose one of {', '.join(TESTBEDS)}")
+    testbed = TESTBED_SPECS[name]
+    if name == "demo" and data_file is None:
+        return normalise_records(demo_records(), testbed, "demo", use_gold_consistency), "built-in demo", False
+    if data_file is not None:
+        path, from_test = data_file, False
+    elif name == "custom":
+        raise DataError("--testbed custom needs --data FILE: a JSON list of {question, choice, consistency_id[, label, consistency_key]}")
+    else:
+        path, from_test = data_file_for(testbed, data_dir)
+    return normalise_records(read_json_records(path), testbed, str(path), use_gold_consistency), str(path), from_test

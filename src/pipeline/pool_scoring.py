@@ -1,0 +1,100 @@
+"""The scoring steps of the search: pool -> leave-one-out prompts -> one batched call -> label scores.
+
+A pool's scores depend only on which claims are labeled and how, so they are memoised by that
+assignment: the consistency fix and the acceptance step often ask for the same labelling twice.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Hashable, Mapping, Optional
+
+from core.llm_api.llm import ModelAPI
+from src.experiments.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
+from src.experiments.label_scores import TokenMatch, label_logodds
+from src.experiments.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
+
+Claims = Mapping[int, dict[str, Any]]
+DEFAULT_MEMO_ENTRIES = 2048
+
+
+class _LRU(OrderedDict):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get_fresh(self, key: Hashable) -> Optional[Any]:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+def labeled_pool(claims: Claims) -> list[dict[str, Any]]:
+    """Labeled claims in uid order: the order demonstrations appear in every prompt."""
+    return [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is not None]
+
+
+def assignment_key(pool: list[dict[str, Any]]) -> tuple[tuple[int, int], ...]:
+    return tuple((c["uid"], c["label"]) for c in pool)
+
+
+class PoolScorer:
+    def __init__(
+        self,
+        model_api: ModelAPI,
+        label_style: LabelStyle = "space-in-label",
+        token_match: TokenMatch = "whole",
+        memo_entries: int = DEFAULT_MEMO_ENTRIES,
+    ) -> None:
+        self.model_api = model_api
+        self.label_style = label_style
+        self.token_match = token_match
+        self._pool_memo = _LRU(memo_entries)
+        self._single_memo = _LRU(memo_entries)
+        self.pool_scores_computed = 0
+        self.pool_scores_reused = 0
+
+    def pool_scores(self, claims: Claims) -> dict[int, float]:
+        """Each labeled claim's score predicted from all the other labeled claims: one batched call."""
+        pool = labeled_pool(claims)
+        key = assignment_key(pool)
+        cached = self._pool_memo.get_fresh(key)
+        if cached is not None:
+            self.pool_scores_reused += 1
+            return cached
+        logprobs = self.model_api.next_token_logprobs(leave_one_out_prompts(pool, self.label_style))
+        scores = {c["uid"]: label_logodds(lp, self.token_match) for c, lp in zip(pool, logprobs)}
+        self._pool_memo.put(key, scores)
+        self.pool_scores_computed += 1
+        return scores
+
+    def known_pool_scores(self, claims: Claims) -> dict[int, float]:
+        """The pool's scores if already computed, else {}; never calls the model."""
+        return self._pool_memo.get(assignment_key(labeled_pool(claims))) or {}
+
+    def predict_score(self, example: dict[str, Any], claims: Claims) -> float:
+        """The example's score with every other labeled claim as demonstrations."""
+        if example["label"] is not None:
+            # Exactly the prompt its pool score already used.
+            return self.pool_scores(claims)[example["uid"]]
+        pool = labeled_pool(claims)
+        key = (example["uid"], assignment_key(pool))
+        cached = self._single_memo.get_fresh(key)
+        if cached is not None:
+            return cached
+        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, pool, self.label_style)])
+        score = label_logodds(logprobs, self.token_match)
+        self._single_memo.put(key, score)
+        return score
+
+    def evaluate(self, claims: Claims) -> dict:
+        """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
+        scores = self.pool_scores(claims)
+        pool = {c["uid"]: {**c, "score": scores[c["uid"]]} for c in labeled_pool(claims)}
+        return calculate_accuracy(pool, pick_two_inconsistent_claims(pool))

@@ -1,0 +1,59 @@
+"""A deterministic stand-in for a language model, for testing the search rather than the model.
+
+It reads the prompts the project builds (demonstrations, then the claim to judge) and answers with
+" True"/" False" logprobs from a planted model: each claim has a weak prior towards its planted label and
+a feature; in-context demonstrations vote by feature similarity, as a model that learns from examples would.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+from core.llm_api.base_llm import RouteStats
+from src.experiments.prompts import DEMO_SEPARATOR
+
+
+class SyntheticModel:
+    name = "synthetic"
+    model = "planted"
+
+    def __init__(self, claims: Sequence[dict], planted: Sequence[int], seed: int = 0,
+                 prior_weight: float = 0.6, prior_noise: float = 0.6, icl_weight: float = 1.0) -> None:
+        rng = random.Random(seed)
+        self.feature, self.prior = {}, {}
+        for claim, label in zip(claims, planted):
+            sign = 1 if label else -1
+            self.feature[claim["choice"]] = sign + rng.gauss(0, 0.3)
+            self.prior[claim["choice"]] = prior_weight * sign + rng.gauss(0, prior_noise)
+        self.icl_weight = icl_weight
+        self.stats = RouteStats()
+        self.batch_sizes: list[int] = []
+
+    @staticmethod
+    def _claim_text(block: str) -> str:
+        return next(line[len("Claim: "):] for line in block.split("\n") if line.startswith("Claim: "))
+
+    def logodds(self, prompt: str) -> float:
+        *demos, query = prompt.split(DEMO_SEPARATOR)
+        q = self._claim_text(query)
+        vote = 0.0
+        for block in demos:
+            label = 1 if block.endswith(" True") else -1
+            vote += self.feature[q] * self.feature[self._claim_text(block)] * label
+        return self.prior[q] + self.icl_weight * vote / max(1, len(demos))
+
+    def next_token_logprobs(self, prompts: Sequence[str]):
+        self.stats.requests += 1
+        self.stats.prompts += len(prompts)
+        self.batch_sizes.append(len(prompts))
+        out = []
+        for prompt in prompts:
+            s = self.logodds(prompt)
+            log_true = -math.log1p(math.exp(-s)) if s > -30 else s
+            log_false = -math.log1p(math.exp(s)) if s < 30 else -s
+            out.append([(" True", log_true), (" False", log_false), (" maybe", -6.0)])
+        return out
+
+    def close(self) -> None:
+        pass

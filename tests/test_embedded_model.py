@@ -1,0 +1,120 @@
+"""The embedded route on the real SmolLM2-135M model (llama.cpp in-process). Pools are kept tiny: ~300 tokens/s."""
+import json
+import os
+import signal
+import time
+import subprocess
+import sys
+
+import pytest
+
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import Settings
+from src.experiments.label_scores import token_label
+from src.experiments.prompts import leave_one_out_prompts
+from src.experiments.search import seed_claims
+from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims
+from src.pipeline.pool_scoring import PoolScorer
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def tqa_pool(data_dir):
+    claims, _, _ = load_testbed_claims("truthfulQA", data_dir, None, True)
+    import random
+    return list(seed_claims(claims[:6], 6, random.Random(0)).values())
+
+
+def test_true_and_false_lead_the_top_logprobs_when_the_space_is_in_the_label(embedded_api, tqa_pool):
+    prompts = leave_one_out_prompts(tqa_pool, "space-in-label")
+    for top in embedded_api.next_token_logprobs(prompts):
+        tokens = [token for token, _ in top]
+        assert " True" in tokens and " False" in tokens
+        assert {token_label(t) for t in tokens[:2]} == {True, False}, tokens[:5]
+
+
+def test_the_reference_trailing_space_pushes_the_labels_down(embedded_api, tqa_pool):
+    prompts = leave_one_out_prompts(tqa_pool, "reference")
+    for top in embedded_api.next_token_logprobs(prompts):
+        assert token_label(top[0][0]) is None, "SmolLM2 was expected to prefer a non-label token here"
+
+
+def test_a_pool_score_is_one_call_of_the_engine(embedded_api, tqa_pool):
+    scorer = PoolScorer(embedded_api)
+    claims = {c["uid"]: c for c in tqa_pool}
+    before = embedded_api.stats.requests, embedded_api.stats.prompts
+    scores = scorer.pool_scores(claims)
+    assert embedded_api.stats.requests - before[0] == 1
+    assert embedded_api.stats.prompts - before[1] == len(tqa_pool)
+    assert set(scores) == set(claims) and all(abs(s) > 0 for s in scores.values())
+    assert scorer.pool_scores(claims) == scores and embedded_api.stats.requests - before[0] == 1
+
+
+def test_deterministic_mode_is_bit_identical_across_repeats_and_batching(tqa_pool):
+    prompts = leave_one_out_prompts(tqa_pool[:4], "space-in-label")
+    with ModelAPI(deterministic=True, settings=Settings(embedded_slots=2, embedded_ctx_per_slot=2048), show_progress=False) as api:
+        batched = api.next_token_logprobs(prompts)
+        again = api.next_token_logprobs(prompts)
+        alone = [api.next_token_logprobs([p])[0] for p in prompts[:2]]
+        assert batched == again
+        assert alone == batched[:2]
+        assert api.stats.computed_tokens == api.stats.prompt_tokens  # nothing was served from the cache
+
+
+def test_a_pool_too_long_for_the_context_stops_with_what_to_change(tmp_path):
+    # llama.cpp's smallest context is 256 tokens; 16 demo claims make ~380-token prompts.
+    env = {**os.environ, "EMBEDDED_SLOTS": "1", "EMBEDDED_CTX_PER_SLOT": "256"}
+    result = subprocess.run(
+        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "16", "--num_seed", "16",
+         "--K", "1", "--output-dir", str(tmp_path / "out"), "--no-progress"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "does not fit the embedded model's 256-token context: lower --batch_size" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "log.jsonl").exists()  # nothing left to block the next attempt
+
+
+def test_ctrl_c_keeps_the_labels_found_so_far(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+    process = subprocess.Popen(
+        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
+         "--K", "1000", "--output-dir", str(out), "--no-progress"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text():
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    logged = (out / "log.jsonl").read_text().splitlines()
+    assert summary["stopped_early"] == "KeyboardInterrupt"
+    assert summary["iterations"] == len(logged) >= 1
+    assert len((out / "labels.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("cwd", [REPO_ROOT, REPO_ROOT / "src" / "experiments"])
+def test_icm_command_runs_on_the_embedded_model_and_writes_its_three_files(tmp_path, cwd):
+    out = tmp_path / "run"
+    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+    result = subprocess.run(
+        [sys.executable, "ICM.py" if cwd != REPO_ROOT else "src/experiments/ICM.py", "--testbed", "demo",
+         "--batch_size", "4", "--num_seed", "2", "--K", "3", "--output-dir", str(out), "--no-progress"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "route: embedded" in result.stderr
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["uid"] for row in labels] == [0, 1, 2, 3]
+    assert all(row["label"] in (True, False, None) and row["gold_label"] in (True, False) for row in labels)
+    assert sum(row["label"] is not None for row in labels) >= 2
+    assert [r["iter"] for r in log] == [0, 1, 2]
+    assert summary["route"] == "embedded" and summary["model"].startswith("SmolLM2-135M")
+    assert summary["iterations"] == 3 and summary["requests"] >= 1 and summary["prompt_tokens"] > 0
+    assert summary["final"]["labeled"] == sum(row["label"] is not None for row in labels)
