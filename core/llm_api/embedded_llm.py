@@ -6,7 +6,6 @@ batching and reuses cached prompt prefixes unless ``deterministic`` is set.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -15,16 +14,11 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
+from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
-_METRIC_LINE = re.compile(r"^(llamacpp:[a-z_]+)\s+([0-9.eE+-]+)$", re.MULTILINE)
 # Batches that take longer than this get a token-progress bar.
 PROGRESS_DELAY_SECONDS = 3.0
-
-
-def parse_llamacpp_metrics(text: str) -> dict[str, float]:
-    """Prometheus text from llama.cpp's /metrics as {name: value}."""
-    return {name: float(value) for name, value in _METRIC_LINE.findall(text)}
 
 
 class EmbeddedLlamaCpp:
@@ -63,8 +57,9 @@ class EmbeddedLlamaCpp:
         self.ctx_per_slot = ctx_per_slot
         self._server = xllamacpp.Server(params)
 
-    def engine_counters(self) -> dict[str, float]:
-        return parse_llamacpp_metrics(self._server.handle_metrics())
+    def prompt_tokens_so_far(self) -> tuple[float, float]:
+        """(prompt tokens given to llama.cpp, of which served from its cache) since it started."""
+        return prompt_token_counters(parse_metrics(self._server.handle_metrics())) or (0.0, 0.0)
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         if not prompts:
@@ -76,17 +71,15 @@ class EmbeddedLlamaCpp:
             "temperature": 0.0,
             "cache_prompt": not self.deterministic,
         }
-        before = self.engine_counters()
+        sent_before, cached_before = self.prompt_tokens_so_far()
         started = time.perf_counter()
         response = self._call_with_progress(request)
-        after = self.engine_counters()
+        sent_after, cached_after = self.prompt_tokens_so_far()
 
-        computed = after.get("llamacpp:prompt_tokens_total", 0) - before.get("llamacpp:prompt_tokens_total", 0)
-        cached = after.get("llamacpp:prompt_tokens_cached_total", 0) - before.get("llamacpp:prompt_tokens_cached_total", 0)
         self.stats.requests += 1
         self.stats.prompts += len(prompts)
-        self.stats.computed_tokens += int(computed)
-        self.stats.prompt_tokens += int(computed + cached)
+        self.stats.prompt_tokens += int(sent_after - sent_before)
+        self.stats.computed_tokens += int((sent_after - sent_before) - (cached_after - cached_before))
         self.stats.engine_seconds += time.perf_counter() - started
 
         error = response.get("error") if isinstance(response, dict) else None
@@ -126,8 +119,7 @@ class EmbeddedLlamaCpp:
         return result["response"]
 
     def _tokens_seen(self) -> int:
-        counters = self.engine_counters()
-        return int(counters.get("llamacpp:prompt_tokens_total", 0) + counters.get("llamacpp:prompt_tokens_cached_total", 0))
+        return int(self.prompt_tokens_so_far()[0])
 
     def close(self) -> None:
         # Dropping the last reference stops llama.cpp's threads and frees the model.

@@ -15,6 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SECRETS_FILE = REPO_ROOT / "SECRETS"
 
 
+class SettingsError(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class Settings:
     vllm_base_url: Optional[str] = None
@@ -22,6 +26,8 @@ class Settings:
     # repr=False keeps the key out of any log line or traceback that prints the settings.
     api_key: Optional[str] = field(default=None, repr=False)
     vllm_api_key: Optional[str] = field(default=None, repr=False)
+    vllm_timeout_seconds: float = 900.0
+    vllm_max_prompts_per_request: int = 1024
     embedded_threads: Optional[int] = None
     embedded_slots: int = 4
     embedded_ctx_per_slot: int = 8192
@@ -32,21 +38,26 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
     values = {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
     values.update({k: v for k, v in os.environ.items() if v})
 
-    def number(name: str, default: Optional[int]) -> Optional[int]:
+    def number(name: str, default: Optional[float], kind: type = int) -> Optional[float]:
         raw = values.get(name)
         if raw is None:
             return default
         try:
-            return int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ValueError(f"{name}={raw!r} in {path} or the environment must be a whole number") from None
+            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be a {kind.__name__} number") from None
+        if value <= 0:
+            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be positive")
+        return value
 
     return Settings(
         vllm_base_url=values.get("VLLM_BASE_URL"),
         llama_api_base=values.get("LLAMA_API_BASE"),
         api_key=values.get("API_KEY"),
         vllm_api_key=values.get("VLLM_API_KEY"),
+        vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", 900.0, float),
+        vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", 1024),
         embedded_threads=number("EMBEDDED_THREADS", None),
-        embedded_slots=number("EMBEDDED_SLOTS", 4) or 4,
-        embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192) or 8192,
+        embedded_slots=number("EMBEDDED_SLOTS", 4),
+        embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192),
     )

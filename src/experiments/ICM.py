@@ -23,6 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from core.llm_api.base_llm import ScoringError  # noqa: E402
 from core.llm_api.llm import ModelAPI, RouteUnavailable  # noqa: E402
 from core.llm_api.model_files import ModelFileMissing  # noqa: E402
+from core.llm_api.settings import SettingsError, load_settings  # noqa: E402
 from src.experiments.run_outputs import (  # noqa: E402
     IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
 )
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="don't derive consistency keys from gold labels (TruthfulQA, preference testbeds)")
     parser.add_argument("--allow-both-false", action="store_true",
                         help="let the consistency fix try labelling both claims of a contradiction False")
+    parser.add_argument("--label-logprobs", default="auto", choices=("auto", "topk"),
+                        help="auto: exact label logprobs where the server offers them (vLLM >= 0.33); topk: the top-20 as in the reference")
     parser.add_argument("--secrets", type=Path, default=None, help="settings file (default: SECRETS in the repo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -112,8 +115,10 @@ def run(args: argparse.Namespace) -> Path:
     )
     started = time.time()
     with ModelAPI(args.model, deterministic=args.deterministic, show_progress=not args.no_progress,
-                  settings=_settings(args)) as model_api:
-        print(f"route: {model_api.route_name}  model: {model_api.model}  pool: {len(pool)} claims from {source}", file=sys.stderr)
+                  settings=_settings(args), exact_label_logprobs=args.label_logprobs == "auto") as model_api:
+        where = model_api.describe().get("endpoint")
+        print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
+              f"pool: {len(pool)} claims from {source}", file=sys.stderr)
         scorer = PoolScorer(model_api, args.label_style, args.token_match)
         search = ICMSearch(scorer, settings, rng, state)
         stopped_by = _search_with_log(search, out, args)
@@ -152,13 +157,14 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace) -> 
 
 
 def _settings(args: argparse.Namespace):
-    from core.llm_api.settings import load_settings
-
+    if args.secrets is not None and not args.secrets.is_file():
+        raise SettingsError(f"--secrets {args.secrets}: no such file (copy SECRETS.example)")
     return load_settings(args.secrets)
 
 
 def _summary(args, settings, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
     metric = state.metric or {}
+    stats = model_api.refresh_stats()
     return {
         "testbed": args.testbed,
         "data_source": source,
@@ -180,10 +186,10 @@ def _summary(args, settings, state, search, model_api, scorer, source, wall_seco
             "pool_size": len(state.claims),
         },
         "wall_seconds": round(wall_seconds, 2),
-        "requests": model_api.stats.requests,
-        "prompts_scored": model_api.stats.prompts,
-        "prompt_tokens": model_api.stats.prompt_tokens,
-        "computed_prompt_tokens": model_api.stats.computed_tokens,
+        "requests": stats.requests,
+        "prompts_scored": stats.prompts,
+        "prompt_tokens": stats.prompt_tokens,
+        "computed_prompt_tokens": stats.computed_tokens,
         "pool_scores_computed": scorer.pool_scores_computed,
         "pool_scores_reused": scorer.pool_scores_reused,
     }
@@ -193,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError) as exc:
+    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

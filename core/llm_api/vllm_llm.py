@@ -1,0 +1,233 @@
+"""The vLLM route: an aiohttp client for an OpenAI-compatible ``/v1/completions`` server, no rate limit.
+
+A pool's prompts go out as one list in one request. The list is split into chunks, sent concurrently, only
+past the server's prompts-per-request cap (vLLM: 1024). The same client also drives llama.cpp's server
+(scripts/serve_local.py), which is how machines without GPUs run this path.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, Optional, Sequence
+
+import aiohttp
+
+from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
+from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
+from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+
+DEFAULT_MAX_PROMPTS_PER_REQUEST = 1024  # vLLM's VLLM_MAX_COMPLETION_PROMPTS
+DEFAULT_TIMEOUT_SECONDS = 900.0
+SINGLE_PROMPT_CONCURRENCY = 64
+# vLLM >= 0.33 returns exact logprobs for up to 128 named token ids (``logprob_token_ids``).
+EXACT_LOGPROBS_VERSION = (0, 33)
+LABEL_TOKEN_VARIANTS = (" True", " False", "True", "False", " true", " false", "true", "false")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+class HTTPStatusError(ScoringError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class VLLMClient:
+    name = "vllm"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: Optional[str] = None,
+        api_key: Optional[str] = None,
+        top_k: int = DEFAULT_TOP_K,
+        deterministic: bool = False,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST,
+        exact_label_logprobs: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.top_k = top_k
+        self.deterministic = deterministic
+        self.max_prompts_per_request = max(1, max_prompts_per_request)
+        self.stats = RouteStats()
+        self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        # One loop and one session for the life of the run: the session is bound to the loop it was made on.
+        self._runner = asyncio.Runner()
+        self._session: Optional[aiohttp.ClientSession] = None
+        try:
+            self.model = self._runner.run(self._discover_model(model))
+            self._tokens_at_start = self._runner.run(self._prompt_token_counters())
+            self.server_version = self._runner.run(self._server_version())
+            self.label_token_ids: Optional[list[int]] = None
+            if exact_label_logprobs and self.server_version and parse_version(self.server_version) >= EXACT_LOGPROBS_VERSION:
+                self.label_token_ids = self._runner.run(self._label_token_ids())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connection ---------------------------------------------------------------------------------
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
+    async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
+        url = self.base_url + path
+        try:
+            async with self._session_now().request(method, url, json=body) as response:
+                text = await response.text()
+                if response.status != 200:
+                    raise HTTPStatusError(response.status, self._explain(response.status, text, url))
+                try:
+                    return await response.json(content_type=None)
+                except ValueError:
+                    raise ScoringError(f"{url} answered 200 with a body that is not JSON: {text[:200]!r}") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ScoringError(
+                f"cannot connect to {self.base_url} ({exc.os_error or exc}): is the server running on that host "
+                "and port? Check with `python scripts/test_vllm_server.py --base-url URL`"
+            ) from None
+        except asyncio.TimeoutError:
+            raise ScoringError(f"{url} did not answer within {self._timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
+        except aiohttp.ClientError as exc:
+            raise ScoringError(f"{url}: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _explain(status: int, body: str, url: str) -> str:
+        lowered = body.lower()
+        if "maximum context length" in lowered or "exceeds the available context size" in lowered:
+            return (f"{url} answered {status}: a prompt is longer than the server's context. Lower --batch_size, "
+                    "or restart the server with a larger --max-model-len")
+        if "max allowed" in lowered and "logprobs" in lowered:
+            return f"{url} answered {status}: the server caps logprobs below the {DEFAULT_TOP_K} we ask for. Restart vLLM with --max-logprobs 20"
+        if status == 401:
+            return f"{url} answered 401: the server wants an API key. Set VLLM_API_KEY to the key it was started with"
+        return f"{url} answered {status}: {body[:300]}"
+
+    async def _discover_model(self, requested: Optional[str]) -> str:
+        served = [m.get("id") for m in (await self._request("GET", "/v1/models")).get("data", [])]
+        if requested is None:
+            if not served:
+                raise ScoringError(f"{self.base_url}/v1/models lists no model; pass --model")
+            return served[0]
+        if served and requested not in served:
+            raise ScoringError(f"--model {requested!r} is not served at {self.base_url}; it serves: {', '.join(served)}")
+        return requested
+
+    async def _server_version(self) -> Optional[str]:
+        try:
+            return (await self._request("GET", "/version")).get("version")
+        except HTTPStatusError:
+            return None  # llama.cpp's server has no /version
+
+    async def _label_token_ids(self) -> Optional[list[int]]:
+        ids: list[int] = []
+        for text in LABEL_TOKEN_VARIANTS:
+            answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
+            tokens = answer.get("tokens") or []
+            if len(tokens) == 1 and tokens[0] not in ids:
+                ids.append(tokens[0])
+        return ids or None
+
+    async def _prompt_token_counters(self) -> Optional[tuple[float, float]]:
+        try:
+            async with self._session_now().get(self.base_url + "/metrics") as response:
+                if response.status != 200:
+                    return None
+                return prompt_token_counters(parse_metrics(await response.text()))
+        except aiohttp.ClientError:
+            return None
+
+    def refresh_engine_stats(self) -> None:
+        """Token counts from the server's /metrics since this client started.
+
+        The ``usage`` of a list request is not reliable for this (llama.cpp reports one prompt's count), and
+        it never says what came from the prefix cache. Counts include any other client of the same server.
+        """
+        now = self._runner.run(self._prompt_token_counters())
+        if now is None or self._tokens_at_start is None:
+            return
+        sent, cached = now[0] - self._tokens_at_start[0], now[1] - self._tokens_at_start[1]
+        self.stats.prompt_tokens, self.stats.computed_tokens = int(sent), int(sent - cached)
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    def _body(self, prompt: Any) -> dict:
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
+        if self.label_token_ids:
+            body.update(logprobs=len(self.label_token_ids), logprob_token_ids=self.label_token_ids)
+        else:
+            body["logprobs"] = self.top_k
+        if self.deterministic:
+            body["cache_prompt"] = False  # llama.cpp's switch; vLLM ignores unknown fields
+        return body
+
+    async def _post(self, prompt: Any, n_prompts: int) -> list[NextTokenLogprobs]:
+        self.stats.requests += 1
+        response = await self._request("POST", "/v1/completions", self._body(prompt))
+        try:
+            return parse_completion_logprobs(response, n_prompts)
+        except MalformedResponse as exc:
+            raise ScoringError(f"{self.base_url}/v1/completions: {exc}") from None
+
+    async def _post_list(self, chunk: Sequence[str]) -> list[NextTokenLogprobs]:
+        if self.list_prompts_supported is False:
+            return await self._post_singly(chunk)
+        try:
+            result = await self._post(list(chunk), len(chunk))
+        except HTTPStatusError as exc:
+            if exc.status != 500 or self.list_prompts_supported or len(chunk) < 2:
+                raise
+            # Some servers (llama-cpp-python's) answer 500 to a list prompt. If one prompt alone works,
+            # that is the cause: say so once and send prompts one by one from now on.
+            single = await self._post(chunk[0], 1)
+            self.list_prompts_supported = False
+            print(f"note: {self.base_url} rejects list prompts (HTTP 500); sending prompts one per request, "
+                  f"{SINGLE_PROMPT_CONCURRENCY} at a time", file=sys.stderr)
+            return single + await self._post_singly(chunk[1:])
+        self.list_prompts_supported = True
+        return result
+
+    async def _post_singly(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        gate = asyncio.Semaphore(SINGLE_PROMPT_CONCURRENCY)
+
+        async def one(prompt: str) -> NextTokenLogprobs:
+            async with gate:
+                return (await self._post(prompt, 1))[0]
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        size = self.max_prompts_per_request
+        chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        if self.list_prompts_supported is None and len(chunks) > 1:
+            # Learn whether lists work on the first chunk before sending the rest at once.
+            first = await self._post_list(chunks[0])
+            rest = await asyncio.gather(*(self._post_list(c) for c in chunks[1:]))
+            answers = [first, *rest]
+        else:
+            answers = await asyncio.gather(*(self._post_list(c) for c in chunks))
+        return [logprobs for chunk in answers for logprobs in chunk]
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        if not prompts:
+            return []
+        self.stats.prompts += len(prompts)
+        return self._runner.run(self._score(prompts))
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._runner.run(self._session.close())
+            self._session = None
+        self._runner.close()

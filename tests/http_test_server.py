@@ -1,0 +1,96 @@
+"""A test server on 127.0.0.1 that forwards to a real upstream (llama.cpp's server) and records each request.
+
+Its switches make the faults the client must handle: choices answered out of order, list prompts refused
+with 500 (as llama-cpp-python's server does), and a pretend vLLM >= 0.33 (/version, /tokenize in vLLM's
+shape) so that the exact-label-logprobs request can be checked.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import aiohttp
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    body: Optional[dict]
+
+    @property
+    def n_prompts(self) -> int:
+        prompt = (self.body or {}).get("prompt")
+        return len(prompt) if isinstance(prompt, list) else 1
+
+
+@dataclass
+class ForwardingTestServer:
+    upstream: str
+    shuffle_choices: bool = False
+    reject_lists: bool = False
+    pretend_vllm_version: Optional[str] = None
+    seen: list[Seen] = field(default_factory=list)
+
+    def completions(self) -> list[Seen]:
+        return [s for s in self.seen if s.path == "/v1/completions"]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else None
+        self.seen.append(Seen(request.method, request.path, body))
+        if request.path == "/version" and self.pretend_vllm_version:
+            return web.json_response({"version": self.pretend_vllm_version})
+        if request.path == "/tokenize" and self.pretend_vllm_version:
+            # vLLM's shape in, llama.cpp's shape upstream.
+            body = {"content": body["prompt"], "add_special": body.get("add_special_tokens", False)}
+        if self.reject_lists and request.path == "/v1/completions" and self.seen[-1].n_prompts > 1:
+            return web.json_response({"error": {"message": "Internal Server Error"}}, status=500)
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        async with self._session.request(request.method, self.upstream + request.path, json=body, headers=headers) as upstream:
+            text = await upstream.text()
+            status = upstream.status
+        if self.shuffle_choices and request.path == "/v1/completions" and status == 200:
+            answer = json.loads(text)
+            random.Random(len(self.seen)).shuffle(answer["choices"])
+            text = json.dumps(answer)
+        return web.Response(text=text, status=status, content_type="application/json")
+
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+
+            async def up() -> None:
+                self._session = aiohttp.ClientSession()
+                app = web.Application()
+                app.router.add_route("*", "/{tail:.*}", self._handle)
+                self._runner = web.AppRunner(app)
+                await self._runner.setup()
+                site = web.TCPSite(self._runner, "127.0.0.1", 0)
+                await site.start()
+                self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+            self._loop.run_until_complete(up())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.url
+
+    def stop(self) -> None:
+        async def down() -> None:
+            await self._session.close()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

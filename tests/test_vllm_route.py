@@ -1,0 +1,216 @@
+"""The vLLM route over real HTTP, against llama.cpp's server started by scripts/serve_local.py."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import Settings
+from src.experiments.label_scores import label_logodds
+from src.experiments.prompts import leave_one_out_prompts
+from src.experiments.search import seed_claims
+from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from tests.conftest import REPO_ROOT
+from tests.http_test_server import ForwardingTestServer
+
+SLOTS, CTX = 2, 2048
+
+
+def start_local_server(*extra: str):
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", "0", "--slots", str(SLOTS),
+         "--ctx-per-slot", str(CTX), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"serve_local.py did not start: {line!r} {process.stderr.read()}")
+    return process, line.split(" at ")[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def local_server():
+    process, url = start_local_server()
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture
+def forwarding(local_server):
+    servers = []
+
+    def make(**switches) -> ForwardingTestServer:
+        server = ForwardingTestServer(local_server, **switches)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def http_api(url: str, **kwargs) -> ModelAPI:
+    settings_fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vllm_")}
+    return ModelAPI(settings=Settings(vllm_base_url=url, **settings_fields), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def demo_prompts():
+    claims = normalise_records(demo_records()[:5], TESTBED_SPECS["demo"], "demo", True)
+    import random
+    return leave_one_out_prompts(list(seed_claims(claims, 4, random.Random(0)).values())[:4], "space-in-label")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def health_check(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "VLLM_API_KEY")}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "test_vllm_server.py"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_health_check_passes_every_check_against_the_local_server(local_server):
+    result = health_check("--base-url", local_server)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("✓") == 6 and "✗" not in result.stdout
+
+
+def test_health_check_diagnoses_a_closed_port_and_a_wrong_model(local_server):
+    closed = health_check("--base-url", f"http://127.0.0.1:{free_port()}")
+    assert closed.returncode == 1 and "nothing listens on 127.0.0.1" in closed.stdout
+    wrong = health_check("--base-url", local_server, "--model", "meta-llama/Llama-3.1-8B")
+    assert wrong.returncode == 1 and "model name mismatch" in wrong.stdout
+
+
+def test_icm_over_http_sends_one_request_per_pool_score(forwarding, tmp_path):
+    server = forwarding()
+    out = tmp_path / "run"
+    env = {**os.environ, "VLLM_BASE_URL": server.url}
+    result = subprocess.run(
+        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
+         "--K", "4", "--output-dir", str(out), "--no-progress"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["route"] == "vllm" and summary["endpoint"] == server.url
+    completions = server.completions()
+    assert len(completions) == summary["requests"]
+    pool_requests = [s for s in completions if s.n_prompts > 1]
+    assert len(pool_requests) == summary["pool_scores_computed"] >= 1
+    assert all(s.n_prompts == 1 for s in completions if s not in pool_requests)
+    for seen in completions:
+        assert seen.body["max_tokens"] == 1 and seen.body["logprobs"] == 20 and seen.body["temperature"] == 0
+    assert summary["prompt_tokens"] > summary["prompts_scored"]  # counted from the server's /metrics
+
+
+def test_http_and_in_process_scores_agree_in_deterministic_mode(local_server, demo_prompts):
+    with http_api(local_server, deterministic=True) as api:
+        over_http = api.next_token_logprobs(demo_prompts)
+    with ModelAPI(deterministic=True, settings=Settings(embedded_slots=SLOTS, embedded_ctx_per_slot=CTX), show_progress=False) as api:
+        in_process = api.next_token_logprobs(demo_prompts)
+    for a, b in zip(over_http, in_process):
+        assert abs(label_logodds(a) - label_logodds(b)) <= 0.01
+        shared = dict(a).keys() & dict(b).keys()
+        assert len(shared) >= 15
+        assert max(abs(dict(a)[t] - dict(b)[t]) for t in shared) <= 0.01
+
+
+def test_choices_answered_out_of_order_are_matched_by_index(forwarding, demo_prompts):
+    shuffling = forwarding(shuffle_choices=True)
+    with http_api(shuffling.url, deterministic=True) as api:
+        shuffled = api.next_token_logprobs(demo_prompts)
+    plain = forwarding()
+    with http_api(plain.url, deterministic=True) as api:
+        ordered = api.next_token_logprobs(demo_prompts)
+    assert shuffled == ordered
+    assert len({label_logodds(x) for x in ordered}) > 1  # the test could tell a mix-up apart
+
+
+def test_a_server_that_rejects_list_prompts_is_detected_once(forwarding, demo_prompts, capsys):
+    refusing = forwarding(reject_lists=True)
+    with http_api(refusing.url, deterministic=True) as api:
+        first = api.next_token_logprobs(demo_prompts)
+        second = api.next_token_logprobs(demo_prompts)
+        assert api._route.list_prompts_supported is False
+    assert capsys.readouterr().err.count("rejects list prompts") == 1
+    lists = [s for s in refusing.completions() if s.n_prompts > 1]
+    assert len(lists) == 1  # tried once, then never again
+    assert len(refusing.completions()) == 1 + 2 * len(demo_prompts)
+    plain = forwarding()
+    with http_api(plain.url, deterministic=True) as api:
+        assert first == second == api.next_token_logprobs(demo_prompts)
+
+
+def test_batches_are_split_only_past_the_prompts_per_request_cap(forwarding, demo_prompts):
+    server = forwarding()
+    with http_api(server.url, deterministic=True, vllm_max_prompts_per_request=3) as api:
+        chunked = api.next_token_logprobs(demo_prompts)
+    assert [s.n_prompts for s in server.completions()] == [3, 1]
+    whole = forwarding()
+    with http_api(whole.url, deterministic=True) as api:
+        assert api.next_token_logprobs(demo_prompts) == chunked
+    assert [s.n_prompts for s in whole.completions()] == [4]
+
+
+def test_exact_label_logprobs_are_requested_from_vllm_033(forwarding, demo_prompts):
+    server = forwarding(pretend_vllm_version="0.33.0")
+    with http_api(server.url) as api:
+        assert api.describe()["label_logprobs"] == "exact"
+        api.next_token_logprobs(demo_prompts[:1])
+    [request] = server.completions()
+    tokenized = [s.body["prompt"] for s in server.seen if s.path == "/tokenize"]
+    assert " True" in tokenized and " False" in tokenized
+    ids = request.body["logprob_token_ids"]
+    assert len(ids) == len(set(ids)) >= 2 and request.body["logprobs"] == len(ids)
+    older = forwarding(pretend_vllm_version="0.32.1")
+    with http_api(older.url) as api:
+        assert api.describe()["label_logprobs"] == "top-k"
+
+
+def test_api_key_is_sent_and_never_shown():
+    process, url = start_local_server("--api-key", "sk-test-very-secret")
+    try:
+        with http_api(url, vllm_api_key="sk-test-very-secret", deterministic=True) as api:
+            assert len(api.next_token_logprobs(["1, 2, 3,"])) == 1
+        with pytest.raises(ScoringError) as refused:
+            http_api(url, vllm_api_key="wrong-key")
+        assert "VLLM_API_KEY" in str(refused.value) and "wrong-key" not in str(refused.value)
+        assert "sk-test-very-secret" not in repr(Settings(vllm_api_key="sk-test-very-secret"))
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_unknown_model_and_unreachable_server_say_what_to_fix(local_server):
+    with pytest.raises(ScoringError, match="is not served at .* it serves: SmolLM2"):
+        http_api(local_server, model="meta-llama/Llama-3.1-8B")
+    with pytest.raises(ScoringError, match="cannot connect to .* is the server running"):
+        http_api(f"http://127.0.0.1:{free_port()}")
+
+
+def test_launch_script_dry_run_prints_a_prefix_caching_tensor_parallel_command():
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "launch_vllm_server.sh"), "70B", "--dry-run", "--port", "8001"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert words[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-70B"]
+    assert "--enable-prefix-caching" in words
+    assert int(words[words.index("--tensor-parallel-size") + 1]) >= 4
+    assert words[-2:] == ["--port", "8001"]  # extra arguments come last, overriding the preset
+    unknown = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "launch_vllm_server.sh"), "9B", "--dry-run"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert unknown.returncode != 0 and "choose one of 8B, 70B, 405B" in unknown.stderr
