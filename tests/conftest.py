@@ -1,8 +1,11 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.http_test_server import ForwardingTestServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -29,3 +32,45 @@ def embedded_api():
     api = ModelAPI(settings=Settings(embedded_slots=2, embedded_ctx_per_slot=4096), show_progress=False)
     yield api
     api.close()
+
+
+# llama.cpp's own server over the embedded model, for the HTTP routes; small, so tests stay fast.
+SLOTS, CTX = 2, 2048
+
+
+def start_local_server(*extra: str):
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", "0", "--slots", str(SLOTS),
+         "--ctx-per-slot", str(CTX), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"serve_local.py did not start: {line!r} {process.stderr.read()}")
+    return process, line.split(" at ")[1].split()[0]
+
+
+@pytest.fixture(scope="session")
+def local_server():
+    process, url = start_local_server()
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture
+def forwarding(local_server):
+    servers = []
+
+    def make(**switches) -> ForwardingTestServer:
+        server = ForwardingTestServer(local_server, **switches)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+

@@ -1,8 +1,10 @@
 """A test server on 127.0.0.1 that forwards to a real upstream (llama.cpp's server) and records each request.
 
 Its switches make the faults the client must handle: choices answered out of order, list prompts refused
-with 500 (as llama-cpp-python's server does), and a pretend vLLM >= 0.33 (/version, /tokenize in vLLM's
-shape) so that the exact-label-logprobs request can be checked.
+with 500 (as llama-cpp-python's server does), a pretend vLLM >= 0.33 (/version, /tokenize in vLLM's
+shape) so that the exact-label-logprobs request can be checked, a per-second request limit answered with
+429 + Retry-After, the first N completions failing with 503 or stalling past the client's timeout, extra
+response headers, and a 401 whose body echoes the Authorization header back.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -35,7 +38,16 @@ class ForwardingTestServer:
     shuffle_choices: bool = False
     reject_lists: bool = False
     pretend_vllm_version: Optional[str] = None
+    requests_per_second: Optional[int] = None
+    fail_first: int = 0
+    stall_first: int = 0
+    stall_seconds: float = 5.0
+    extra_headers: dict = field(default_factory=dict)
+    echo_key_with_401: bool = False
     seen: list[Seen] = field(default_factory=list)
+    accepted_at: list[float] = field(default_factory=list)  # when each completion was let through
+    accepted: list[Seen] = field(default_factory=list)
+    refused_429: int = 0
 
     def completions(self) -> list[Seen]:
         return [s for s in self.seen if s.path == "/v1/completions"]
@@ -48,8 +60,12 @@ class ForwardingTestServer:
         if request.path == "/tokenize" and self.pretend_vllm_version:
             # vLLM's shape in, llama.cpp's shape upstream.
             body = {"content": body["prompt"], "add_special": body.get("add_special_tokens", False)}
-        if self.reject_lists and request.path == "/v1/completions" and self.seen[-1].n_prompts > 1:
-            return web.json_response({"error": {"message": "Internal Server Error"}}, status=500)
+        if request.path == "/v1/completions":
+            refusal = await self._fault(request, len(self.completions()))
+            if refusal is not None:
+                return refusal
+            self.accepted_at.append(time.monotonic())
+            self.accepted.append(self.seen[-1])
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
         async with self._session.request(request.method, self.upstream + request.path, json=body, headers=headers) as upstream:
             text = await upstream.text()
@@ -58,7 +74,24 @@ class ForwardingTestServer:
             answer = json.loads(text)
             random.Random(len(self.seen)).shuffle(answer["choices"])
             text = json.dumps(answer)
-        return web.Response(text=text, status=status, content_type="application/json")
+        return web.Response(text=text, status=status, content_type="application/json", headers=self.extra_headers)
+
+    async def _fault(self, request: web.Request, number: int) -> Optional[web.Response]:
+        if self.echo_key_with_401:
+            return web.json_response({"error": {"message": f"bad key {request.headers.get('Authorization')}"}}, status=401)
+        if self.reject_lists and self.seen[-1].n_prompts > 1:
+            return web.json_response({"error": {"message": "Internal Server Error"}}, status=500)
+        if number <= self.fail_first:
+            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        if number <= self.fail_first + self.stall_first:
+            await asyncio.sleep(self.stall_seconds)
+            return web.json_response({"error": {"message": "too late"}}, status=504)
+        if self.requests_per_second is not None:
+            now = time.monotonic()
+            if sum(1 for t in self.accepted_at if now - t < 1.0) >= self.requests_per_second:
+                self.refused_429 += 1
+                return web.json_response({"error": {"message": "rate limited"}}, status=429, headers={"Retry-After": "1"})
+        return None
 
     def start(self) -> str:
         ready = threading.Event()

@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,47 +14,7 @@ from src.experiments.label_scores import label_logodds
 from src.experiments.prompts import leave_one_out_prompts
 from src.experiments.search import seed_claims
 from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
-from tests.conftest import REPO_ROOT
-from tests.http_test_server import ForwardingTestServer
-
-SLOTS, CTX = 2, 2048
-
-
-def start_local_server(*extra: str):
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", "0", "--slots", str(SLOTS),
-         "--ctx-per-slot", str(CTX), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    line = process.stdout.readline()
-    if "serving" not in line:
-        process.kill()
-        raise RuntimeError(f"serve_local.py did not start: {line!r} {process.stderr.read()}")
-    return process, line.split(" at ")[1].split()[0]
-
-
-@pytest.fixture(scope="module")
-def local_server():
-    process, url = start_local_server()
-    yield url
-    process.terminate()
-    process.wait(30)
-
-
-@pytest.fixture
-def forwarding(local_server):
-    servers = []
-
-    def make(**switches) -> ForwardingTestServer:
-        server = ForwardingTestServer(local_server, **switches)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
+from tests.conftest import CTX, REPO_ROOT, SLOTS, start_local_server
 
 def http_api(url: str, **kwargs) -> ModelAPI:
     settings_fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vllm_")}

@@ -56,6 +56,7 @@ class EmbeddedLlamaCpp:
         params.verbosity = -1  # llama.cpp otherwise logs every slot's timings to stderr
         self.ctx_per_slot = ctx_per_slot
         self._server = xllamacpp.Server(params)
+        self._in_flight: Optional[threading.Thread] = None
 
     def prompt_tokens_so_far(self) -> tuple[float, float]:
         """(prompt tokens given to llama.cpp, of which served from its cache) since it started."""
@@ -105,6 +106,7 @@ class EmbeddedLlamaCpp:
                 result["exception"] = exc
 
         worker = threading.Thread(target=call, daemon=True)
+        self._in_flight = worker
         worker.start()
         worker.join(PROGRESS_DELAY_SECONDS)
         if worker.is_alive() and self.show_progress:
@@ -122,5 +124,9 @@ class EmbeddedLlamaCpp:
         return int(self.prompt_tokens_so_far()[0])
 
     def close(self) -> None:
+        # A Ctrl-C leaves the worker inside llama.cpp; freeing the server under it would crash the process,
+        # so let the batch finish first.
+        if self._in_flight is not None:
+            self._in_flight.join()
         # Dropping the last reference stops llama.cpp's threads and frees the model.
         self._server = None  # type: ignore[assignment]

@@ -1,7 +1,8 @@
 """ModelAPI: the one scoring interface of the project, routing to a model backend.
 
 Routes: ``vllm`` (an OpenAI-compatible server at VLLM_BASE_URL: vLLM, or llama.cpp's server from
-scripts/serve_local.py) and ``embedded`` (llama.cpp in-process, used when no server is configured).
+scripts/serve_local.py), ``external`` (a hosted completions API at LLAMA_API_BASE, rate limited) and
+``embedded`` (llama.cpp in-process, used when no server is configured).
 """
 from __future__ import annotations
 
@@ -11,11 +12,29 @@ from typing import Optional, Sequence
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.model_files import resolve_embedded_model
+from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.settings import Settings, load_settings
 
 
 class RouteUnavailable(RuntimeError):
     pass
+
+
+ROUTES = ("vllm", "external", "embedded")
+
+
+def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
+    """vLLM when configured (unless use_vllm is False), the hosted API when use_vllm is False or it is the only
+    server configured, the embedded model when nothing is."""
+    if use_vllm is False:
+        if not settings.llama_api_base:
+            raise RouteUnavailable("--no-vllm sends scoring to the hosted API, but LLAMA_API_BASE is not set (SECRETS or environment)")
+        return "external"
+    if settings.vllm_base_url:
+        return "vllm"
+    if use_vllm:
+        raise RouteUnavailable("--use-vllm needs VLLM_BASE_URL (SECRETS or environment)")
+    return "external" if settings.llama_api_base else "embedded"
 
 
 def redact_url(url: str) -> str:
@@ -40,16 +59,19 @@ class ModelAPI:
         route: Optional[ScoringRoute] = None,
         show_progress: bool = True,
         exact_label_logprobs: bool = True,
+        use_vllm: Optional[bool] = None,
+        rate_limiter: Optional[RateLimiter] = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.deterministic = deterministic
         self.top_k = top_k
         self.exact_label_logprobs = exact_label_logprobs
-        self._route = route or self._choose_route(model, show_progress)
+        self.rate_limiter = rate_limiter
+        self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
 
-    def _choose_route(self, model: Optional[str], show_progress: bool) -> ScoringRoute:
+    def _open_route(self, name: str, model: Optional[str], show_progress: bool) -> ScoringRoute:
         settings = self.settings
-        if settings.vllm_base_url:
+        if name == "vllm":
             from core.llm_api.vllm_llm import VLLMClient
 
             return VLLMClient(
@@ -58,10 +80,16 @@ class ModelAPI:
                 max_prompts_per_request=settings.vllm_max_prompts_per_request,
                 exact_label_logprobs=self.exact_label_logprobs,
             )
-        if settings.llama_api_base:
-            raise RouteUnavailable(
-                "LLAMA_API_BASE is set, but the hosted-API route is not in this version: unset it, or set "
-                "VLLM_BASE_URL to a vLLM server"
+        if name == "external":
+            from core.llm_api.openai_llm import ExternalAPIClient
+
+            if self.rate_limiter is None:
+                self.rate_limiter = RateLimiter(settings.api_requests_per_minute, settings.api_tokens_per_minute)
+            return ExternalAPIClient(
+                settings.llama_api_base, model=model, api_key=settings.api_key, limiter=self.rate_limiter,
+                top_k=settings.api_top_k, concurrency=settings.api_concurrency,
+                timeout_seconds=settings.api_timeout_seconds, max_retries=settings.api_max_retries,
+                backoff_seconds=settings.api_backoff_seconds,
             )
         from core.llm_api.embedded_llm import EmbeddedLlamaCpp
 
@@ -104,6 +132,16 @@ class ModelAPI:
                 endpoint=redact_url(self.settings.vllm_base_url or ""),
                 server_version=getattr(self._route, "server_version", None),
                 label_logprobs="exact" if getattr(self._route, "label_token_ids", None) else "top-k",
+            )
+        if self.route_name == "external":
+            limiter = self.rate_limiter
+            described.update(
+                endpoint=redact_url(self.settings.llama_api_base or ""),
+                top_k=getattr(self._route, "top_k", self.top_k),
+                requests_per_minute=limiter.requests_per_minute if limiter else None,
+                tokens_per_minute=limiter.tokens_per_minute if limiter else None,
+                retries=getattr(self._route, "retries", 0),
+                rate_limited=getattr(self._route, "rate_limited", 0),
             )
         return described
 

@@ -28,6 +28,13 @@ class Settings:
     vllm_api_key: Optional[str] = field(default=None, repr=False)
     vllm_timeout_seconds: float = 900.0
     vllm_max_prompts_per_request: int = 1024
+    api_requests_per_minute: Optional[float] = None
+    api_tokens_per_minute: Optional[float] = None
+    api_top_k: int = 5
+    api_concurrency: int = 16
+    api_timeout_seconds: float = 60.0
+    api_max_retries: int = 5
+    api_backoff_seconds: float = 1.0
     embedded_threads: Optional[int] = None
     embedded_slots: int = 4
     embedded_ctx_per_slot: int = 8192
@@ -57,6 +64,13 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         vllm_api_key=values.get("VLLM_API_KEY"),
         vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", 900.0, float),
         vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", 1024),
+        api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", None, float),
+        api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", None, float),
+        api_top_k=number("API_TOP_K", 5),
+        api_concurrency=number("API_CONCURRENCY", 16),
+        api_timeout_seconds=number("API_TIMEOUT_SECONDS", 60.0, float),
+        api_max_retries=number("API_MAX_RETRIES", 5),
+        api_backoff_seconds=number("API_BACKOFF_SECONDS", 1.0, float),
         embedded_threads=number("EMBEDDED_THREADS", None),
         embedded_slots=number("EMBEDDED_SLOTS", 4),
         embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192),

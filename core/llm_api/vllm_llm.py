@@ -14,6 +14,8 @@ import aiohttp
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
+from core.llm_api.http_errors import HTTPStatusError, explain_status, redact
+from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
 DEFAULT_MAX_PROMPTS_PER_REQUEST = 1024  # vLLM's VLLM_MAX_COMPLETION_PROMPTS
@@ -30,12 +32,6 @@ def parse_version(text: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
-
-
-class HTTPStatusError(ScoringError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class VLLMClient:
@@ -59,36 +55,29 @@ class VLLMClient:
         self.max_prompts_per_request = max(1, max_prompts_per_request)
         self.stats = RouteStats()
         self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        # One loop and one session for the life of the run: the session is bound to the loop it was made on.
-        self._runner = asyncio.Runner()
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._api_key = api_key
+        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
         try:
-            self.model = self._runner.run(self._discover_model(model))
-            self._tokens_at_start = self._runner.run(self._prompt_token_counters())
-            self.server_version = self._runner.run(self._server_version())
+            self.model = self._http.run(self._discover_model(model))
+            self._tokens_at_start = self._http.run(self._prompt_token_counters())
+            self.server_version = self._http.run(self._server_version())
             self.label_token_ids: Optional[list[int]] = None
             if exact_label_logprobs and self.server_version and parse_version(self.server_version) >= EXACT_LOGPROBS_VERSION:
-                self.label_token_ids = self._runner.run(self._label_token_ids())
+                self.label_token_ids = self._http.run(self._label_token_ids())
         except BaseException:
             self.close()
             raise
 
     # -- connection ---------------------------------------------------------------------------------
 
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
-        return self._session
-
     async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
         url = self.base_url + path
         try:
-            async with self._session_now().request(method, url, json=body) as response:
+            async with self._http.session.request(method, url, json=body) as response:
                 text = await response.text()
                 if response.status != 200:
-                    raise HTTPStatusError(response.status, self._explain(response.status, text, url))
+                    message = explain_status(response.status, text, url, "VLLM_API_KEY", self.top_k)
+                    raise HTTPStatusError(response.status, redact(message, self._api_key))
                 try:
                     return await response.json(content_type=None)
                 except ValueError:
@@ -99,21 +88,9 @@ class VLLMClient:
                 "and port? Check with `python scripts/test_vllm_server.py --base-url URL`"
             ) from None
         except asyncio.TimeoutError:
-            raise ScoringError(f"{url} did not answer within {self._timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
+            raise ScoringError(f"{url} did not answer within {self._http.timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
         except aiohttp.ClientError as exc:
             raise ScoringError(f"{url}: {type(exc).__name__}: {exc}") from None
-
-    @staticmethod
-    def _explain(status: int, body: str, url: str) -> str:
-        lowered = body.lower()
-        if "maximum context length" in lowered or "exceeds the available context size" in lowered:
-            return (f"{url} answered {status}: a prompt is longer than the server's context. Lower --batch_size, "
-                    "or restart the server with a larger --max-model-len")
-        if "max allowed" in lowered and "logprobs" in lowered:
-            return f"{url} answered {status}: the server caps logprobs below the {DEFAULT_TOP_K} we ask for. Restart vLLM with --max-logprobs 20"
-        if status == 401:
-            return f"{url} answered 401: the server wants an API key. Set VLLM_API_KEY to the key it was started with"
-        return f"{url} answered {status}: {body[:300]}"
 
     async def _discover_model(self, requested: Optional[str]) -> str:
         served = [m.get("id") for m in (await self._request("GET", "/v1/models")).get("data", [])]
@@ -142,7 +119,7 @@ class VLLMClient:
 
     async def _prompt_token_counters(self) -> Optional[tuple[float, float]]:
         try:
-            async with self._session_now().get(self.base_url + "/metrics") as response:
+            async with self._http.session.get(self.base_url + "/metrics") as response:
                 if response.status != 200:
                     return None
                 return prompt_token_counters(parse_metrics(await response.text()))
@@ -155,7 +132,7 @@ class VLLMClient:
         The ``usage`` of a list request is not reliable for this (llama.cpp reports one prompt's count), and
         it never says what came from the prefix cache. Counts include any other client of the same server.
         """
-        now = self._runner.run(self._prompt_token_counters())
+        now = self._http.run(self._prompt_token_counters())
         if now is None or self._tokens_at_start is None:
             return
         sent, cached = now[0] - self._tokens_at_start[0], now[1] - self._tokens_at_start[1]
@@ -200,13 +177,10 @@ class VLLMClient:
         return result
 
     async def _post_singly(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
-        gate = asyncio.Semaphore(SINGLE_PROMPT_CONCURRENCY)
-
         async def one(prompt: str) -> NextTokenLogprobs:
-            async with gate:
-                return (await self._post(prompt, 1))[0]
+            return (await self._post(prompt, 1))[0]
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+        return await gather_limited(prompts, one, SINGLE_PROMPT_CONCURRENCY)
 
     async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         size = self.max_prompts_per_request
@@ -224,10 +198,7 @@ class VLLMClient:
         if not prompts:
             return []
         self.stats.prompts += len(prompts)
-        return self._runner.run(self._score(prompts))
+        return self._http.run(self._score(prompts))
 
     def close(self) -> None:
-        if self._session is not None:
-            self._runner.run(self._session.close())
-            self._session = None
-        self._runner.close()
+        self._http.close()

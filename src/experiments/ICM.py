@@ -21,15 +21,16 @@ if str(REPO_ROOT) not in sys.path:  # so that both `python src/experiments/ICM.p
 from tqdm import tqdm  # noqa: E402
 
 from core.llm_api.base_llm import ScoringError  # noqa: E402
-from core.llm_api.llm import ModelAPI, RouteUnavailable  # noqa: E402
+from core.llm_api.llm import RouteUnavailable  # noqa: E402
 from core.llm_api.model_files import ModelFileMissing  # noqa: E402
 from core.llm_api.settings import SettingsError, load_settings  # noqa: E402
 from src.experiments.run_outputs import (  # noqa: E402
     IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
 )
+from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool  # noqa: E402
-from src.pipeline.pool_scoring import PoolScorer  # noqa: E402
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline  # noqa: E402
 
 
 class UsageError(ValueError):
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let the consistency fix try labelling both claims of a contradiction False")
     parser.add_argument("--label-logprobs", default="auto", choices=("auto", "topk"),
                         help="auto: exact label logprobs where the server offers them (vLLM >= 0.33); topk: the top-20 as in the reference")
+    route = parser.add_mutually_exclusive_group()
+    route.add_argument("--use-vllm", dest="use_vllm", action="store_const", const=True, default=None,
+                       help="score on the vLLM server at VLLM_BASE_URL (the default when it is set)")
+    route.add_argument("--no-vllm", dest="use_vllm", action="store_const", const=False,
+                       help="rollback: score on the hosted API at LLAMA_API_BASE even when VLLM_BASE_URL is set")
+    parser.add_argument("--requests-per-minute", type=float, default=None, help="hosted API request limit (API_REQUESTS_PER_MINUTE)")
+    parser.add_argument("--tokens-per-minute", type=float, default=None, help="hosted API prompt-token limit (API_TOKENS_PER_MINUTE)")
     parser.add_argument("--secrets", type=Path, default=None, help="settings file (default: SECRETS in the repo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> Path:
     pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
     state = SearchState(claims=seed_claims(pool, args.num_seed, rng))
 
+    route_settings = _settings(args)
     out = args.output_dir or default_output_dir(args)
     prepare_output_dir(out, args.overwrite)
     settings = SearchSettings(
@@ -114,12 +123,17 @@ def run(args: argparse.Namespace) -> Path:
         allow_both_false=args.allow_both_false,
     )
     started = time.time()
-    with ModelAPI(args.model, deterministic=args.deterministic, show_progress=not args.no_progress,
-                  settings=_settings(args), exact_label_logprobs=args.label_logprobs == "auto") as model_api:
+    options = ScoringOptions(
+        model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
+        exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
+        label_style=args.label_style, token_match=args.token_match,
+        requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+    )
+    with ScoringPipeline(options, route_settings) as pipeline:
+        model_api, scorer = pipeline.model_api, pipeline.scorer
         where = model_api.describe().get("endpoint")
         print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
               f"pool: {len(pool)} claims from {source}", file=sys.stderr)
-        scorer = PoolScorer(model_api, args.label_style, args.token_match)
         search = ICMSearch(scorer, settings, rng, state)
         stopped_by = _search_with_log(search, out, args)
         if state.metric is None:
@@ -144,11 +158,15 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace) -> 
         log(record)
         bar.update(1)
         bar.set_postfix(energy=f"{record['energy']:.2f}", labeled=record["pool_size"], acc=record["train_accuracy"])
+        stop.check()
 
     try:
-        search.run(on_step)
+        with GracefulStop() as stop:
+            search.initialise()
+            stop.check()
+            search.run(on_step)
         return None
-    except (KeyboardInterrupt, ScoringError) as exc:
+    except (SearchStopped, KeyboardInterrupt, ScoringError) as exc:
         print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far", file=sys.stderr)
         return exc
     finally:
@@ -170,6 +188,7 @@ def _summary(args, settings, state, search, model_api, scorer, source, wall_seco
         "data_source": source,
         "settings": {
             **{k: v for k, v in vars(args).items() if k not in {"output_dir", "data_dir", "data", "secrets"}},
+            "secrets": str(args.secrets) if args.secrets else None,
             "data_dir": str(args.data_dir) if args.data_dir else None,
             "data": str(args.data) if args.data else None,
         },
@@ -202,6 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SearchStopped as stopped:
+        return stopped.exit_code
     except KeyboardInterrupt:
         return 130
     return 0

@@ -1,0 +1,29 @@
+"""What an HTTP error from a completions server means, in words that say what to change."""
+from __future__ import annotations
+
+from typing import Optional
+
+from core.llm_api.base_llm import ScoringError
+
+
+class HTTPStatusError(ScoringError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def explain_status(status: int, body: str, url: str, key_setting: str, top_k: int) -> str:
+    lowered = body.lower()
+    if "maximum context length" in lowered or "exceeds the available context size" in lowered:
+        return (f"{url} answered {status}: a prompt is longer than the server's context. Lower --batch_size, "
+                "or restart the server with a larger --max-model-len")
+    if "max allowed" in lowered and "logprobs" in lowered:
+        return f"{url} answered {status}: the server caps logprobs below the {top_k} we ask for. Restart vLLM with --max-logprobs {top_k}"
+    if status in (401, 403):
+        return f"{url} answered {status}: the API key was refused or is missing. Check {key_setting}"
+    return f"{url} answered {status}: {body[:300]}"
+
+
+def redact(text: str, secret: Optional[str]) -> str:
+    """``text`` with the secret replaced: a server may echo a key back in an error body."""
+    return text.replace(secret, "***") if secret else text

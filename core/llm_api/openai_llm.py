@@ -1,0 +1,123 @@
+"""The external route: a hosted OpenAI-compatible completions API with logprobs, rate limited.
+
+Hosted APIs often refuse list prompts, so each prompt is its own request, at most ``concurrency`` at once,
+each admitted by the RateLimiter. A 429 pauses every request for its Retry-After; 5xx answers, dropped
+connections and timeouts are retried with exponential backoff and jitter up to ``max_retries``, then the run
+stops with the endpoint and the last status.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Optional, Sequence
+
+import aiohttp
+
+from core.llm_api.base_llm import RouteStats, ScoringError
+from core.llm_api.http_errors import explain_status, redact
+from core.llm_api.http_session import RunSession, gather_limited
+from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+from core.llm_api.rate_limits import RateLimiter, parse_reset
+
+# OpenAI's legacy completions return at most 5 logprobs; the label score works with any k.
+DEFAULT_EXTERNAL_TOP_K = 5
+CHARS_PER_TOKEN = 4  # a cautious guess for the token bucket until the answer's usage says
+MAX_RATE_LIMIT_WAITS = 50  # 429s are waited out, but not forever
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+
+class ExternalAPIClient:
+    name = "external"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: Optional[str],
+        api_key: Optional[str],
+        limiter: RateLimiter,
+        top_k: int = DEFAULT_EXTERNAL_TOP_K,
+        concurrency: int = 16,
+        timeout_seconds: float = 60.0,
+        max_retries: int = 5,
+        backoff_seconds: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if not model:
+            raise ScoringError("the hosted API route needs --model: the provider's name of a base model with logprobs (e.g. davinci-002)")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/v1/completions"
+        self.model = model
+        self.top_k = top_k
+        self.limiter = limiter
+        self.max_retries = max_retries
+        self.backoff_seconds = backoff_seconds
+        self.stats = RouteStats()
+        self.retries = 0
+        self.rate_limited = 0
+        self._api_key = api_key
+        self._jitter = random.Random(seed)  # its own RNG: retries must not move the search's random stream
+        self._concurrency = concurrency
+        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff_seconds * (2 ** attempt) * (0.5 + self._jitter.random())
+
+    async def _score_one(self, prompt: str) -> NextTokenLogprobs:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "logprobs": self.top_k, "temperature": 0.0}
+        estimate = max(1, len(prompt) // CHARS_PER_TOKEN)
+        failures, waits, last = 0, 0, "no answer"
+        while True:
+            await self.limiter.acquire(estimate)
+            self.stats.requests += 1
+            try:
+                async with self._http.session.post(self.url, json=body) as response:
+                    self.limiter.update_from_headers(response.headers)
+                    text = await response.text()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                status, text, retry_after = None, "", None
+                last = f"{type(exc).__name__ or 'timeout'}"
+            if status == 200:
+                return await self._parse(text, estimate)
+            if status == 429:
+                waits += 1
+                self.rate_limited += 1
+                if waits > MAX_RATE_LIMIT_WAITS:
+                    raise ScoringError(f"{self.url} kept answering 429 (rate limited) after {MAX_RATE_LIMIT_WAITS} waits: "
+                                       "lower API_REQUESTS_PER_MINUTE / API_TOKENS_PER_MINUTE")
+                self.limiter.pause(parse_reset(retry_after or "") or DEFAULT_RETRY_AFTER_SECONDS)
+                continue
+            if status is not None and status < 500:
+                raise ScoringError(redact(explain_status(status, text, self.url, "API_KEY", self.top_k), self._api_key))
+            if status is not None:
+                last = f"HTTP {status}"
+            if failures >= self.max_retries:
+                raise ScoringError(f"{self.url} failed {failures + 1} times in a row (last: {last}); "
+                                   "the provider may be down. Raise API_MAX_RETRIES or try later")
+            self.retries += 1
+            await asyncio.sleep(self._backoff(failures))
+            failures += 1
+
+    async def _parse(self, text: str, estimate: int) -> NextTokenLogprobs:
+        try:
+            answer = json.loads(text)
+            [logprobs] = parse_completion_logprobs(answer, 1)
+        except (ValueError, MalformedResponse) as exc:
+            raise ScoringError(redact(f"{self.url}: unusable answer ({exc})", self._api_key)) from None
+        used = int((answer.get("usage") or {}).get("prompt_tokens") or estimate)
+        self.stats.prompt_tokens += used
+        self.stats.computed_tokens += used
+        await self.limiter.charge_tokens(used - estimate)
+        return logprobs
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        if not prompts:
+            return []
+        self.stats.prompts += len(prompts)
+        return self._http.run(gather_limited(prompts, self._score_one, self._concurrency))
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,55 @@
+"""Assemble the scoring side of a run: one ModelAPI for the whole run, and the pool scorer on top of it.
+
+Rate limits are set here, and only for the hosted-API route. vLLM and the embedded model are ours to load,
+so they are never throttled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from core.llm_api.llm import ModelAPI, choose_route
+from core.llm_api.rate_limits import RateLimiter
+from core.llm_api.settings import Settings
+from src.experiments.label_scores import TokenMatch
+from src.experiments.prompts import LabelStyle
+from src.pipeline.pool_scoring import PoolScorer
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    model: Optional[str] = None
+    use_vllm: Optional[bool] = None
+    deterministic: bool = False
+    exact_label_logprobs: bool = True
+    show_progress: bool = True
+    label_style: LabelStyle = "space-in-label"
+    token_match: TokenMatch = "whole"
+    requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
+    tokens_per_minute: Optional[float] = None  # override API_TOKENS_PER_MINUTE
+
+
+class ScoringPipeline:
+    def __init__(self, options: ScoringOptions, settings: Settings) -> None:
+        self.route = choose_route(settings, options.use_vllm)
+        self.rate_limiter: Optional[RateLimiter] = None
+        if self.route == "external":
+            self.rate_limiter = RateLimiter(
+                options.requests_per_minute or settings.api_requests_per_minute,
+                options.tokens_per_minute or settings.api_tokens_per_minute,
+            )
+        self.model_api = ModelAPI(
+            options.model, deterministic=options.deterministic, settings=settings,
+            show_progress=options.show_progress, exact_label_logprobs=options.exact_label_logprobs,
+            use_vllm=options.use_vllm, rate_limiter=self.rate_limiter,
+        )
+        self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match)
+
+    def close(self) -> None:
+        self.model_api.close()
+
+    def __enter__(self) -> "ScoringPipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
