@@ -16,6 +16,7 @@ from tqdm import tqdm
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+from src.experiments.crash_points import maybe_crash
 
 # Batches that take longer than this get a token-progress bar.
 PROGRESS_DELAY_SECONDS = 3.0
@@ -108,6 +109,7 @@ class EmbeddedLlamaCpp:
         worker = threading.Thread(target=call, daemon=True)
         self._in_flight = worker
         worker.start()
+        maybe_crash("batch")
         worker.join(PROGRESS_DELAY_SECONDS)
         if worker.is_alive() and self.show_progress:
             start = self._tokens_seen()

@@ -6,6 +6,7 @@ scripts/serve_local.py), ``external`` (a hosted completions API at LLAMA_API_BAS
 """
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import Optional, Sequence
 
@@ -13,6 +14,7 @@ from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.model_files import resolve_embedded_model
 from core.llm_api.rate_limits import RateLimiter
+from core.llm_api.response_cache import ResponseCache, request_key
 from core.llm_api.settings import Settings, load_settings
 
 
@@ -61,6 +63,7 @@ class ModelAPI:
         exact_label_logprobs: bool = True,
         use_vllm: Optional[bool] = None,
         rate_limiter: Optional[RateLimiter] = None,
+        cache_dir: Optional[Path] = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.deterministic = deterministic
@@ -68,6 +71,7 @@ class ModelAPI:
         self.exact_label_logprobs = exact_label_logprobs
         self.rate_limiter = rate_limiter
         self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
 
     def _open_route(self, name: str, model: Optional[str], show_progress: bool) -> ScoringRoute:
         settings = self.settings
@@ -115,8 +119,29 @@ class ModelAPI:
     def stats(self) -> RouteStats:
         return self._route.stats
 
+    def cache_identity(self) -> dict:
+        """Everything besides the prompt that decides the answer."""
+        return {
+            "route": self.route_name, "model": self.model, "top_k": getattr(self._route, "top_k", self.top_k),
+            "deterministic": self.deterministic, "label_token_ids": getattr(self._route, "label_token_ids", None),
+        }
+
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
-        return self._route.next_token_logprobs(prompts)
+        """One batched call for all prompts the cache doesn't already answer."""
+        if self.cache is None:
+            return self._route.next_token_logprobs(prompts)
+        identity = self.cache_identity()
+        keys = [request_key(identity, p) for p in prompts]
+        known = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in known]
+        self.cache.hits += len(prompts) - len(missing)
+        self.cache.misses += len(missing)
+        if missing:
+            answers = self._route.next_token_logprobs([prompts[i] for i in missing])
+            fresh = {keys[i]: answer for i, answer in zip(missing, answers)}
+            self.cache.put_many(fresh)
+            known.update(fresh)
+        return [known[key] for key in keys]
 
     def refresh_stats(self) -> RouteStats:
         """Bring token counts up to date (a server route reads them from /metrics) and return the stats."""
@@ -147,6 +172,8 @@ class ModelAPI:
 
     def close(self) -> None:
         self._route.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> "ModelAPI":
         return self

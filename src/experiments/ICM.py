@@ -24,11 +24,15 @@ from core.llm_api.base_llm import ScoringError  # noqa: E402
 from core.llm_api.llm import RouteUnavailable  # noqa: E402
 from core.llm_api.model_files import ModelFileMissing  # noqa: E402
 from core.llm_api.settings import SettingsError, load_settings  # noqa: E402
+from src.experiments.checkpoint import (  # noqa: E402
+    CheckpointError, load_checkpoint, load_run, pool_fingerprint, restore_state, save_checkpoint, save_run, trim_log,
+)
+from src.experiments.crash_points import maybe_crash  # noqa: E402
 from src.experiments.run_outputs import (  # noqa: E402
     IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
 )
-from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
+from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool  # noqa: E402
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline  # noqa: E402
 
@@ -40,7 +44,7 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Label a dataset with ICM, without human labels.")
     # The reference code's flags and defaults.
-    parser.add_argument("--alpha", type=float, default=30, help="weight of mutual predictability in the energy")
+    parser.add_argument("--alpha", type=float, default=30.0, help="weight of mutual predictability in the energy")
     parser.add_argument("--seed", type=int, default=27565976)
     parser.add_argument("--testbed", default="gsm8k", choices=TESTBEDS)
     parser.add_argument("--model", default=None,
@@ -51,14 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--K", type=int, default=3000, help="search iterations")
     parser.add_argument("--consistency_fix_K", type=int, default=10, help="rounds of the consistency repair")
     parser.add_argument("--decay", type=float, default=0.99, help="decay rate of the exp schedule")
-    parser.add_argument("--initial_T", type=float, default=10)
+    parser.add_argument("--initial_T", type=float, default=10.0)
     parser.add_argument("--final_T", type=float, default=0.01)
     parser.add_argument("--scheduler", default="log", choices=("log", "exp"))
     # Ours.
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the paper's JSON files")
     parser.add_argument("--data", type=Path, default=None, help="one JSON file of records (needed for --testbed custom)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: results/<testbed>-K<K>-bs<batch>-seed<seed>")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir (its response cache is kept)")
     parser.add_argument("--deterministic", action="store_true",
                         help="no prompt-cache reuse on the embedded route: slower, bit-identical scores")
     parser.add_argument("--label-style", default="space-in-label", choices=("space-in-label", "reference"),
@@ -78,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rollback: score on the hosted API at LLAMA_API_BASE even when VLLM_BASE_URL is set")
     parser.add_argument("--requests-per-minute", type=float, default=None, help="hosted API request limit (API_REQUESTS_PER_MINUTE)")
     parser.add_argument("--tokens-per-minute", type=float, default=None, help="hosted API prompt-token limit (API_TOKENS_PER_MINUTE)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="OUT",
+                        help="continue the run in OUT from its checkpoint, with the settings it was started with")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the response cache lives (default: the output dir); share it between runs")
+    parser.add_argument("--no-cache", action="store_true", help="no response cache")
     parser.add_argument("--secrets", type=Path, default=None, help="settings file (default: SECRETS in the repo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -100,6 +109,43 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(message)
 
 
+# Flags that may differ when a run is resumed: they don't change what the search computes.
+CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "cache_dir", "no_cache", "resume", "output_dir", "overwrite"}
+# Flags that are about this invocation, not the run, and so are not recorded with it.
+NOT_RECORDED = {"resume", "output_dir", "overwrite", "no_progress", "secrets"}
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The run's settings as JSON values, recorded in the checkpoint and the summary."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECORDED}
+
+
+def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
+    """Which settings were given on the command line (as opposed to left at their defaults)."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
+def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
+    """The settings the run was started with, plus the few that may change on resume."""
+    saved = load_run(args.resume)["settings"]
+    flags = {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
+    for name in sorted(passed - CHANGEABLE_ON_RESUME):
+        now = run_settings(args).get(name)
+        if name in saved and saved[name] != now:
+            flag = flags[name]
+            raise UsageError(f"--resume {args.resume}: the run was started with {flag} {saved[name]!r}, not {now!r}; "
+                             f"drop {flag} to resume it, or start a new run with --output-dir")
+    merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in passed or k not in CHANGEABLE_ON_RESUME}})
+    for name in ("data_dir", "data", "cache_dir"):
+        value = getattr(merged, name)
+        setattr(merged, name, Path(value) if isinstance(value, str) else value)
+    merged.output_dir = args.resume
+    return merged
+
+
 def default_output_dir(args: argparse.Namespace) -> Path:
     return REPO_ROOT / "results" / f"{args.testbed}-K{args.K}-bs{args.batch_size}-seed{args.seed}"
 
@@ -113,10 +159,22 @@ def run(args: argparse.Namespace) -> Path:
     rng = random.Random(args.seed)
     pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
     state = SearchState(claims=seed_claims(pool, args.num_seed, rng))
-
+    fingerprint = pool_fingerprint(state.claims)
     route_settings = _settings(args)
+
     out = args.output_dir or default_output_dir(args)
-    prepare_output_dir(out, args.overwrite)
+    if args.resume:
+        if load_run(out)["pool_fingerprint"] != fingerprint:
+            raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
+                                  f"(was {source} changed?); resume with the original data, or start a new run")
+        saved = load_checkpoint(out)
+        if saved is not None:
+            state, rng = restore_state(saved, state.claims)
+        trim_log(out / "log.jsonl", state.iteration)
+        print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
+    else:
+        prepare_output_dir(out, args.overwrite)
+        save_run(out, run_settings(args), fingerprint)
     settings = SearchSettings(
         alpha=args.alpha, K=args.K, consistency_fix_K=args.consistency_fix_K, decay=args.decay,
         initial_T=args.initial_T, final_T=args.final_T, scheduler=args.scheduler,
@@ -128,6 +186,7 @@ def run(args: argparse.Namespace) -> Path:
         exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
         label_style=args.label_style, token_match=args.token_match,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+        cache_dir=None if args.no_cache else (args.cache_dir or out),
     )
     with ScoringPipeline(options, route_settings) as pipeline:
         model_api, scorer = pipeline.model_api, pipeline.scorer
@@ -135,13 +194,19 @@ def run(args: argparse.Namespace) -> Path:
         print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
               f"pool: {len(pool)} claims from {source}", file=sys.stderr)
         search = ICMSearch(scorer, settings, rng, state)
-        stopped_by = _search_with_log(search, out, args)
+
+        def checkpoint() -> None:
+            save_checkpoint(out, search.state, rng)
+
+        stopped_by = _search_with_log(search, out, args, checkpoint)
         if state.metric is None:
             # Nothing was found; leave no half-run behind to block the next attempt.
             (out / "log.jsonl").unlink(missing_ok=True)
         else:
-            write_atomically(out / "labels.jsonl", jsonl(label_rows(state.claims, scorer.known_pool_scores(state.claims))))
-            summary = _summary(args, settings, state, search, model_api, scorer, source, time.time() - started, stopped_by)
+            # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
+            final_scores = scorer.known_pool_scores if isinstance(stopped_by, ScoringError) else scorer.pool_scores
+            write_atomically(out / "labels.jsonl", jsonl(label_rows(state.claims, final_scores(state.claims))))
+            summary = _summary(args, state, search, model_api, scorer, source, time.time() - started, stopped_by)
             write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
             print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
     if stopped_by is not None:
@@ -149,25 +214,30 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace) -> Optional[BaseException]:
-    """Run the search, logging each iteration; return what stopped it early, if anything."""
+def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, checkpoint) -> Optional[BaseException]:
+    """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
     log = IterationLog(out / "log.jsonl")
-    bar = tqdm(total=args.K, desc="ICM search", unit="iter", disable=args.no_progress)
+    bar = tqdm(total=args.K, initial=search.state.iteration, desc="ICM search", unit="iter", disable=args.no_progress)
 
     def on_step(record: dict) -> None:
         log(record)
+        maybe_crash("after-log")
+        checkpoint()
         bar.update(1)
         bar.set_postfix(energy=f"{record['energy']:.2f}", labeled=record["pool_size"], acc=record["train_accuracy"])
         stop.check()
 
     try:
         with GracefulStop() as stop:
-            search.initialise()
+            if search.state.metric is None:
+                search.initialise()
+                checkpoint()
             stop.check()
             search.run(on_step)
         return None
     except (SearchStopped, KeyboardInterrupt, ScoringError) as exc:
-        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far", file=sys.stderr)
+        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far"
+              f"{'; resume with --resume ' + str(out) if search.state.metric is not None else ''}", file=sys.stderr)
         return exc
     finally:
         bar.close()
@@ -180,18 +250,14 @@ def _settings(args: argparse.Namespace):
     return load_settings(args.secrets)
 
 
-def _summary(args, settings, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
+def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
     metric = state.metric or {}
     stats = model_api.refresh_stats()
+    cache = model_api.cache
     return {
         "testbed": args.testbed,
         "data_source": source,
-        "settings": {
-            **{k: v for k, v in vars(args).items() if k not in {"output_dir", "data_dir", "data", "secrets"}},
-            "secrets": str(args.secrets) if args.secrets else None,
-            "data_dir": str(args.data_dir) if args.data_dir else None,
-            "data": str(args.data) if args.data else None,
-        },
+        "settings": run_settings(args),
         **model_api.describe(),
         "stopped_early": None if stopped_by is None else (str(stopped_by) or type(stopped_by).__name__),
         "iterations": state.iteration,
@@ -211,14 +277,18 @@ def _summary(args, settings, state, search, model_api, scorer, source, wall_seco
         "computed_prompt_tokens": stats.computed_tokens,
         "pool_scores_computed": scorer.pool_scores_computed,
         "pool_scores_reused": scorer.pool_scores_reused,
+        "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
     }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.resume is not None:
+            args = resumed_args(args, passed_flags(argv if argv is not None else sys.argv[1:]))
         run(args)
-    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError) as exc:
+    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError,
+            CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SearchStopped as stopped:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json")
+OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
 TEXT_FIELDS = ("question", "choice", "choice_2", "answer")
 
 
@@ -20,8 +20,8 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
     existing = [name for name in OUTPUT_FILES if (path / name).exists()]
     if existing and not overwrite:
         raise OutputDirInUse(
-            f"--output-dir {path} already holds a run ({', '.join(existing)}): choose a new --output-dir, "
-            "or pass --overwrite to replace it"
+            f"--output-dir {path} already holds a run ({', '.join(existing)}): continue it with --resume {path}, "
+            "choose a new --output-dir, or pass --overwrite to replace it"
         )
     path.mkdir(parents=True, exist_ok=True)
     for name in existing:

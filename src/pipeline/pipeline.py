@@ -6,6 +6,7 @@ so they are never throttled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from core.llm_api.llm import ModelAPI, choose_route
@@ -27,6 +28,7 @@ class ScoringOptions:
     token_match: TokenMatch = "whole"
     requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
     tokens_per_minute: Optional[float] = None  # override API_TOKENS_PER_MINUTE
+    cache_dir: Optional[Path] = None  # where responses.sqlite lives; None: no response cache
 
 
 class ScoringPipeline:
@@ -41,7 +43,7 @@ class ScoringPipeline:
         self.model_api = ModelAPI(
             options.model, deterministic=options.deterministic, settings=settings,
             show_progress=options.show_progress, exact_label_logprobs=options.exact_label_logprobs,
-            use_vllm=options.use_vllm, rate_limiter=self.rate_limiter,
+            use_vllm=options.use_vllm, rate_limiter=self.rate_limiter, cache_dir=options.cache_dir,
         )
         self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match)
 

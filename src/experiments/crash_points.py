@@ -1,0 +1,25 @@
+"""Fault injection for the resume tests: SIGKILL this process at a named point.
+
+``ICM_CRASH_AT=checkpoint-write:3`` kills the run in the middle of writing its 3rd checkpoint; the points are
+``batch`` (while the model is computing), ``checkpoint-write`` and ``after-log`` (a log line written, its
+checkpoint not yet). Unset, as in every real run, it does nothing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_seen: Counter = Counter()
+
+
+def maybe_crash(point: str) -> None:
+    target = os.environ.get("ICM_CRASH_AT")
+    if not target:
+        return
+    name, _, count = target.partition(":")
+    if name != point:
+        return
+    _seen[point] += 1
+    if _seen[point] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
