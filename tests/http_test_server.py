@@ -4,7 +4,9 @@ Its switches make the faults the client must handle: choices answered out of ord
 with 500 (as llama-cpp-python's server does), a pretend vLLM >= 0.33 (/version, /tokenize in vLLM's
 shape) so that the exact-label-logprobs request can be checked, a per-second request limit answered with
 429 + Retry-After, the first N completions failing with 503 or stalling past the client's timeout, extra
-response headers, and a 401 whose body echoes the Authorization header back.
+response headers, a 401 whose body echoes the Authorization header back, and for the first N completions a
+reset connection, a body cut short, a non-JSON body or a choice missing; missing logprobs; and a scripted
+error answer (status and message).
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ class ForwardingTestServer:
     stall_seconds: float = 5.0
     extra_headers: dict = field(default_factory=dict)
     echo_key_with_401: bool = False
+    reset_first: int = 0
+    truncate_first: int = 0
+    nonjson_first: int = 0
+    drop_choice_first: int = 0
+    drop_logprobs: bool = False
+    error_answer: Optional[tuple[int, str]] = None
     seen: list[Seen] = field(default_factory=list)
     accepted_at: list[float] = field(default_factory=list)  # when each completion was let through
     accepted: list[Seen] = field(default_factory=list)
@@ -70,13 +78,33 @@ class ForwardingTestServer:
         async with self._session.request(request.method, self.upstream + request.path, json=body, headers=headers) as upstream:
             text = await upstream.text()
             status = upstream.status
-        if self.shuffle_choices and request.path == "/v1/completions" and status == 200:
-            answer = json.loads(text)
-            random.Random(len(self.seen)).shuffle(answer["choices"])
-            text = json.dumps(answer)
+        if request.path == "/v1/completions" and status == 200:
+            text = self._mangle(text, len(self.completions()))
         return web.Response(text=text, status=status, content_type="application/json", headers=self.extra_headers)
 
+    def _mangle(self, text: str, number: int) -> str:
+        answer = json.loads(text)
+        if self.shuffle_choices:
+            random.Random(len(self.seen)).shuffle(answer["choices"])
+        if self.drop_logprobs:
+            for choice in answer["choices"]:
+                choice["logprobs"] = None
+        text = json.dumps(answer)
+        faults = [(self.truncate_first, lambda t: t[: len(t) // 2]),
+                  (self.nonjson_first, lambda t: "<html><body>502 Bad Gateway</body></html>"),
+                  (self.drop_choice_first, lambda t: json.dumps({**answer, "choices": answer["choices"][:-1]}))]
+        for first, mangle in faults:
+            if number <= first:
+                return mangle(text)
+        return text
+
     async def _fault(self, request: web.Request, number: int) -> Optional[web.Response]:
+        if self.error_answer is not None:
+            status, message = self.error_answer
+            return web.json_response({"error": {"message": message, "type": "BadRequestError", "code": status}}, status=status)
+        if number <= self.reset_first:
+            request.transport.close()  # the client sees the connection drop with no answer
+            return web.Response(status=500)
         if self.echo_key_with_401:
             return web.json_response({"error": {"message": f"bad key {request.headers.get('Authorization')}"}}, status=401)
         if self.reject_lists and self.seen[-1].n_prompts > 1:

@@ -1,5 +1,6 @@
 """Bad input: a one-line error naming what to fix, exit code 2, no traceback, and no output written."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,59 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path):
     result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--output-dir", str(out))
     assert result.returncode == 2 and "already holds a run" in result.stderr and "--overwrite" in result.stderr
     assert (out / "labels.jsonl").read_text() == json.dumps({"uid": 0}) + "\n"
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# (flags, environment, files to write {name: bytes}, what the error must say). {dir} is the test's folder.
+MORE_CASES = {
+    "groups smaller than the testbed's": (
+        ["--testbed", "truthfulQA", "--data", "{dir}/small.json", "--batch_size", "4", "--num_seed", "2"], {},
+        {"small.json": json.dumps([{"question": "q", "choice": f"c{i}", "label": i % 2, "consistency_id": 0} for i in range(3)]).encode()},
+        "consistency_id 0 has 3 records; --testbed truthfulQA needs exactly 4 per group"),
+    "data file not UTF-8": (["--testbed", "custom", "--data", "{dir}/latin.json"], {}, {"latin.json": '[{"question": "café"}]'.encode("latin-1")},
+                            "not UTF-8 text"),
+    "resume without a run": (["--resume", "{dir}"], {}, {}, "no run.json there, so no run to resume"),
+    "resume a damaged run": (["--resume", "{dir}"], {}, {"run.json": b"{not json"}, "run.json is damaged (not JSON)"),
+    "unreachable server": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"VLLM_BASE_URL": closed_port_url()}, {},
+                           "cannot connect to http://127.0.0.1:"),
+    "bad number in the settings": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"EMBEDDED_SLOTS": "four"}, {}, "EMBEDDED_SLOTS='four' (in "),
+    "secrets file missing": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--secrets", "{dir}/nope"], {}, {}, "--secrets {dir}/nope: no such file"),
+    "rollback with no hosted API": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--no-vllm"], {"VLLM_BASE_URL": "http://127.0.0.1:9"}, {}, "LLAMA_API_BASE is not set"),
+    "use-vllm with no server": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--use-vllm"], {}, {}, "--use-vllm needs VLLM_BASE_URL"),
+    "hosted API with no model": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"LLAMA_API_BASE": "http://127.0.0.1:9"}, {}, "the hosted API route needs --model"),
+    "decay out of range": (["--testbed", "demo", "--decay", "0"], {}, {}, "--decay 0.0 must be in (0, 1]"),
+    "negative K": (["--testbed", "demo", "--K", "-1"], {}, {}, "--K -1 must not be negative"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CASES))
+def test_more_bad_input(case, tmp_path):
+    flags, env_extra, files, message = MORE_CASES[case]
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY")}
+    env.update(env_extra)
+    flags = [f.format(dir=tmp_path) for f in flags]
+    out = [] if "--resume" in flags else ["--output-dir", str(tmp_path / "out")]
+    result = run_icm(*flags, *out, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message.format(dir=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_model_on_the_server(local_server, tmp_path):
+    env = {**os.environ, "VLLM_BASE_URL": local_server}
+    result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--model", "meta-llama/Llama-3.1-8B", "--output-dir", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2
+    assert "--model 'meta-llama/Llama-3.1-8B' is not served at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_there_are_at_least_twenty_bad_input_cases():
+    assert len(CASES) + len(BAD_FILES) + len(MORE_CASES) + 4 >= 20  # + parser, overwrite and unknown-model tests

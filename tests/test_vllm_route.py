@@ -58,8 +58,10 @@ def test_icm_over_http_sends_one_request_per_pool_score(forwarding, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "VLLM_BASE_URL": server.url}
     result = subprocess.run(
+        # Without the response cache: with it, a pool score may find some prompts already answered and send
+        # only the rest (still one request, or none).
         [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
-         "--K", "4", "--output-dir", str(out), "--no-progress"],
+         "--K", "4", "--output-dir", str(out), "--no-progress", "--no-cache"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
@@ -73,6 +75,21 @@ def test_icm_over_http_sends_one_request_per_pool_score(forwarding, tmp_path):
     for seen in completions:
         assert seen.body["max_tokens"] == 1 and seen.body["logprobs"] == 20 and seen.body["temperature"] == 0
     assert summary["prompt_tokens"] > summary["prompts_scored"]  # counted from the server's /metrics
+
+
+def test_with_the_response_cache_a_pool_score_is_at_most_one_request(forwarding, tmp_path):
+    server = forwarding()
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8", "--num_seed", "2",
+         "--K", "6", "--output-dir", str(out), "--no-progress"],
+        cwd=REPO_ROOT, env={**os.environ, "VLLM_BASE_URL": server.url}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    unlabeled_predictions = sum(1 for line in (out / "log.jsonl").read_text().splitlines() if json.loads(line)["old_label"] is None)
+    assert len(server.completions()) == summary["requests"] <= summary["pool_scores_computed"] + unlabeled_predictions
+    assert summary["prompts_scored"] == summary["response_cache"]["misses"]
 
 
 def test_http_and_in_process_scores_agree_in_deterministic_mode(local_server, demo_prompts):

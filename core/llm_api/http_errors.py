@@ -11,6 +11,14 @@ class HTTPStatusError(ScoringError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.status == 429
+
+
+class TransientError(ScoringError):
+    """A fault that asking again may cure: a dropped connection, a timeout, a garbled body."""
+
 
 def explain_status(status: int, body: str, url: str, key_setting: str, top_k: int) -> str:
     lowered = body.lower()

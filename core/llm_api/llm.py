@@ -83,6 +83,7 @@ class ModelAPI:
                 deterministic=self.deterministic, timeout_seconds=settings.vllm_timeout_seconds,
                 max_prompts_per_request=settings.vllm_max_prompts_per_request,
                 exact_label_logprobs=self.exact_label_logprobs,
+                max_retries=settings.vllm_max_retries, backoff_seconds=settings.vllm_backoff_seconds,
             )
         if name == "external":
             from core.llm_api.openai_llm import ExternalAPIClient
@@ -157,6 +158,7 @@ class ModelAPI:
                 endpoint=redact_url(self.settings.vllm_base_url or ""),
                 server_version=getattr(self._route, "server_version", None),
                 label_logprobs="exact" if getattr(self._route, "label_token_ids", None) else "top-k",
+                retries=getattr(self._route, "retries", 0),
             )
         if self.route_name == "external":
             limiter = self.rate_limiter

@@ -18,7 +18,14 @@ NextTokenLogprobs = list[tuple[str, float]]
 
 
 class MalformedResponse(ValueError):
-    """The server answered, but not with what a logprobs completion must hold."""
+    """The server answered, but not with what a logprobs completion must hold.
+
+    ``retryable`` tells a garbled answer (worth asking again) from one the server will always give.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def parse_choice_logprobs(choice: dict[str, Any]) -> NextTokenLogprobs:
@@ -47,12 +54,12 @@ def parse_choice_logprobs(choice: dict[str, Any]) -> NextTokenLogprobs:
 def choices_in_prompt_order(choices: Sequence[dict[str, Any]], n_prompts: int) -> list[dict[str, Any]]:
     """Match choices to prompts by their ``index`` field; servers may answer out of order."""
     if len(choices) != n_prompts:
-        raise MalformedResponse(f"sent {n_prompts} prompts but got {len(choices)} choices back")
+        raise MalformedResponse(f"sent {n_prompts} prompts but got {len(choices)} choices back", retryable=True)
     ordered: list[dict[str, Any] | None] = [None] * n_prompts
     for choice in choices:
         index = choice.get("index")
         if not isinstance(index, int) or not 0 <= index < n_prompts or ordered[index] is not None:
-            raise MalformedResponse(f"choice index {index!r} is missing, out of range or repeated")
+            raise MalformedResponse(f"choice index {index!r} is missing, out of range or repeated", retryable=True)
         ordered[index] = choice
     return ordered  # type: ignore[return-value]
 
@@ -65,5 +72,5 @@ def parse_completion_logprobs(response: dict[str, Any], n_prompts: int) -> list[
         raise MalformedResponse(f"server error: {message}")
     choices = response.get("choices")
     if not isinstance(choices, list):
-        raise MalformedResponse("response has no 'choices' list")
+        raise MalformedResponse("response has no 'choices' list", retryable=True)
     return [parse_choice_logprobs(c) for c in choices_in_prompt_order(choices, n_prompts)]

@@ -28,6 +28,8 @@ class Settings:
     vllm_api_key: Optional[str] = field(default=None, repr=False)
     vllm_timeout_seconds: float = 900.0
     vllm_max_prompts_per_request: int = 1024
+    vllm_max_retries: int = 5
+    vllm_backoff_seconds: float = 1.0
     api_requests_per_minute: Optional[float] = None
     api_tokens_per_minute: Optional[float] = None
     api_top_k: int = 5
@@ -45,7 +47,7 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
     values = {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
     values.update({k: v for k, v in os.environ.items() if v})
 
-    def number(name: str, default: Optional[float], kind: type = int) -> Optional[float]:
+    def number(name: str, default: Optional[float], kind: type = int, zero_ok: bool = False) -> Optional[float]:
         raw = values.get(name)
         if raw is None:
             return default
@@ -53,8 +55,8 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
             value = kind(raw)
         except ValueError:
             raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be a {kind.__name__} number") from None
-        if value <= 0:
-            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be positive")
+        if value < 0 or (value == 0 and not zero_ok):
+            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be {'0 or more' if zero_ok else 'positive'}")
         return value
 
     return Settings(
@@ -64,12 +66,14 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         vllm_api_key=values.get("VLLM_API_KEY"),
         vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", 900.0, float),
         vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", 1024),
+        vllm_max_retries=number("VLLM_MAX_RETRIES", 5, zero_ok=True),
+        vllm_backoff_seconds=number("VLLM_BACKOFF_SECONDS", 1.0, float),
         api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", None, float),
         api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", None, float),
         api_top_k=number("API_TOP_K", 5),
         api_concurrency=number("API_CONCURRENCY", 16),
         api_timeout_seconds=number("API_TIMEOUT_SECONDS", 60.0, float),
-        api_max_retries=number("API_MAX_RETRIES", 5),
+        api_max_retries=number("API_MAX_RETRIES", 5, zero_ok=True),
         api_backoff_seconds=number("API_BACKOFF_SECONDS", 1.0, float),
         embedded_threads=number("EMBEDDED_THREADS", None),
         embedded_slots=number("EMBEDDED_SLOTS", 4),

@@ -7,6 +7,8 @@ past the server's prompts-per-request cap (vLLM: 1024). The same client also dri
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import sys
 from typing import Any, Optional, Sequence
 
@@ -14,7 +16,7 @@ import aiohttp
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
-from core.llm_api.http_errors import HTTPStatusError, explain_status, redact
+from core.llm_api.http_errors import HTTPStatusError, TransientError, explain_status, redact
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
@@ -48,6 +50,8 @@ class VLLMClient:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST,
         exact_label_logprobs: bool = True,
+        max_retries: int = 5,
+        backoff_seconds: float = 1.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.top_k = top_k
@@ -55,6 +59,10 @@ class VLLMClient:
         self.max_prompts_per_request = max(1, max_prompts_per_request)
         self.stats = RouteStats()
         self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
+        self.max_retries = max_retries
+        self.backoff_seconds = backoff_seconds
+        self.retries = 0
+        self._jitter = random.Random(0)  # its own RNG: retries must not move the search's random stream
         self._api_key = api_key
         self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
         try:
@@ -79,18 +87,18 @@ class VLLMClient:
                     message = explain_status(response.status, text, url, "VLLM_API_KEY", self.top_k)
                     raise HTTPStatusError(response.status, redact(message, self._api_key))
                 try:
-                    return await response.json(content_type=None)
+                    return json.loads(text)
                 except ValueError:
-                    raise ScoringError(f"{url} answered 200 with a body that is not JSON: {text[:200]!r}") from None
+                    raise TransientError(f"{url} answered 200 with a body that is not JSON (cut short?): {text[:100]!r}") from None
         except aiohttp.ClientConnectorError as exc:
-            raise ScoringError(
+            raise TransientError(
                 f"cannot connect to {self.base_url} ({exc.os_error or exc}): is the server running on that host "
                 "and port? Check with `python scripts/test_vllm_server.py --base-url URL`"
             ) from None
         except asyncio.TimeoutError:
-            raise ScoringError(f"{url} did not answer within {self._http.timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
+            raise TransientError(f"{url} did not answer within {self._http.timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
         except aiohttp.ClientError as exc:
-            raise ScoringError(f"{url}: {type(exc).__name__}: {exc}") from None
+            raise TransientError(f"{url}: connection lost ({type(exc).__name__}: {exc})") from None
 
     async def _discover_model(self, requested: Optional[str]) -> str:
         served = [m.get("id") for m in (await self._request("GET", "/v1/models")).get("data", [])]
@@ -150,21 +158,41 @@ class VLLMClient:
             body["cache_prompt"] = False  # llama.cpp's switch; vLLM ignores unknown fields
         return body
 
-    async def _post(self, prompt: Any, n_prompts: int) -> list[NextTokenLogprobs]:
-        self.stats.requests += 1
-        response = await self._request("POST", "/v1/completions", self._body(prompt))
-        try:
-            return parse_completion_logprobs(response, n_prompts)
-        except MalformedResponse as exc:
-            raise ScoringError(f"{self.base_url}/v1/completions: {exc}") from None
+    async def _post(self, prompt: Any, n_prompts: int, probe: bool = False) -> list[NextTokenLogprobs]:
+        """One completions request. Faults that asking again may cure are retried with backoff; the others
+        stop the run at once. When ``probe``-ing whether lists are accepted, a 500 is raised at once."""
+        url = self.base_url + "/v1/completions"
+        failures = 0
+        while True:
+            self.stats.requests += 1
+            try:
+                response = await self._request("POST", "/v1/completions", self._body(prompt))
+                try:
+                    return parse_completion_logprobs(response, n_prompts)
+                except MalformedResponse as exc:
+                    if not exc.retryable:
+                        raise ScoringError(f"{url}: {exc}") from None
+                    raise TransientError(f"{url}: {exc}") from None
+            except (HTTPStatusError, TransientError) as exc:
+                if not getattr(exc, "retryable", True) or (probe and getattr(exc, "status", None) == 500):
+                    raise
+                last = str(exc)
+            if failures >= self.max_retries:
+                raise ScoringError(f"{url} failed {failures + 1} times in a row; last: {last}. "
+                                   "If the server is restarting, raise VLLM_MAX_RETRIES or VLLM_BACKOFF_SECONDS")
+            self.retries += 1
+            await asyncio.sleep(self.backoff_seconds * (2 ** failures) * (0.5 + self._jitter.random()))
+            failures += 1
 
     async def _post_list(self, chunk: Sequence[str]) -> list[NextTokenLogprobs]:
         if self.list_prompts_supported is False:
             return await self._post_singly(chunk)
+        if self.list_prompts_supported or len(chunk) < 2:
+            return await self._post(list(chunk), len(chunk))
         try:
-            result = await self._post(list(chunk), len(chunk))
+            result = await self._post(list(chunk), len(chunk), probe=True)
         except HTTPStatusError as exc:
-            if exc.status != 500 or self.list_prompts_supported or len(chunk) < 2:
+            if exc.status != 500:
                 raise
             # Some servers (llama-cpp-python's) answer 500 to a list prompt. If one prompt alone works,
             # that is the cause: say so once and send prompts one by one from now on.
