@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from src.experiments.crash_points import maybe_crash
+from src.experiments.run_outputs import write_atomically
 from src.experiments.search import Claims, SearchState
 
 CHECKPOINT_FILE = "checkpoint.json"
@@ -48,33 +46,12 @@ def rng_from_json(saved: list) -> random.Random:
     return rng
 
 
-def _write_durably(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text[: len(text) // 2])
-            maybe_crash("checkpoint-write")
-            file.write(text[len(text) // 2:])
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    # The rename is durable only once the directory entry is on disk.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def save_run(out: Path, settings: dict, fingerprint: str) -> None:
-    _write_durably(out / RUN_FILE, json.dumps({"format": FORMAT_VERSION, "settings": settings, "pool_fingerprint": fingerprint}, indent=2))
+    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=json.dumps({"format": FORMAT_VERSION, "settings": settings, "pool_fingerprint": fingerprint}, indent=2))
 
 
 def save_checkpoint(out: Path, state: SearchState, rng: random.Random) -> None:
-    _write_durably(out / CHECKPOINT_FILE, json.dumps({
+    write_atomically(out / CHECKPOINT_FILE, crash_point="checkpoint-write", text=json.dumps({
         "format": FORMAT_VERSION,
         "iteration": state.iteration,
         "flip_cnt": state.flip_cnt,

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from src.experiments.crash_points import maybe_crash
+
 OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
 TEXT_FIELDS = ("question", "choice", "choice_2", "answer")
 
@@ -28,18 +30,28 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
         (path / name).unlink()
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a crash never leaves half a file."""
+def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -> None:
+    """Write to a temporary file beside ``path``, fsync, and rename it over ``path``: a crash leaves the old
+    file or the new one, never half. ``crash_point`` names where the resume tests may kill the process."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+            file.write(text[: len(text) // 2])
+            if crash_point:
+                maybe_crash(crash_point)
+            file.write(text[len(text) // 2:])
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    # The rename is durable only once the directory entry is on disk.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _as_bool(label: Optional[int]) -> Optional[bool]:
