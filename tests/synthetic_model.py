@@ -24,15 +24,18 @@ class SyntheticModel:
         self.feature, self.prior = {}, {}
         for claim, label in zip(claims, planted):
             sign = 1 if label else -1
-            self.feature[claim["choice"]] = sign + rng.gauss(0, 0.3)
-            self.prior[claim["choice"]] = prior_weight * sign + rng.gauss(0, prior_noise)
+            key = self._claim_text(claim["prompt"])
+            self.feature[key] = sign + rng.gauss(0, 0.3)
+            self.prior[key] = prior_weight * sign + rng.gauss(0, prior_noise)
         self.icl_weight = icl_weight
         self.stats = RouteStats()
         self.batch_sizes: list[int] = []
 
     @staticmethod
     def _claim_text(block: str) -> str:
-        return next(line[len("Claim: "):] for line in block.split("\n") if line.startswith("Claim: "))
+        """A claim's identity: its question and claim lines (the same claim text recurs across questions)."""
+        lines = block.split("\n")
+        return "\n".join(line for line in lines if line.startswith(("Question: ", "Claim: ")))
 
     def logodds(self, prompt: str) -> float:
         *demos, query = prompt.split(DEMO_SEPARATOR)

@@ -32,7 +32,7 @@ def test_search_recovers_a_planted_labelling_from_random_seeds():
         recovered = sum(a == b for a, b in zip(labels, planted)) / len(planted)
         assert recovered >= 0.9, f"seed {seed}: recovered {recovered:.0%} of the planted labelling"
         # The planted model alone, zero-shot, is much weaker: the search must add to it.
-        zero_shot = sum((model.prior[c["choice"]] > 0) == bool(p) for c, p in zip(state.claims.values(), planted)) / len(planted)
+        zero_shot = sum((model.prior[model._claim_text(c["prompt"])] > 0) == bool(p) for c, p in zip(state.claims.values(), planted)) / len(planted)
         assert recovered > zero_shot
         assert log[-1]["inconsistent_num"] == 0
         assert len(seeds) == 8 and sum(c["vanilla_label"] is not None for c in seeds) == 8

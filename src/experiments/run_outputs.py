@@ -64,6 +64,7 @@ def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> I
         row = {"uid": uid, "consistency_id": claim["consistency_id"]}
         row.update({f: claim[f] for f in TEXT_FIELDS if f in claim})
         row.update(
+            prompt=claim["prompt"],
             label=_as_bool(claim["label"]), gold_label=_as_bool(claim.get("vanilla_label")),
             score=scores.get(uid), seed=claim.get("type") == "seed",
         )

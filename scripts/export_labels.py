@@ -1,0 +1,58 @@
+"""Export a run's labels for fine-tuning.
+
+    python scripts/export_labels.py OUT --format sft   # {"prompt", "completion"} JSONL, for SFT tools
+    python scripts/export_labels.py OUT --format hf    # one record per claim, for datasets.load_dataset("json", ...)
+
+Only claims the search labelled are exported. The prompt is the claim exactly as ICM showed it to the model,
+and the completion is the label token in the run's label style (" True" / " False" by default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.experiments.prompts import LABEL_WORDS, query_text  # noqa: E402
+from src.experiments.run_outputs import jsonl, write_atomically  # noqa: E402
+
+HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label")
+
+
+def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
+    labelled = [r for r in rows if r["label"] is not None]
+    if fmt == "sft":
+        space = "" if label_style == "reference" else " "
+        return [{"prompt": query_text(r, label_style), "completion": space + LABEL_WORDS[int(r["label"])]} for r in labelled]
+    # One schema for every record, so that a columnar reader sees consistent columns.
+    present = [f for f in HF_FIELDS if any(f in r for r in labelled)]
+    return [{f: r.get(f) for f in present} for r in labelled]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--format", choices=("sft", "hf"), required=True)
+    parser.add_argument("--output", type=Path, default=None, help="default: OUT/export_<format>.jsonl")
+    args = parser.parse_args()
+    labels = args.run_dir / "labels.jsonl"
+    if not labels.is_file():
+        print(f"error: {args.run_dir} has no labels.jsonl; pass an ICM.py output directory", file=sys.stderr)
+        return 2
+    rows = [json.loads(line) for line in labels.read_text().splitlines() if line.strip()]
+    run_file = args.run_dir / "run.json"
+    style = json.loads(run_file.read_text())["settings"].get("label_style", "space-in-label") if run_file.is_file() else "space-in-label"
+    exported = export_rows(rows, args.format, style)
+    if not exported:
+        print(f"error: {labels} has no labelled claims to export", file=sys.stderr)
+        return 2
+    output = args.output or args.run_dir / f"export_{args.format}.jsonl"
+    write_atomically(output, jsonl(exported))
+    print(f"wrote {len(exported)} records to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Test-set accuracy of many-shot prompting with a run's labels, against the paper's baselines.
+
+Every condition uses the same demonstrations in the same order (the run's labelled claims, in pool order);
+only their labels differ: none (zero-shot), random, gold, or ICM's. Each condition's test prompts go to the
+model in one batched call.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+from core.llm_api.llm import ModelAPI
+from src.experiments.label_scores import TokenMatch, label_logodds
+from src.experiments.prompts import LabelStyle, judge_prompt
+
+CONDITIONS = ("zero-shot", "random labels", "gold labels", "ICM labels")
+CHANCE = 0.5
+
+
+@dataclass(frozen=True)
+class ConditionResult:
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+
+
+def bootstrap_accuracy(correct: Sequence[bool], seed: int = 0, resamples: int = 2000) -> ConditionResult:
+    """Accuracy with a 95% percentile-bootstrap interval."""
+    values = np.asarray(correct, dtype=float)
+    accuracy = float(values.mean())
+    if values.min() == values.max():  # every resample is the same: the interval is the point
+        return ConditionResult(accuracy, accuracy, accuracy, len(values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interval = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=resamples,
+                                   method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return ConditionResult(accuracy, float(interval.low), float(interval.high), len(values))
+
+
+def demonstration_sets(demos: Sequence[dict], seed: int) -> dict[str, Optional[list[dict]]]:
+    """The demonstrations of each condition: the same claims in the same order, labelled differently.
+
+    A condition is None when it can't be built (gold labels unknown for some demonstration).
+    """
+    coin = random.Random(seed)
+    has_gold = all(d.get("gold_label") is not None for d in demos)
+    return {
+        "zero-shot": [],
+        "random labels": [{**d, "label": coin.randint(0, 1)} for d in demos],
+        "gold labels": [{**d, "label": int(d["gold_label"])} for d in demos] if has_gold else None,
+        "ICM labels": [{**d, "label": int(d["label"])} for d in demos],
+    }
+
+
+def evaluate_conditions(
+    model_api: ModelAPI,
+    test_claims: Sequence[dict],
+    demos: Sequence[dict],
+    *,
+    label_style: LabelStyle = "space-in-label",
+    token_match: TokenMatch = "whole",
+    seed: int = 0,
+) -> dict[str, ConditionResult]:
+    """Accuracy on ``test_claims`` (each with a gold ``label``) under every condition that can be built."""
+    results = {}
+    for name, shown in demonstration_sets(demos, seed).items():
+        if shown is None:
+            continue
+        prompts = [judge_prompt(claim, shown, label_style) for claim in test_claims]
+        logprobs = model_api.next_token_logprobs(prompts)  # one batched call per condition
+        correct = [(label_logodds(lp, token_match) > 0) == bool(c["label"]) for c, lp in zip(test_claims, logprobs)]
+        results[name] = bootstrap_accuracy(correct, seed)
+    return results
