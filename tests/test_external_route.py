@@ -70,8 +70,8 @@ def test_5xx_and_timeouts_recover_within_the_retry_bound(forwarding):
     with hosted(flaky.url, api_max_retries=3) as api:
         assert len(api.next_token_logprobs(["1, 2, 3,"])) == 1
         assert api.describe()["retries"] == 2
-    slow = forwarding(stall_first=1, stall_seconds=3)
-    with hosted(slow.url, api_max_retries=3, api_timeout_seconds=1) as api:
+    slow = forwarding(stall_first=1, stall_seconds=8)
+    with hosted(slow.url, api_max_retries=3, api_timeout_seconds=3) as api:
         assert len(api.next_token_logprobs(["1, 2, 3,"])) == 1
         assert api.describe()["retries"] == 1
 

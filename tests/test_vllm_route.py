@@ -190,3 +190,16 @@ def test_launch_script_dry_run_prints_a_prefix_caching_tensor_parallel_command()
     unknown = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "launch_vllm_server.sh"), "9B", "--dry-run"],
                              capture_output=True, text=True, env=env, timeout=60)
     assert unknown.returncode != 0 and "choose one of 8B, 70B, 405B" in unknown.stderr
+
+
+def test_launch_script_scales_with_vllm_own_parallelism():
+    env = {**os.environ, "PYTHON": sys.executable}
+    script = str(REPO_ROOT / "scripts" / "launch_vllm_server.sh")
+    replicas = subprocess.run(["bash", script, "8B", "--data-parallel", "4", "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+    assert replicas.returncode == 0 and "--data-parallel-size 4" in replicas.stdout
+    nodes = subprocess.run(["bash", script, "405B", "--nodes", "2", "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+    words = nodes.stdout.split()
+    assert words[words.index("--pipeline-parallel-size") + 1] == "2" and words[words.index("--tensor-parallel-size") + 1] == "8"
+    assert words[words.index("--distributed-executor-backend") + 1] == "ray"
+    bad = subprocess.run(["bash", script, "8B", "--nodes", "two", "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "--nodes takes a whole number" in bad.stderr

@@ -35,3 +35,7 @@ def explain_status(status: int, body: str, url: str, key_setting: str, top_k: in
 def redact(text: str, secret: Optional[str]) -> str:
     """``text`` with the secret replaced: a server may echo a key back in an error body."""
     return text.replace(secret, "***") if secret else text
+
+
+class EndpointDown(ScoringError):
+    """An endpoint kept failing after its retries: another endpoint may take its work."""

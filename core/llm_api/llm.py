@@ -78,8 +78,19 @@ class ModelAPI:
         if name == "vllm":
             from core.llm_api.vllm_llm import VLLMClient
 
+            urls = [u.strip() for u in (settings.vllm_base_url or "").split(",") if u.strip()]
+            if len(urls) > 1:
+                from core.llm_api.multi_endpoint import MultiEndpointVLLM
+
+                return MultiEndpointVLLM(
+                    urls, model=model, api_key=settings.vllm_api_key, top_k=self.top_k,
+                    deterministic=self.deterministic, timeout_seconds=settings.vllm_timeout_seconds,
+                    max_prompts_per_request=settings.vllm_max_prompts_per_request,
+                    exact_label_logprobs=self.exact_label_logprobs,
+                    max_retries=settings.vllm_max_retries, backoff_seconds=settings.vllm_backoff_seconds,
+                )
             return VLLMClient(
-                settings.vllm_base_url, model=model, api_key=settings.vllm_api_key, top_k=self.top_k,
+                urls[0] if urls else "", model=model, api_key=settings.vllm_api_key, top_k=self.top_k,
                 deterministic=self.deterministic, timeout_seconds=settings.vllm_timeout_seconds,
                 max_prompts_per_request=settings.vllm_max_prompts_per_request,
                 exact_label_logprobs=self.exact_label_logprobs,
@@ -155,11 +166,14 @@ class ModelAPI:
         described = {"route": self.route_name, "model": self.model, "deterministic": self.deterministic, "top_k": self.top_k}
         if self.route_name == "vllm":
             described.update(
-                endpoint=redact_url(self.settings.vllm_base_url or ""),
+                endpoint=",".join(redact_url(u.strip()) for u in (self.settings.vllm_base_url or "").split(",")),
                 server_version=getattr(self._route, "server_version", None),
                 label_logprobs="exact" if getattr(self._route, "label_token_ids", None) else "top-k",
                 retries=getattr(self._route, "retries", 0),
             )
+            if hasattr(self._route, "requests_per_endpoint"):
+                described.update(requests_per_endpoint={redact_url(u): n for u, n in self._route.requests_per_endpoint().items()},
+                                 failovers=self._route.failovers)
         if self.route_name == "external":
             limiter = self.rate_limiter
             described.update(

@@ -16,7 +16,7 @@ import aiohttp
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
-from core.llm_api.http_errors import HTTPStatusError, TransientError, explain_status, redact
+from core.llm_api.http_errors import EndpointDown, HTTPStatusError, TransientError, explain_status, redact
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
@@ -52,6 +52,7 @@ class VLLMClient:
         exact_label_logprobs: bool = True,
         max_retries: int = 5,
         backoff_seconds: float = 1.0,
+        http: Optional[RunSession] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.top_k = top_k
@@ -64,7 +65,9 @@ class VLLMClient:
         self.retries = 0
         self._jitter = random.Random(0)  # its own RNG: retries must not move the search's random stream
         self._api_key = api_key
-        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+        # Several endpoints of one run share one session and loop (see multi_endpoint.py).
+        self._owns_http = http is None
+        self._http = http or RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
         try:
             self.model = self._http.run(self._discover_model(model))
             self._tokens_at_start = self._http.run(self._prompt_token_counters())
@@ -178,7 +181,7 @@ class VLLMClient:
                     raise
                 last = str(exc)
             if failures >= self.max_retries:
-                raise ScoringError(f"{url} failed {failures + 1} times in a row; last: {last}. "
+                raise EndpointDown(f"{url} failed {failures + 1} times in a row; last: {last}. "
                                    "If the server is restarting, raise VLLM_MAX_RETRIES or VLLM_BACKOFF_SECONDS")
             self.retries += 1
             await asyncio.sleep(self.backoff_seconds * (2 ** failures) * (0.5 + self._jitter.random()))
@@ -229,4 +232,5 @@ class VLLMClient:
         return self._http.run(self._score(prompts))
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()

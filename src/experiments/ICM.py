@@ -33,7 +33,7 @@ from src.experiments.run_outputs import (  # noqa: E402
 )
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
 from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool  # noqa: E402
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline  # noqa: E402
 
 
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rollback: score on the hosted API at LLAMA_API_BASE even when VLLM_BASE_URL is set")
     parser.add_argument("--requests-per-minute", type=float, default=None, help="hosted API request limit (API_REQUESTS_PER_MINUTE)")
     parser.add_argument("--tokens-per-minute", type=float, default=None, help="hosted API prompt-token limit (API_TOKENS_PER_MINUTE)")
+    parser.add_argument("--num-batches", type=int, default=None,
+                        help="split the data into this many disjoint pools of whole groups (one job each); --batch_size is then unused")
+    parser.add_argument("--batch-index", type=int, default=None, help="which of the --num-batches pools this job labels (0-based)")
     parser.add_argument("--resume", type=Path, default=None, metavar="OUT",
                         help="continue the run in OUT from its checkpoint, with the settings it was started with")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -104,6 +107,10 @@ def validate(args: argparse.Namespace) -> None:
         (0 < args.decay <= 1, f"--decay {args.decay} must be in (0, 1]"),
         (math.isfinite(args.alpha), f"--alpha {args.alpha} must be a finite number"),
     ]
+    if (args.num_batches is None) != (args.batch_index is None):
+        raise UsageError("--num-batches and --batch-index go together: pass both, or neither")
+    if args.num_batches is not None:
+        checks = [c for c in checks if "--batch_size" not in c[1]]  # the shard decides the pool size
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
@@ -147,6 +154,8 @@ def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespa
 
 
 def default_output_dir(args: argparse.Namespace) -> Path:
+    if args.num_batches is not None:
+        return REPO_ROOT / "results" / f"{args.testbed}-K{args.K}-seed{args.seed}-shard{args.batch_index}of{args.num_batches}"
     return REPO_ROOT / "results" / f"{args.testbed}-K{args.K}-bs{args.batch_size}-seed{args.seed}"
 
 
@@ -156,8 +165,14 @@ def run(args: argparse.Namespace) -> Path:
     if from_test:
         print(f"note: no train split for {args.testbed}; the pool is drawn from {source}. "
               "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
-    rng = random.Random(args.seed)
-    pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
+    if args.num_batches is None:
+        rng = random.Random(args.seed)
+        pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
+    else:
+        pool = shard_pool(claims, TESTBED_SPECS[args.testbed], args.num_batches, args.batch_index, args.seed, source)
+        rng = random.Random(f"{args.seed}:{args.batch_index}")  # each shard's own seed labels and search
+        if args.num_seed > len(pool):
+            raise UsageError(f"--num_seed {args.num_seed} is larger than this shard's {len(pool)} claims: use fewer --num-batches")
     state = SearchState(claims=seed_claims(pool, args.num_seed, rng))
     fingerprint = pool_fingerprint(state.claims)
     route_settings = _settings(args)

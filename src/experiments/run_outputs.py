@@ -61,7 +61,7 @@ def _as_bool(label: Optional[int]) -> Optional[bool]:
 def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> Iterable[dict[str, Any]]:
     for uid in sorted(claims):
         claim = claims[uid]
-        row = {"uid": uid, "consistency_id": claim["consistency_id"]}
+        row = {"uid": uid, "record": claim.get("record"), "consistency_id": claim["consistency_id"]}
         row.update({f: claim[f] for f in TEXT_FIELDS if f in claim})
         row.update(
             prompt=claim["prompt"],

@@ -166,6 +166,7 @@ def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold
         if not isinstance(cid, (int, str)) or isinstance(cid, bool):
             raise DataError(f"{where}: consistency_id {cid!r} must be an integer or a string")
         claim = dict(record)
+        claim["record"] = position  # where it sits in its source file: identifies it across shards
         claim["label"] = normalise_label(record.get("label"), where)
         if testbed.name == "gsm8k":
             if "cot" not in record and "choice" not in record:
@@ -192,14 +193,9 @@ def sample_pool(
     With fixed-size groups this draws the same groups as the reference for the same RNG state.
     """
     groups = list(group_claims(claims).values())
+    check_group_sizes(groups, testbed, source)
     if testbed.group_size is not None:
         size = testbed.group_size
-        for group in groups:
-            if len(group) != size:
-                raise DataError(
-                    f"{source}: consistency_id {group[0]['consistency_id']!r} has {len(group)} records; "
-                    f"--testbed {testbed.name} needs exactly {size} per group (use --testbed custom for uneven groups)"
-                )
         if batch_size % size:
             raise DataError(f"--batch_size {batch_size} must be a multiple of {testbed.name}'s group size {size}")
         if batch_size > len(claims):
@@ -213,6 +209,40 @@ def sample_pool(
         if len(pool) + len(groups[index]) <= batch_size:
             pool.extend(groups[index])
     return pool
+
+
+def check_group_sizes(groups: list[list[Record]], testbed: Testbed, source: str) -> None:
+    if testbed.group_size is None:
+        return
+    for group in groups:
+        if len(group) != testbed.group_size:
+            raise DataError(
+                f"{source}: consistency_id {group[0]['consistency_id']!r} has {len(group)} records; "
+                f"--testbed {testbed.name} needs exactly {testbed.group_size} per group (use --testbed custom for uneven groups)"
+            )
+
+
+def shard_pool(claims: list[Record], testbed: Testbed, num_batches: int, batch_index: int, seed: int, source: str) -> list[Record]:
+    """The ``batch_index``-th of ``num_batches`` disjoint shards of whole groups that together cover the data.
+
+    The groups are shuffled by ``seed`` alone, so every job of a sharded run computes the same split.
+    """
+    if num_batches < 1 or not 0 <= batch_index < num_batches:
+        raise DataError(f"--batch-index {batch_index} must be between 0 and --num-batches {num_batches} - 1")
+    groups = list(group_claims(claims).values())
+    check_group_sizes(groups, testbed, source)
+    if num_batches > len(groups):
+        raise DataError(f"--num-batches {num_batches} is more than the {len(groups)} consistency groups in {source}")
+    order = list(range(len(groups)))
+    random.Random(f"shards:{seed}").shuffle(order)
+    # Cut the shuffled groups where the running claim count crosses each shard's share.
+    shards: list[list[Record]] = [[] for _ in range(num_batches)]
+    total, seen = len(claims), 0
+    for index in order:
+        shard = min(num_batches - 1, seen * num_batches // total)
+        shards[shard].extend(groups[index])
+        seen += len(groups[index])
+    return shards[batch_index]
 
 
 def load_testbed_claims(

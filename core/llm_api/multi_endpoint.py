@@ -1,0 +1,116 @@
+"""Several vLLM endpoints (replicas of one model) serving one run: VLLM_BASE_URL=http://a:8000,http://b:8000.
+
+A pool score is split into contiguous blocks, one per live endpoint. Neighbouring leave-one-out prompts share
+the longest prefixes, and each endpoint gets the same block every iteration, so every replica's prefix cache
+stays warm. An endpoint that keeps failing is marked down, its block goes to the others, and it is tried
+again after ENDPOINT_RETRY_SECONDS. Serving itself (tensor, pipeline and data parallelism, multi-node) is
+vLLM's own; this only spreads requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Optional, Sequence
+
+from core.llm_api.base_llm import RouteStats, ScoringError
+from core.llm_api.http_errors import EndpointDown
+from core.llm_api.http_session import RunSession
+from core.llm_api.logprobs import NextTokenLogprobs
+from core.llm_api.vllm_llm import VLLMClient
+
+ENDPOINT_RETRY_SECONDS = 30.0
+
+
+def contiguous_blocks(count: int, parts: int) -> list[range]:
+    """``count`` positions in ``parts`` contiguous ranges of near-equal size."""
+    return [range(count * k // parts, count * (k + 1) // parts) for k in range(parts)]
+
+
+class MultiEndpointVLLM:
+    name = "vllm"
+
+    def __init__(self, base_urls: Sequence[str], *, api_key: Optional[str], timeout_seconds: float,
+                 max_retries: int, backoff_seconds: float, **client_options) -> None:
+        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+        self.max_rounds = max_retries + 1
+        self.backoff_seconds = backoff_seconds
+        try:
+            # One quick retry per endpoint: a replica that is down should hand its work on, not stall the run.
+            self.endpoints = [VLLMClient(url, api_key=api_key, timeout_seconds=timeout_seconds, http=self._http,
+                                         max_retries=min(max_retries, 1), backoff_seconds=backoff_seconds,
+                                         **client_options) for url in base_urls]
+        except BaseException:
+            self._http.close()
+            raise
+        models = {e.model for e in self.endpoints}
+        if len(models) > 1:
+            self.close()
+            raise ScoringError(f"the endpoints in VLLM_BASE_URL serve different models ({', '.join(sorted(models))}); "
+                               "list replicas of one model, or pass --model")
+        first = self.endpoints[0]
+        self.model, self.top_k = first.model, first.top_k
+        self.server_version, self.label_token_ids = first.server_version, first.label_token_ids
+        self.down_until = [0.0] * len(self.endpoints)
+        self.failovers = 0
+        self._prompts = 0
+
+    @property
+    def stats(self) -> RouteStats:
+        total = RouteStats(prompts=self._prompts)
+        for endpoint in self.endpoints:
+            total.requests += endpoint.stats.requests
+            total.prompt_tokens += endpoint.stats.prompt_tokens
+            total.computed_tokens += endpoint.stats.computed_tokens
+        return total
+
+    @property
+    def retries(self) -> int:
+        return sum(e.retries for e in self.endpoints)
+
+    def requests_per_endpoint(self) -> dict[str, int]:
+        return {e.base_url: e.stats.requests for e in self.endpoints}
+
+    def refresh_engine_stats(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.refresh_engine_stats()
+
+    async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        answers: list[Optional[NextTokenLogprobs]] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        for round_number in range(self.max_rounds):
+            now = time.monotonic()
+            live = [i for i, until in enumerate(self.down_until) if until <= now]
+            if not live:
+                await asyncio.sleep(max(0.0, min(self.down_until) - now))
+                continue
+            blocks = [[pending[j] for j in block] for block in contiguous_blocks(len(pending), len(live))]
+            outcomes = await asyncio.gather(
+                *(self.endpoints[e]._score([prompts[i] for i in block]) for e, block in zip(live, blocks) if block),
+                return_exceptions=True,
+            )
+            for e, block, outcome in zip(live, [b for b in blocks if b], outcomes):
+                if isinstance(outcome, EndpointDown):
+                    self.down_until[e] = time.monotonic() + ENDPOINT_RETRY_SECONDS
+                    self.failovers += 1
+                    print(f"note: {self.endpoints[e].base_url} is down ({outcome}); its prompts go to the other "
+                          f"endpoints, and it is tried again in {ENDPOINT_RETRY_SECONDS:.0f} s", file=sys.stderr)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    for i, answer in zip(block, outcome):
+                        answers[i] = answer
+            pending = [i for i in pending if answers[i] is None]
+            if not pending:
+                return answers  # type: ignore[return-value]
+        raise ScoringError(f"every endpoint in VLLM_BASE_URL failed {self.max_rounds} rounds in a row: "
+                           f"{', '.join(e.base_url for e in self.endpoints)}. Check them with scripts/test_vllm_server.py")
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        if not prompts:
+            return []
+        self._prompts += len(prompts)
+        return self._http.run(self._score(prompts))
+
+    def close(self) -> None:
+        self._http.close()
