@@ -13,7 +13,7 @@ from core.llm_api.settings import Settings
 from src.experiments.label_scores import token_label
 from src.experiments.prompts import leave_one_out_prompts
 from src.experiments.search import seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims
+from src.experiments.testbeds import load_testbed_claims
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 

@@ -22,9 +22,6 @@ class RouteUnavailable(RuntimeError):
     pass
 
 
-ROUTES = ("vllm", "external", "embedded")
-
-
 def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
     """vLLM when configured (unless use_vllm is False), the hosted API when use_vllm is False or it is the only
     server configured, the embedded model when nothing is."""
@@ -37,6 +34,11 @@ def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
     if use_vllm:
         raise RouteUnavailable("--use-vllm needs VLLM_BASE_URL (SECRETS or environment)")
     return "external" if settings.llama_api_base else "embedded"
+
+
+def vllm_urls(settings: Settings) -> list[str]:
+    """The vLLM endpoints in VLLM_BASE_URL, which may list several, comma-separated."""
+    return [u.strip() for u in (settings.vllm_base_url or "").split(",") if u.strip()]
 
 
 def redact_url(url: str) -> str:
@@ -78,24 +80,18 @@ class ModelAPI:
         if name == "vllm":
             from core.llm_api.vllm_llm import VLLMClient
 
-            urls = [u.strip() for u in (settings.vllm_base_url or "").split(",") if u.strip()]
+            urls = vllm_urls(settings)
+            options = dict(
+                model=model, api_key=settings.vllm_api_key, top_k=self.top_k, deterministic=self.deterministic,
+                timeout_seconds=settings.vllm_timeout_seconds, max_prompts_per_request=settings.vllm_max_prompts_per_request,
+                exact_label_logprobs=self.exact_label_logprobs, max_retries=settings.vllm_max_retries,
+                backoff_seconds=settings.vllm_backoff_seconds,
+            )
             if len(urls) > 1:
                 from core.llm_api.multi_endpoint import MultiEndpointVLLM
 
-                return MultiEndpointVLLM(
-                    urls, model=model, api_key=settings.vllm_api_key, top_k=self.top_k,
-                    deterministic=self.deterministic, timeout_seconds=settings.vllm_timeout_seconds,
-                    max_prompts_per_request=settings.vllm_max_prompts_per_request,
-                    exact_label_logprobs=self.exact_label_logprobs,
-                    max_retries=settings.vllm_max_retries, backoff_seconds=settings.vllm_backoff_seconds,
-                )
-            return VLLMClient(
-                urls[0] if urls else "", model=model, api_key=settings.vllm_api_key, top_k=self.top_k,
-                deterministic=self.deterministic, timeout_seconds=settings.vllm_timeout_seconds,
-                max_prompts_per_request=settings.vllm_max_prompts_per_request,
-                exact_label_logprobs=self.exact_label_logprobs,
-                max_retries=settings.vllm_max_retries, backoff_seconds=settings.vllm_backoff_seconds,
-            )
+                return MultiEndpointVLLM(urls, **options)
+            return VLLMClient(urls[0], **options)
         if name == "external":
             from core.llm_api.openai_llm import ExternalAPIClient
 
@@ -166,7 +162,7 @@ class ModelAPI:
         described = {"route": self.route_name, "model": self.model, "deterministic": self.deterministic, "top_k": self.top_k}
         if self.route_name == "vllm":
             described.update(
-                endpoint=",".join(redact_url(u.strip()) for u in (self.settings.vllm_base_url or "").split(",")),
+                endpoint=",".join(redact_url(u) for u in vllm_urls(self.settings)),
                 server_version=getattr(self._route, "server_version", None),
                 label_logprobs="exact" if getattr(self._route, "label_token_ids", None) else "top-k",
                 retries=getattr(self._route, "retries", 0),

@@ -78,7 +78,7 @@ class MultiEndpointVLLM:
     async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         answers: list[Optional[NextTokenLogprobs]] = [None] * len(prompts)
         pending = list(range(len(prompts)))
-        for round_number in range(self.max_rounds):
+        for _ in range(self.max_rounds):
             now = time.monotonic()
             live = [i for i, until in enumerate(self.down_until) if until <= now]
             if not live:
@@ -86,7 +86,7 @@ class MultiEndpointVLLM:
                 continue
             blocks = [[pending[j] for j in block] for block in contiguous_blocks(len(pending), len(live))]
             outcomes = await asyncio.gather(
-                *(self.endpoints[e]._score([prompts[i] for i in block]) for e, block in zip(live, blocks) if block),
+                *(self.endpoints[e].score_batch([prompts[i] for i in block]) for e, block in zip(live, blocks) if block),
                 return_exceptions=True,
             )
             for e, block, outcome in zip(live, [b for b in blocks if b], outcomes):

@@ -213,7 +213,8 @@ class VLLMClient:
 
         return await gather_limited(prompts, one, SINGLE_PROMPT_CONCURRENCY)
 
-    async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+    async def score_batch(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
+        """The prompts' logprobs on this client's loop (a multi-endpoint route awaits several at once)."""
         size = self.max_prompts_per_request
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         if self.list_prompts_supported is None and len(chunks) > 1:
@@ -229,7 +230,7 @@ class VLLMClient:
         if not prompts:
             return []
         self.stats.prompts += len(prompts)
-        return self._http.run(self._score(prompts))
+        return self._http.run(self.score_batch(prompts))
 
     def close(self) -> None:
         if self._owns_http:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
@@ -51,7 +51,6 @@ class SearchState:
     metric: Optional[dict] = None  # None until the seed labels are scored
     iteration: int = 0
     flip_cnt: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def seed_claims(pool: list[dict[str, Any]], num_seed: int, rng: random.Random) -> Claims:
