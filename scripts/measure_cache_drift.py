@@ -38,7 +38,7 @@ def main() -> None:
     neighbour = [dict(c) for c in pool]
     neighbour[len(pool) // 2]["label"] ^= 1
     prompts = leave_one_out_prompts(pool, "space-in-label")
-    settings = Settings(embedded_slots=4, embedded_ctx_per_slot=8192)
+    settings = Settings()
 
     with ModelAPI(deterministic=True, settings=settings, show_progress=False) as api:
         exact = api.next_token_logprobs(prompts)

@@ -40,6 +40,8 @@ class SyntheticModel:
     def logodds(self, prompt: str) -> float:
         *demos, query = prompt.split(DEMO_SEPARATOR)
         q = self._claim_text(query)
+        if q not in self.prior:  # not a judge prompt (the reference's decision query): no opinion
+            return 0.0
         vote = 0.0
         for block in demos:
             label = 1 if block.endswith(" True") else -1

@@ -5,9 +5,11 @@ batching and reuses cached prompt prefixes unless ``deterministic`` is set.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,8 +33,9 @@ class EmbeddedLlamaCpp:
         *,
         top_k: int = DEFAULT_TOP_K,
         deterministic: bool = False,
-        slots: int = 4,
+        slots: int = 1,
         ctx_per_slot: int = 8192,
+        cache_ram_mib: int = 128,
         threads: Optional[int] = None,
         show_progress: bool = True,
     ) -> None:
@@ -52,12 +55,14 @@ class EmbeddedLlamaCpp:
         n_threads = threads or os.cpu_count() or 1
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
+        params.cache_ram_mib = cache_ram_mib
         params.endpoint_metrics = True
         params.warmup = False
         params.verbosity = -1  # llama.cpp otherwise logs every slot's timings to stderr
         self.ctx_per_slot = ctx_per_slot
         self._server = xllamacpp.Server(params)
         self._in_flight: Optional[threading.Thread] = None
+        self.one_prompt_per_request = False  # the reference code's pattern, for benchmarks
 
     def prompt_tokens_so_far(self) -> tuple[float, float]:
         """(prompt tokens given to llama.cpp, of which served from its cache) since it started."""
@@ -66,6 +71,8 @@ class EmbeddedLlamaCpp:
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         if not prompts:
             return []
+        if self.one_prompt_per_request and len(prompts) > 1:
+            return [self.next_token_logprobs([prompt])[0] for prompt in prompts]
         request = {
             "prompt": list(prompts),
             "max_tokens": 1,
@@ -121,6 +128,18 @@ class EmbeddedLlamaCpp:
         if "exception" in result:
             raise result["exception"]
         return result["response"]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens, from llama.cpp's own /tokenize (loopback HTTP,
+        since xllamacpp offers no direct call for it)."""
+        url = f"{self._server.listening_address}/tokenize"
+        tokens = []
+        for text in texts:
+            request = urllib.request.Request(url, data=json.dumps({"content": text}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                tokens.append(json.load(response)["tokens"])
+        return tokens
 
     def _tokens_seen(self) -> int:
         return int(self.prompt_tokens_so_far()[0])

@@ -111,6 +111,7 @@ class ModelAPI:
             deterministic=self.deterministic,
             slots=self.settings.embedded_slots,
             ctx_per_slot=self.settings.embedded_ctx_per_slot,
+            cache_ram_mib=self.settings.embedded_cache_ram_mib,
             threads=self.settings.embedded_threads,
             show_progress=show_progress,
         )
@@ -150,6 +151,24 @@ class ModelAPI:
             self.cache.put_many(fresh)
             known.update(fresh)
         return [known[key] for key in keys]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids from the engine's own tokenizer (embedded and vLLM routes)."""
+        tokenize = getattr(self._route, "tokenize", None)
+        if tokenize is None:
+            raise ScoringError(f"the {self.route_name} route offers no tokenizer")
+        return tokenize(texts)
+
+    def send_prompts_singly(self) -> None:
+        """From now on, send each prompt as a request of its own (as the reference code does).
+
+        Only benchmarks want this: it reproduces the reference's request pattern on the same engine.
+        """
+        for client in getattr(self._route, "endpoints", [self._route]):
+            if hasattr(client, "list_prompts_supported"):
+                client.list_prompts_supported = False  # the vLLM client then sends prompts singly, concurrently
+            else:
+                client.one_prompt_per_request = True
 
     def refresh_stats(self) -> RouteStats:
         """Bring token counts up to date (a server route reads them from /metrics) and return the stats."""

@@ -54,10 +54,11 @@ class MultiEndpointVLLM:
         self.down_until = [0.0] * len(self.endpoints)
         self.failovers = 0
         self._prompts = 0
+        self._engine_seconds = 0.0  # waiting on the servers
 
     @property
     def stats(self) -> RouteStats:
-        total = RouteStats(prompts=self._prompts)
+        total = RouteStats(prompts=self._prompts, engine_seconds=self._engine_seconds)
         for endpoint in self.endpoints:
             total.requests += endpoint.stats.requests
             total.prompt_tokens += endpoint.stats.prompt_tokens
@@ -110,7 +111,14 @@ class MultiEndpointVLLM:
         if not prompts:
             return []
         self._prompts += len(prompts)
-        return self._http.run(self._score(prompts))
+        started = time.perf_counter()
+        try:
+            return self._http.run(self._score(prompts))
+        finally:
+            self._engine_seconds += time.perf_counter() - started
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.endpoints[0].tokenize(texts)
 
     def close(self) -> None:
         self._http.close()

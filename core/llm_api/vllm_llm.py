@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import sys
+import time
 from typing import Any, Optional, Sequence
 
 import aiohttp
@@ -230,7 +231,20 @@ class VLLMClient:
         if not prompts:
             return []
         self.stats.prompts += len(prompts)
-        return self._http.run(self.score_batch(prompts))
+        started = time.perf_counter()
+        try:
+            return self._http.run(self.score_batch(prompts))
+        finally:
+            self.stats.engine_seconds += time.perf_counter() - started  # waiting on the server
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text from the server's /tokenize (vLLM reads "prompt", llama.cpp "content")."""
+        async def one(text: str) -> list[int]:
+            answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "content": text,
+                                                                "add_special_tokens": False})
+            return answer["tokens"]
+
+        return self._http.run(gather_limited(texts, one, SINGLE_PROMPT_CONCURRENCY))
 
     def close(self) -> None:
         if self._owns_http:

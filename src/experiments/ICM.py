@@ -31,6 +31,7 @@ from src.experiments.crash_points import maybe_crash  # noqa: E402
 from src.experiments.run_outputs import (  # noqa: E402
     IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
 )
+from src.experiments.prompts import PROMPT_LAYOUTS  # noqa: E402
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
 from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool  # noqa: E402
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let the consistency fix try labelling both claims of a contradiction False")
     parser.add_argument("--label-logprobs", default="auto", choices=("auto", "topk"),
                         help="auto: exact label logprobs where the server offers them (vLLM >= 0.33); topk: the top-20 as in the reference")
+    parser.add_argument("--prompt-layout", default="reference", choices=PROMPT_LAYOUTS,
+                        help="order of the demonstrations in each prompt; tree shares prefixes so the engine computes "
+                             "about N·L·log2(N) tokens per pool score instead of N²L/2, but the model sees another order")
     route = parser.add_mutually_exclusive_group()
     route.add_argument("--use-vllm", dest="use_vllm", action="store_const", const=True, default=None,
                        help="score on the vLLM server at VLLM_BASE_URL (the default when it is set)")
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace) -> Path:
     options = ScoringOptions(
         model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
         exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
-        label_style=args.label_style, token_match=args.token_match,
+        label_style=args.label_style, token_match=args.token_match, prompt_layout=args.prompt_layout,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
         cache_dir=None if args.no_cache else (args.cache_dir or out),
     )

@@ -5,12 +5,22 @@ Label styles:
   token, so the label's probability sits on one token.
 - ``reference``: the reference's "... I think this claim is " + "True", whose trailing space makes BPE
   models predict a bare continuation (SmolLM2 puts most mass on digits).
+
+Prompt layouts (the order of the demonstrations in each leave-one-out prompt):
+- ``reference``: every prompt lists the other claims in pool order, as the reference code does. The
+  prompts' shared prefixes (their token trie) hold about N²L/2 tokens for N claims of L tokens.
+- ``tree``: divide and conquer along consistency-group boundaries. Prompts for the first half of the
+  groups start with all demonstrations of the second half and the other way round, recursively. Each
+  prompt still holds exactly the other N−1 demonstrations, but the trie shrinks to about N·L·log₂N. The
+  model sees another order, so scores move a little; it is off by default (paper mode).
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 LabelStyle = Literal["space-in-label", "reference"]
+PromptLayout = Literal["reference", "tree"]
+PROMPT_LAYOUTS = ("reference", "tree")
 LABEL_WORDS = {1: "True", 0: "False"}
 DEMO_SEPARATOR = "\n\n"
 
@@ -28,10 +38,108 @@ def judge_prompt(claim: dict, demonstrations: Sequence[dict], style: LabelStyle)
     return "".join(demonstration_text(d, style) for d in demonstrations) + query_text(claim, style)
 
 
-def leave_one_out_prompts(pool: Sequence[dict], style: LabelStyle) -> list[str]:
-    """For each labeled claim, the prompt that judges it from all the others, in pool order."""
+def reference_demo_orders(pool_size: int) -> list[list[int]]:
+    """For each pool position, the positions of its demonstrations: all the others, in pool order."""
+    return [[j for j in range(pool_size) if j != i] for i in range(pool_size)]
+
+
+def tree_demo_orders(pool: Sequence[dict]) -> list[list[int]]:
+    """For each pool position, the positions of its demonstrations in the divide-and-conquer layout.
+
+    The pool is cut into blocks at consistency-group boundaries (consecutive claims of one group form a
+    block). Once a single block is left, its claims become the blocks, so groupmates are split last.
+    """
+    blocks: list[list[int]] = []
+    for i, claim in enumerate(pool):
+        if blocks and pool[blocks[-1][-1]].get("consistency_id") == claim.get("consistency_id"):
+            blocks[-1].append(i)
+        else:
+            blocks.append([i])
+    orders: list[list[int]] = [[] for _ in pool]
+
+    def place(blocks: list[list[int]], prefix: list[int]) -> None:
+        if len(blocks) == 1:
+            if len(blocks[0]) == 1:
+                orders[blocks[0][0]] = prefix
+                return
+            blocks = [[i] for i in blocks[0]]
+        first, second = _halves(blocks)
+        place(first, prefix + [i for block in second for i in block])
+        place(second, prefix + [i for block in first for i in block])
+
+    if pool:
+        place(blocks, [])
+    return orders
+
+
+def _halves(blocks: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Split at the block boundary that comes closest to halving the claims (never leaving a side empty)."""
+    total = sum(len(b) for b in blocks)
+    best_cut, best_gap, running = 1, total, 0
+    for cut in range(1, len(blocks)):
+        running += len(blocks[cut - 1])
+        gap = abs(total - 2 * running)
+        if gap < best_gap:
+            best_cut, best_gap = cut, gap
+    return blocks[:best_cut], blocks[best_cut:]
+
+
+def demo_orders(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[list[int]]:
+    """For each pool position, the positions of its demonstrations.
+
+    ``frame`` is the whole pool, labeled or not, that ``pool`` (its labeled claims) is part of. The layout is
+    laid over the frame and then restricted to ``pool``, so it stays put while claims get labeled: a new
+    label inserts one demonstration and leaves the prefixes before it as they were.
+    """
+    if frame is None:
+        return _layout_orders(pool, layout)
+    position = {claim["uid"]: i for i, claim in enumerate(pool)}
+    in_pool = [position.get(claim["uid"]) for claim in frame]
+    orders: list[list[int]] = [[] for _ in pool]
+    for claim_at, order in zip(in_pool, _layout_orders(frame, layout)):
+        if claim_at is not None:
+            orders[claim_at] = [in_pool[j] for j in order if in_pool[j] is not None]  # type: ignore[misc]
+    return orders
+
+
+def _layout_orders(pool: Sequence[dict], layout: PromptLayout) -> list[list[int]]:
+    if layout == "reference":
+        return reference_demo_orders(len(pool))
+    if layout == "tree":
+        return tree_demo_orders(pool)
+    raise ValueError(f"unknown prompt layout {layout!r}: use one of {', '.join(PROMPT_LAYOUTS)}")
+
+
+def leave_one_out_prompts(
+    pool: Sequence[dict], style: LabelStyle, layout: PromptLayout = "reference", frame: Optional[Sequence[dict]] = None
+) -> list[str]:
+    """For each labeled claim (in pool order), the prompt that judges it from all the others."""
     demos = [demonstration_text(c, style) for c in pool]
     return [
-        "".join(demos[:i]) + "".join(demos[i + 1:]) + query_text(claim, style)
-        for i, claim in enumerate(pool)
+        "".join(demos[j] for j in order) + query_text(claim, style)
+        for claim, order in zip(pool, demo_orders(pool, layout, frame))
     ]
+
+
+def send_order(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[int]:
+    """The order to hand a pool's prompts to the engine: a depth-first walk of their prefix trie.
+
+    Each prompt then follows the prompt it shares the most with, so an engine that keeps its last prompt
+    (llama.cpp's slot, vLLM's recently used blocks) recomputes only what the trie adds. The walk visits
+    children in descending demonstration order, which for the reference layout is plain pool order.
+    The model sees the same prompts: only the engine's order changes.
+    """
+    orders = demo_orders(pool, layout, frame)
+    return sorted(range(len(pool)), key=lambda i: (orders[i], i), reverse=True)
+
+
+def full_demo_order(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[int]:
+    """The order of all the pool's demonstrations in the prompt that judges a claim outside the pool.
+
+    It extends the last prompt sent for the pool's score, so that prompt's whole prefix is reused. For
+    the reference layout that is pool order, as in the reference code.
+    """
+    if not pool:
+        return []
+    last = send_order(pool, layout, frame)[-1]
+    return demo_orders(pool, layout, frame)[last] + [last]

@@ -109,7 +109,7 @@ class ICMSearch:
         best_claims, best_metric = claims, metric
         best_energy = -math.inf if metric is None else self.energy(metric)
         for _ in range(self.settings.consistency_fix_K):
-            pairs = pick_two_inconsistent_claims(labeled_only(best_claims), self.rng)
+            pairs = self.inconsistent_pairs(best_claims)
             improved = False
             for pair in pairs.values():
                 trials = []
@@ -127,6 +127,10 @@ class ICMSearch:
         if best_metric is None:
             best_metric = self.scorer.evaluate(best_claims)
         return best_claims, best_metric
+
+    def inconsistent_pairs(self, claims: Claims) -> dict:
+        """The labeled claims' inconsistent pairs, in a random order drawn from the search's RNG."""
+        return pick_two_inconsistent_claims(labeled_only(claims), self.rng)
 
     def pick_example(self) -> int:
         claims = self.state.claims

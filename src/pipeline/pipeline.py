@@ -13,7 +13,7 @@ from core.llm_api.llm import ModelAPI, choose_route
 from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.settings import Settings
 from src.experiments.label_scores import TokenMatch
-from src.experiments.prompts import LabelStyle
+from src.experiments.prompts import LabelStyle, PromptLayout
 from src.pipeline.pool_scoring import PoolScorer
 
 
@@ -26,6 +26,7 @@ class ScoringOptions:
     show_progress: bool = True
     label_style: LabelStyle = "space-in-label"
     token_match: TokenMatch = "whole"
+    prompt_layout: PromptLayout = "reference"
     requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
     tokens_per_minute: Optional[float] = None  # override API_TOKENS_PER_MINUTE
     cache_dir: Optional[Path] = None  # where responses.sqlite lives; None: no response cache
@@ -45,7 +46,9 @@ class ScoringPipeline:
             show_progress=options.show_progress, exact_label_logprobs=options.exact_label_logprobs,
             use_vllm=options.use_vllm, rate_limiter=self.rate_limiter, cache_dir=options.cache_dir,
         )
-        self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match)
+        self.scorer = PoolScorer(
+            self.model_api, options.label_style, options.token_match, prompt_layout=options.prompt_layout
+        )
 
     def close(self) -> None:
         self.model_api.close()

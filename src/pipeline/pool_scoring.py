@@ -2,6 +2,8 @@
 
 A pool's scores depend only on which claims are labeled and how, so they are memoised by that
 assignment: the consistency fix and the acceptance step often ask for the same labelling twice.
+The prompts go to the engine in the depth-first order of their prefix trie (see prompts.send_order),
+which changes what the engine can reuse but not what the model sees.
 """
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from typing import Any, Hashable, Mapping, Optional
 from core.llm_api.llm import ModelAPI
 from src.experiments.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
 from src.experiments.label_scores import TokenMatch, label_logodds
-from src.experiments.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
+from src.experiments.prompts import (
+    LabelStyle,
+    PromptLayout,
+    full_demo_order,
+    judge_prompt,
+    leave_one_out_prompts,
+    send_order,
+)
 
 Claims = Mapping[int, dict[str, Any]]
 DEFAULT_MEMO_ENTRIES = 2048
@@ -40,6 +49,11 @@ def labeled_pool(claims: Claims) -> list[dict[str, Any]]:
     return [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is not None]
 
 
+def whole_pool(claims: Claims) -> list[dict[str, Any]]:
+    """All claims, labeled or not, in uid order: the frame the prompt layout is laid over."""
+    return [claims[uid] for uid in sorted(claims)]
+
+
 def assignment_key(pool: list[dict[str, Any]]) -> tuple[tuple[int, int], ...]:
     return tuple((c["uid"], c["label"]) for c in pool)
 
@@ -51,10 +65,12 @@ class PoolScorer:
         label_style: LabelStyle = "space-in-label",
         token_match: TokenMatch = "whole",
         memo_entries: int = DEFAULT_MEMO_ENTRIES,
+        prompt_layout: PromptLayout = "reference",
     ) -> None:
         self.model_api = model_api
         self.label_style = label_style
         self.token_match = token_match
+        self.prompt_layout = prompt_layout
         self._pool_memo = _LRU(memo_entries)
         self._single_memo = _LRU(memo_entries)
         self.pool_scores_computed = 0
@@ -68,8 +84,12 @@ class PoolScorer:
         if cached is not None:
             self.pool_scores_reused += 1
             return cached
-        logprobs = self.model_api.next_token_logprobs(leave_one_out_prompts(pool, self.label_style))
-        scores = {c["uid"]: label_logodds(lp, self.token_match) for c, lp in zip(pool, logprobs)}
+        frame = whole_pool(claims)
+        prompts = leave_one_out_prompts(pool, self.label_style, self.prompt_layout, frame)
+        order = send_order(pool, self.prompt_layout, frame)
+        logprobs = self.model_api.next_token_logprobs([prompts[i] for i in order])
+        by_position = dict(zip(order, logprobs))
+        scores = {c["uid"]: label_logodds(by_position[i], self.token_match) for i, c in enumerate(pool)}
         self._pool_memo.put(key, scores)
         self.pool_scores_computed += 1
         return scores
@@ -88,13 +108,18 @@ class PoolScorer:
         cached = self._single_memo.get_fresh(key)
         if cached is not None:
             return cached
-        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, pool, self.label_style)])
+        demonstrations = [pool[i] for i in full_demo_order(pool, self.prompt_layout, whole_pool(claims))]
+        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
         score = label_logodds(logprobs, self.token_match)
         self._single_memo.put(key, score)
         return score
 
     def evaluate(self, claims: Claims) -> dict:
         """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
-        scores = self.pool_scores(claims)
-        pool = {c["uid"]: {**c, "score": scores[c["uid"]]} for c in labeled_pool(claims)}
-        return calculate_accuracy(pool, pick_two_inconsistent_claims(pool))
+        return labelling_metric(claims, self.pool_scores(claims))
+
+
+def labelling_metric(claims: Claims, scores: Mapping[int, float]) -> dict:
+    """The search metric of a labelling given each labeled claim's leave-one-out score."""
+    pool = {c["uid"]: {**c, "score": scores[c["uid"]]} for c in labeled_pool(claims)}
+    return calculate_accuracy(pool, pick_two_inconsistent_claims(pool))

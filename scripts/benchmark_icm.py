@@ -1,0 +1,339 @@
+"""Benchmark the ICM search loop: our request pattern against the reference code's, on the same engine.
+
+    python scripts/benchmark_icm.py --testbed truthfulQA --pool 16 --K 10
+    python scripts/benchmark_icm.py --base-url http://127.0.0.1:8000 --pool 64 --K 20
+
+Both modes run the same search from the same seed, one after the other in this process:
+- ``reference``: the reference code's pattern. One request per prompt, a decision query per inconsistent
+  pair, and every pool score and prediction sent to the model again. Prompts in the reference layout.
+- ``ours``: one batched request per pool score in trie order, memoised pool scores, and the --layout
+  prompt layout (tree by default).
+On the embedded engine each mode gets a fresh llama.cpp, so neither inherits the other's prompt cache.
+Against --base-url both share one warm server; ours runs first so it cannot profit from the reference.
+
+Then ``ours`` runs on to --rss-K iterations to see whether memory grows with the run, and one pool of
+--layout-pool claims (gold labels) is scored in each prompt layout to compare their cost and their scores.
+It prints one table and writes the figures as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from core.llm_api.llm import ModelAPI  # noqa: E402
+from core.llm_api.settings import load_settings  # noqa: E402
+from src.experiments.checkpoint import save_checkpoint  # noqa: E402
+from src.experiments.prompts import PROMPT_LAYOUTS  # noqa: E402
+from src.experiments.run_outputs import IterationLog  # noqa: E402
+from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool  # noqa: E402
+from src.pipeline.call_recorder import CallRecorder, MeasuredScorer  # noqa: E402
+from src.pipeline.pool_scoring import PoolScorer  # noqa: E402
+from src.pipeline.prefix_trie import trie_size  # noqa: E402
+from src.pipeline.process_memory import peak_rss_mb, reset_peak_rss  # noqa: E402
+from src.pipeline.reference_pattern import ReferencePatternScorer, ReferencePatternSearch  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "icm"
+RSS_EARLY_ITERATION = 20
+TARGETS = {
+    "requests_per_pool_score": 1,
+    "computed_over_trie": 1.05,
+    "tree_over_reference_tokens": 0.25,
+    "reference_over_ours_wall": 5.0,
+    "client_overhead_share": 0.02,
+    "rss_growth": 1.1,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--testbed", default="truthfulQA", choices=[t for t in TESTBEDS if t != "custom"])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--pool", type=int, default=16, help="claims in the searched pool")
+    parser.add_argument("--num-seed", type=int, default=8, help="claims that start labeled")
+    parser.add_argument("--K", type=int, default=10, help="iterations each mode runs for the table")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", default="tree", choices=PROMPT_LAYOUTS, help="ours' prompt layout")
+    parser.add_argument("--modes", default="ours,reference", help="comma-separated: ours, reference")
+    parser.add_argument("--rss-K", type=int, default=200,
+                        help=f"run ours on to this many iterations and compare peak RSS with iteration {RSS_EARLY_ITERATION} (0: skip)")
+    parser.add_argument("--layout-pool", type=int, default=64, help="pool size of the layout comparison (0: skip)")
+    parser.add_argument("--base-url", default=None, help="a vLLM or llama.cpp server instead of the embedded engine")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="default: results/benchmark/<testbed>-pool<P>-K<K>-seed<S>.json")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def open_model_api(args: argparse.Namespace) -> ModelAPI:
+    # EMBEDDED_* settings come from SECRETS and the environment as in a run, but the server is only --base-url,
+    # so a configured server can't slip into an embedded benchmark.
+    settings = dataclasses.replace(load_settings(), vllm_base_url=args.base_url, llama_api_base=None)
+    return ModelAPI(args.model, settings=settings, use_vllm=True if args.base_url else None, show_progress=False)
+
+
+def labelled_pool(args: argparse.Namespace, size: int, gold: bool) -> tuple[dict, random.Random]:
+    """The pool the search labels (seeded from --seed), or with gold labels for the layout comparison."""
+    claims, source, _ = load_testbed_claims(args.testbed, args.data_dir, None, True)
+    rng = random.Random(args.seed)
+    records = sample_pool(claims, TESTBED_SPECS[args.testbed], size, rng, source)
+    pool = seed_claims(records, 0 if gold else args.num_seed, rng)
+    if gold:
+        for claim in pool.values():
+            claim["label"] = claim["vanilla_label"]
+    return pool, rng
+
+
+class TokenCounter:
+    """Token counts of the prompts a run sent, from the engine's own tokenizer (memoised by text)."""
+
+    def __init__(self, model_api: ModelAPI) -> None:
+        self.model_api = model_api
+        self._known: dict[str, list[int]] = {}
+
+    def tokens(self, prompts: list[str]) -> list[list[int]]:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._known))
+        self._known.update(zip(missing, self.model_api.tokenize(missing)))
+        return [self._known[p] for p in prompts]
+
+    def sent_and_trie(self, recorder: CallRecorder) -> tuple[int, int]:
+        sent = trie = 0
+        for group in recorder.groups:
+            tokens = self.tokens(group.prompts)
+            sent += sum(len(t) for t in tokens)
+            trie += trie_size(tokens)
+        return sent, trie
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the search for --K iterations in one mode and return its figures."""
+    reset_peak_rss()
+    api = open_model_api(args)
+    try:
+        recorder = CallRecorder(api)
+        if mode == "reference":
+            scorer: Any = ReferencePatternScorer(recorder)
+            search_class: Callable[..., ICMSearch] = ReferencePatternSearch
+        else:
+            scorer = PoolScorer(recorder, prompt_layout=args.layout)
+            search_class = ICMSearch
+        claims, rng = labelled_pool(args, args.pool, gold=False)
+        search = search_class(MeasuredScorer(scorer, recorder), SearchSettings(K=args.K), rng, SearchState(claims))
+        rss_early: list[float] = []
+
+        with tempfile.TemporaryDirectory() as out_name:
+            out = Path(out_name)
+            log = IterationLog(out / "log.jsonl")
+            bar = tqdm(total=args.K, desc=f"{mode:9s}", unit="iter", disable=args.no_progress, leave=False)
+
+            def on_step(record: dict) -> None:
+                # The CLI's per-iteration work: one log line and one checkpoint.
+                log(record)
+                save_checkpoint(out, search.state, rng)
+                bar.update(1)
+                if search.state.iteration == RSS_EARLY_ITERATION:
+                    rss_early.append(peak_rss_mb())
+
+            started = time.perf_counter()
+            search.run(on_step)
+            wall = time.perf_counter() - started
+            stats = dataclasses.replace(api.refresh_stats())
+            figures = summarise(mode, args, recorder, scorer, stats, wall, TokenCounter(api))
+
+            if mode == "ours" and args.rss_K > args.K:
+                recorder.recording = False
+                search.settings = dataclasses.replace(search.settings, K=args.rss_K)
+                bar.reset(total=args.rss_K)
+                bar.update(args.K)
+                search.run(on_step)
+                figures["rss_check"] = {
+                    "K_early": RSS_EARLY_ITERATION, "peak_rss_mb_early": round(rss_early[0], 1) if rss_early else None,
+                    "K_late": args.rss_K, "peak_rss_mb_late": round(peak_rss_mb(), 1),
+                    "seconds": round(time.perf_counter() - started - wall, 1),
+                }
+            bar.close()
+            log.close()
+        return figures
+    finally:
+        api.close()
+
+
+def summarise(mode: str, args: argparse.Namespace, recorder: CallRecorder, scorer: Any, stats: Any, wall: float,
+              counter: TokenCounter) -> dict[str, Any]:
+    pool_groups = recorder.groups_of("pool")
+    sent, trie = counter.sent_and_trie(recorder)
+    return {
+        "mode": mode,
+        "layout": scorer.prompt_layout,
+        "iterations": args.K,
+        "pool_scores_computed": len(pool_groups),
+        "pool_scores_reused": scorer.pool_scores_reused,
+        "requests": stats.requests,
+        "requests_per_pool_score": (sum(g.requests for g in pool_groups) / len(pool_groups)) if pool_groups else None,
+        "decision_queries": len(recorder.groups_of("decision")),
+        "prompt_tokens_sent": sent,
+        "engine_computed_tokens": stats.computed_tokens,
+        "trie_minimum_tokens": trie,
+        "computed_over_trie": stats.computed_tokens / trie if trie else None,
+        "wall_seconds": round(wall, 2),
+        "wall_seconds_per_iteration": round(wall / max(args.K, 1), 3),
+        "engine_seconds": round(stats.engine_seconds, 2),
+        "client_overhead_share": max(0.0, wall - stats.engine_seconds) / wall if wall else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def compare_layouts(args: argparse.Namespace) -> dict[str, Any]:
+    """Score one gold-labelled pool in each layout (ours' request pattern): tokens, time and score movement."""
+    claims, _ = labelled_pool(args, args.layout_pool, gold=True)
+    results: dict[str, Any] = {"pool": args.layout_pool}
+    scores: dict[str, dict[int, float]] = {}
+    for layout in PROMPT_LAYOUTS:
+        api = open_model_api(args)
+        try:
+            recorder = CallRecorder(api)
+            scorer = MeasuredScorer(PoolScorer(recorder, prompt_layout=layout), recorder)
+            started = time.perf_counter()
+            with recorder.phase("pool"):
+                scores[layout] = scorer.pool_scores(claims)
+            seconds = time.perf_counter() - started
+            stats = api.refresh_stats()
+            sent, trie = TokenCounter(api).sent_and_trie(recorder)
+            results[layout] = {"prompt_tokens_sent": sent, "engine_computed_tokens": stats.computed_tokens,
+                               "trie_minimum_tokens": trie, "seconds": round(seconds, 1)}
+        finally:
+            api.close()
+    reference, tree = (np.array([scores[layout][uid] for uid in sorted(claims)]) for layout in PROMPT_LAYOUTS)
+    gold = np.array([claims[uid]["label"] for uid in sorted(claims)])
+    results["tree_over_reference_tokens"] = results["tree"]["engine_computed_tokens"] / results["reference"]["engine_computed_tokens"]
+    results["mean_abs_score_difference"] = float(np.mean(np.abs(reference - tree)))
+    results["label_agreement"] = float(np.mean((reference > 0) == (tree > 0)))
+    results["gold_agreement"] = {"reference": float(np.mean((reference > 0) == gold)), "tree": float(np.mean((tree > 0) == gold))}
+    return results
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, Optional[float], str, Optional[bool]]]:
+    """(target, measured, wanted, met) for each target the run measured."""
+    rows: list[tuple[str, Optional[float], str, Optional[bool]]] = []
+    ours, reference = report["modes"].get("ours"), report["modes"].get("reference")
+    if ours:
+        value = ours["requests_per_pool_score"]
+        rows.append(("requests per pool score (ours)", value, "= 1", value == TARGETS["requests_per_pool_score"]))
+        value = ours["computed_over_trie"]
+        rows.append(("engine tokens / trie minimum (ours)", value, "≤ 1.05", value is not None and value <= TARGETS["computed_over_trie"]))
+        value = ours["client_overhead_share"]
+        rows.append(("client overhead share (ours)", value, "≤ 0.02", value is not None and value <= TARGETS["client_overhead_share"]))
+        check = ours.get("rss_check")
+        if check and check["peak_rss_mb_early"]:
+            value = check["peak_rss_mb_late"] / check["peak_rss_mb_early"]
+            rows.append((f"peak RSS K={check['K_late']} / K={check['K_early']}", value, "≤ 1.1", value <= TARGETS["rss_growth"]))
+    if ours and reference:
+        value = report["ratios"]["wall_seconds_per_iteration"]
+        rows.append(("wall per iteration, reference / ours", value, "≥ 5", value >= TARGETS["reference_over_ours_wall"]))
+    layouts = report.get("layouts")
+    if layouts:
+        value = layouts["tree_over_reference_tokens"]
+        rows.append((f"tree / reference engine tokens, pool {layouts['pool']}", value, "≤ 0.25", value <= TARGETS["tree_over_reference_tokens"]))
+    return rows
+
+
+ROWS = [
+    ("pool scores computed", "pool_scores_computed", "{:.0f}"),
+    ("requests per pool score", "requests_per_pool_score", "{:.2f}"),
+    ("decision queries", "decision_queries", "{:.0f}"),
+    ("requests in all", "requests", "{:.0f}"),
+    ("prompt tokens sent", "prompt_tokens_sent", "{:,.0f}"),
+    ("engine-computed tokens", "engine_computed_tokens", "{:,.0f}"),
+    ("prefix-trie minimum", "trie_minimum_tokens", "{:,.0f}"),
+    ("engine / trie", "computed_over_trie", "{:.3f}"),
+    ("wall s / iteration", "wall_seconds_per_iteration", "{:.2f}"),
+    ("client overhead share", "client_overhead_share", "{:.2%}"),
+    ("peak RSS (MiB)", "peak_rss_mb", "{:.0f}"),
+]
+RATIO_KEYS = ["requests", "prompt_tokens_sent", "engine_computed_tokens", "trie_minimum_tokens", "wall_seconds_per_iteration"]
+
+
+def show(value: Any, form: str) -> str:
+    return "—" if value is None else form.format(value)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    modes = report["modes"]
+    names = [m for m in ("reference", "ours") if m in modes]
+    print(f"\n{report['command']}\n")
+    header = [""] + [f"{m} ({modes[m]['layout']} layout)" for m in names] + (["reference / ours"] if len(names) == 2 else [])
+    lines = [header]
+    for label, key, form in ROWS:
+        row = [label] + [show(modes[m][key], form) for m in names]
+        if len(names) == 2:
+            row.append(show(report["ratios"].get(key), "{:.2f}×"))
+        lines.append(row)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    layouts = report.get("layouts")
+    if layouts:
+        print(f"\nOne pool score of {layouts['pool']} gold-labelled claims, ours' request pattern:")
+        for layout in PROMPT_LAYOUTS:
+            figures = layouts[layout]
+            print(f"  {layout:9s} layout: {figures['prompt_tokens_sent']:,} tokens sent, {figures['engine_computed_tokens']:,} computed, "
+                  f"trie {figures['trie_minimum_tokens']:,}, {figures['seconds']} s")
+        print(f"  tree / reference computed tokens: {layouts['tree_over_reference_tokens']:.3f}; scores move by "
+              f"{layouts['mean_abs_score_difference']:.3f} nats on average; labels agree on {layouts['label_agreement']:.1%}")
+    check = modes.get("ours", {}).get("rss_check")
+    if check:
+        print(f"\nPeak RSS of ours: {check['peak_rss_mb_early']} MiB at iteration {check['K_early']}, "
+              f"{check['peak_rss_mb_late']} MiB at iteration {check['K_late']}")
+    print("\nTargets:")
+    for name, value, wanted, met in targets(report):
+        print(f"  {'✓' if met else '✗'} {name}: {show(value, '{:.3f}')} (want {wanted})")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"ours", "reference"}
+    if unknown or not modes:
+        print(f"error: --modes {args.modes!r}: use ours, reference or both", file=sys.stderr)
+        return 2
+    if not args.data_dir.is_dir() and args.testbed != "demo":
+        print(f"error: --data-dir {args.data_dir} is not a folder: point it at the paper's JSON files", file=sys.stderr)
+        return 2
+    command = "python scripts/benchmark_icm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report: dict[str, Any] = {"command": command.strip(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                              "modes": {}, "ratios": {}}
+    # Ours first: against a shared server it then can't profit from the reference's cache.
+    for mode in sorted(modes, key=["ours", "reference"].index):
+        report["modes"][mode] = run_mode(mode, args)
+        print(f"{mode}: {report['modes'][mode]['wall_seconds']} s", file=sys.stderr)
+    if len(report["modes"]) == 2:
+        ours, reference = report["modes"]["ours"], report["modes"]["reference"]
+        report["ratios"] = {k: reference[k] / ours[k] for k in RATIO_KEYS if ours[k]}
+    if args.layout_pool:
+        report["layouts"] = compare_layouts(args)
+    report["targets"] = [{"target": n, "measured": v, "wanted": w, "met": m} for n, v, w, m in targets(report)]
+    out = args.json or REPO_ROOT / "results" / "benchmark" / f"{args.testbed}-pool{args.pool}-K{args.K}-seed{args.seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_report(report)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Simulate vLLM's block prefix cache on ICM's pool scores: our plan for GPU scale, which no machine here runs.
+
+    python scripts/simulate_prefix_cache.py --pools 64 128 256 --capacities 100000 250000 500000 1000000 2000000
+
+It takes real TruthfulQA claims and the embedded model's tokenizer, lays the leave-one-out prompts out in
+the reference order or ours (tree layout, trie order), and replays a search-like run through the cache
+model in src/pipeline/block_cache.py: every iteration flips one random label, scores the pool, and keeps
+the flip half the time. It prints the hit rate (cached prompt tokens / prompt tokens, as vLLM's
+prefix_cache_hits/queries count it) per pool size and cache capacity, and the tokens left to compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from core.llm_api.llm import ModelAPI  # noqa: E402
+from core.llm_api.settings import Settings  # noqa: E402
+from src.experiments.prompts import demo_orders, demonstration_text, query_text, send_order  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool  # noqa: E402
+from src.pipeline.block_cache import BLOCK_SIZE, BlockPrefixCache  # noqa: E402
+from src.pipeline.prefix_trie import trie_size  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "icm"
+LAYOUTS = {"reference": "reference", "ours": "tree"}
+
+
+class ClaimTokens:
+    """Each claim's tokens as a demonstration (per label) and as the query, tokenized once."""
+
+    def __init__(self, pool: list[dict], api: ModelAPI) -> None:
+        texts = []
+        for claim in pool:
+            texts += [demonstration_text({**claim, "label": 0}, "space-in-label"),
+                      demonstration_text({**claim, "label": 1}, "space-in-label"), query_text(claim, "space-in-label")]
+        tokens = api.tokenize(texts)
+        self.demo = [(tokens[3 * i], tokens[3 * i + 1]) for i in range(len(pool))]
+        self.query = [tokens[3 * i + 2] for i in range(len(pool))]
+
+    def prompt(self, order: list[int], labels: list[int], claim: int) -> list[int]:
+        tokens: list[int] = []
+        for j in order:
+            tokens += self.demo[j][labels[j]]
+        return tokens + self.query[claim]
+
+
+def pool_prompts(pool: list[dict], labels: list[int], tokens: ClaimTokens, layout: str) -> list[list[int]]:
+    """The pool score's prompts as token lists, in the order they reach the engine."""
+    claims = [{**c, "label": label} for c, label in zip(pool, labels)]
+    orders = demo_orders(claims, layout)
+    return [tokens.prompt(orders[i], labels, i) for i in send_order(claims, layout)]
+
+
+def simulate(pool: list[dict], tokens: ClaimTokens, layout: str, capacity: int, iterations: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    labels = [c["label"] for c in pool]
+    cache = BlockPrefixCache(capacity)
+    for _ in range(iterations):
+        candidate = list(labels)
+        candidate[rng.randrange(len(pool))] ^= 1
+        for prompt in pool_prompts(pool, candidate, tokens, layout):
+            cache.run(prompt)
+        if rng.random() < 0.5:
+            labels = candidate
+    counters = cache.counters
+    return {"hit_rate": counters.hit_rate, "computed_tokens_per_score": (counters.queried_tokens - counters.hit_tokens) / iterations}
+
+
+def check_concatenation(pool: list[dict], tokens: ClaimTokens, api: ModelAPI, layout: str) -> float:
+    """Share of prompts whose whole-text tokens equal the concatenated per-claim tokens (should be 1)."""
+    from src.experiments.prompts import leave_one_out_prompts
+
+    sample = pool[:8]
+    labels = [c["label"] for c in sample]
+    texts = leave_one_out_prompts(sample, "space-in-label", layout)
+    whole = api.tokenize(texts)
+    orders = demo_orders(sample, layout)
+    pieces = ClaimTokens(sample, api)
+    return sum(w == pieces.prompt(orders[i], labels, i) for i, w in enumerate(whole)) / len(whole)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--pools", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--capacities", type=int, nargs="+", default=[100_000, 250_000, 500_000, 1_000_000, 2_000_000],
+                        help="KV cache sizes in tokens (vLLM logs its size as 'GPU KV cache size: N tokens')")
+    parser.add_argument("--iterations", type=int, default=8, help="pool scores replayed per cell")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    claims, source, _ = load_testbed_claims("truthfulQA", args.data_dir, None, True)
+    results: dict = {"block_size": BLOCK_SIZE, "iterations": args.iterations, "pools": {}}
+    with ModelAPI(settings=Settings(), use_vllm=None, show_progress=False) as api:
+        print(f"tokenizer: {api.model}; claims from {source}; {args.iterations} pool scores per cell; "
+              f"prompts run one after another", file=sys.stderr)
+        for size in args.pools:
+            pool = sample_pool(claims, TESTBED_SPECS["truthfulQA"], size, random.Random(args.seed), source)
+            tokens = ClaimTokens(pool, api)
+            labels = [c["label"] for c in pool]
+            entry: dict = {"naive_tokens": None, "trie_tokens": {}, "capacities": {}}
+            for name, layout in LAYOUTS.items():
+                prompts = pool_prompts(pool, labels, tokens, layout)
+                entry["naive_tokens"] = sum(len(p) for p in prompts)
+                entry["trie_tokens"][name] = trie_size(prompts)
+                entry.setdefault("concatenation_exact", {})[name] = check_concatenation(pool, tokens, api, layout)
+            for capacity in args.capacities:
+                entry["capacities"][capacity] = {
+                    name: simulate(pool, tokens, layout, capacity, args.iterations, args.seed) for name, layout in LAYOUTS.items()
+                }
+            results["pools"][size] = entry
+            print_pool(size, entry)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_pool(size: int, entry: dict) -> None:
+    trie = entry["trie_tokens"]
+    print(f"\npool {size}: one pool score sends {entry['naive_tokens'] / 1e6:.3f}M tokens; trie "
+          f"{trie['reference'] / 1e6:.3f}M in the reference order, {trie['ours'] / 1e6:.3f}M in ours "
+          f"({trie['reference'] / trie['ours']:.1f}× fewer)")
+    print("| KV cache (tokens) | hit rate, reference | hit rate, ours | computed per score, reference | computed per score, ours |")
+    print("|---|---|---|---|---|")
+    for capacity, cell in entry["capacities"].items():
+        ref, ours = cell["reference"], cell["ours"]
+        print(f"| {capacity:,} | {ref['hit_rate']:.1%} | {ours['hit_rate']:.1%} | "
+              f"{ref['computed_tokens_per_score'] / 1e6:.3f}M | {ours['computed_tokens_per_score'] / 1e6:.3f}M |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

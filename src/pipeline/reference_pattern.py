@@ -1,0 +1,63 @@
+"""The reference code's request pattern, reproduced on our engines so benchmarks can compare the two.
+
+It sends the same prompts (reference layout) but:
+- each prompt as a request of its own,
+- one decision query per inconsistent pair in every consistency-fix round (the reference asks the model a
+  placeholder prompt there and never uses the answer),
+- nothing reused: every pool score and every prediction goes to the model again.
+Only ``scripts/benchmark_icm.py`` uses it; a real run never should.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from core.llm_api.llm import ModelAPI
+from src.experiments.label_scores import TokenMatch, label_logodds
+from src.experiments.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
+from src.experiments.search import Claims, ICMSearch
+from src.pipeline.pool_scoring import labeled_pool, labelling_metric
+
+# What the reference's decision query sends (its get_decision_prompt).
+DECISION_PROMPT = "dummy prompt"
+
+
+class ReferencePatternScorer:
+    def __init__(self, model_api: ModelAPI, label_style: LabelStyle = "space-in-label", token_match: TokenMatch = "whole") -> None:
+        model_api.send_prompts_singly()
+        self.model_api = model_api
+        self.label_style = label_style
+        self.token_match = token_match
+        self.prompt_layout = "reference"
+        self.pool_scores_computed = 0
+        self.pool_scores_reused = 0
+        self.decision_queries = 0
+
+    def pool_scores(self, claims: Claims) -> dict[int, float]:
+        pool = labeled_pool(claims)
+        logprobs = self.model_api.next_token_logprobs(leave_one_out_prompts(pool, self.label_style, "reference"))
+        self.pool_scores_computed += 1
+        return {c["uid"]: label_logodds(lp, self.token_match) for c, lp in zip(pool, logprobs)}
+
+    def evaluate(self, claims: Claims) -> dict:
+        return labelling_metric(claims, self.pool_scores(claims))
+
+    def predict_score(self, example: dict[str, Any], claims: Claims) -> float:
+        demonstrations = [c for c in labeled_pool(claims) if c["uid"] != example["uid"]]
+        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
+        return label_logodds(logprobs, self.token_match)
+
+    def decision_query(self) -> None:
+        self.model_api.next_token_logprobs([DECISION_PROMPT])
+        self.decision_queries += 1
+
+
+class ReferencePatternSearch(ICMSearch):
+    """The same search, plus the reference's unused decision query for each inconsistent pair."""
+
+    scorer: ReferencePatternScorer
+
+    def inconsistent_pairs(self, claims: Claims) -> dict:
+        pairs = super().inconsistent_pairs(claims)
+        for _ in pairs:
+            self.scorer.decision_query()
+        return pairs

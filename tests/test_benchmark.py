@@ -1,0 +1,95 @@
+"""The benchmark and its engine hooks on the real embedded model, at sizes that take seconds.
+
+The figures that matter (ratios at pool 16 and 64) come from running scripts/benchmark_icm.py itself; here
+we check that what it measures is measured right.
+"""
+import json
+import os
+import subprocess
+import sys
+
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import Settings
+from src.experiments.prompts import leave_one_out_prompts
+from src.experiments.search import seed_claims
+from src.experiments.testbeds import load_testbed_claims
+from src.pipeline.prefix_trie import trie_size
+from tests.conftest import REPO_ROOT
+
+SMALL = Settings(embedded_ctx_per_slot=2048)
+
+
+def tqa_claims(data_dir, n):
+    import random
+    claims, _, _ = load_testbed_claims("truthfulQA", data_dir, None, True)
+    return list(seed_claims(claims[:n], n, random.Random(0)).values())
+
+
+def test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch(data_dir):
+    prompts = leave_one_out_prompts(tqa_claims(data_dir, 6), "space-in-label")
+    with ModelAPI(settings=SMALL, show_progress=False) as api:
+        tokens = api.tokenize(prompts)
+        api.next_token_logprobs(prompts)
+        stats = api.refresh_stats()
+    assert all(isinstance(t, int) for seq in tokens for t in seq)
+    # Prompts in pool order walk their trie, so one llama.cpp slot computes exactly the trie.
+    assert stats.prompt_tokens == sum(len(t) for t in tokens)
+    assert stats.computed_tokens == trie_size(tokens)
+    assert 0 < stats.engine_seconds
+
+
+def test_prompts_sent_singly_are_one_request_each_with_the_same_answers(data_dir):
+    prompts = leave_one_out_prompts(tqa_claims(data_dir, 4), "space-in-label")
+    settings = Settings(embedded_ctx_per_slot=2048)
+    with ModelAPI(settings=settings, deterministic=True, show_progress=False) as api:
+        batched = api.next_token_logprobs(prompts)
+        api.send_prompts_singly()
+        before = api.stats.requests
+        singly = api.next_token_logprobs(prompts)
+        assert api.stats.requests - before == len(prompts)
+    assert singly == batched
+
+
+def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark_icm.py", "--data-dir", str(data_dir), "--pool", "4", "--num-seed", "2",
+         "--K", "2", "--rss-K", "3", "--layout-pool", "8", "--json", str(out), "--no-progress"],
+        cwd=REPO_ROOT, env={**os.environ, "EMBEDDED_CTX_PER_SLOT": "2048"}, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    ours, reference = report["modes"]["ours"], report["modes"]["reference"]
+    assert ours["requests_per_pool_score"] == 1
+    assert reference["requests_per_pool_score"] >= 2  # one request per labeled claim
+    assert ours["pool_scores_reused"] >= 0 and reference["pool_scores_reused"] == 0
+    for mode in (ours, reference):
+        assert 0 < mode["trie_minimum_tokens"] <= mode["prompt_tokens_sent"]
+        assert 0 < mode["engine_computed_tokens"] <= mode["prompt_tokens_sent"]
+        assert 0 <= mode["client_overhead_share"] < 1 and mode["peak_rss_mb"] > 50
+    assert report["ratios"]["requests"] == reference["requests"] / ours["requests"]
+    assert ours["rss_check"]["K_late"] == 3
+    layouts = report["layouts"]
+    assert layouts["tree"]["trie_minimum_tokens"] < layouts["reference"]["trie_minimum_tokens"]
+    assert layouts["tree"]["prompt_tokens_sent"] == layouts["reference"]["prompt_tokens_sent"]
+    assert 0 <= layouts["label_agreement"] <= 1 and layouts["mean_abs_score_difference"] >= 0
+    assert {t["target"] for t in report["targets"]} >= {"requests per pool score (ours)", "wall per iteration, reference / ours"}
+    assert "| requests per pool score" in result.stdout and "Targets:" in result.stdout
+
+
+def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "EMBEDDED_CTX_PER_SLOT": "2048"}
+
+    def icm(*args):
+        return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    result = icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "3", "--prompt-layout", "tree",
+                 "--output-dir", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "run.json").read_text())["settings"]["prompt_layout"] == "tree"
+    assert json.loads((out / "summary.json").read_text())["settings"]["prompt_layout"] == "tree"
+    refused = icm("--resume", str(out), "--prompt-layout", "reference")
+    assert refused.returncode == 2
+    assert "started with --prompt-layout 'tree', not 'reference'" in refused.stderr
