@@ -93,3 +93,22 @@ def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path):
     refused = icm("--resume", str(out), "--prompt-layout", "reference")
     assert refused.returncode == 2
     assert "started with --prompt-layout 'tree', not 'reference'" in refused.stderr
+
+
+def test_prefix_cache_simulation_uses_exact_token_counts(data_dir, tmp_path):
+    out = tmp_path / "sim.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/simulate_prefix_cache.py", "--data-dir", str(data_dir), "--pools", "16",
+         "--capacities", "2000", "100000", "--iterations", "3", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    pool = json.loads(out.read_text())["pools"]["16"]
+    # Per-claim tokens, joined, are exactly what the tokenizer makes of the whole prompts.
+    assert pool["concatenation_exact"] == {"reference": 1.0, "ours": 1.0}
+    assert pool["trie_tokens"]["ours"] < pool["trie_tokens"]["reference"] < pool["naive_tokens"]
+    small, large = pool["capacities"]["2000"], pool["capacities"]["100000"]
+    for name in ("reference", "ours"):
+        assert 0 <= small[name]["hit_rate"] <= large[name]["hit_rate"] < 1
+    assert large["ours"]["computed_tokens_per_score"] < large["reference"]["computed_tokens_per_score"]
+    assert "| KV cache (tokens) |" in result.stdout
