@@ -314,6 +314,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.data_dir.is_dir() and args.testbed != "demo":
         print(f"error: --data-dir {args.data_dir} is not a folder: point it at the paper's JSON files", file=sys.stderr)
         return 2
+    for flag, size in (("--pool", args.pool), ("--layout-pool", args.layout_pool)):
+        group = TESTBED_SPECS[args.testbed].group_size or 1
+        if size < (group if flag == "--pool" else 0) or size % group:
+            print(f"error: {flag} {size} must be a positive multiple of {args.testbed}'s group size {group}", file=sys.stderr)
+            return 2
+    if not 0 <= args.num_seed <= args.pool or args.num_seed % 2:
+        print(f"error: --num-seed {args.num_seed} must be even and at most --pool {args.pool}", file=sys.stderr)
+        return 2
     command = "python scripts/benchmark_icm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"command": command.strip(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                               "modes": {}, "ratios": {}}

@@ -112,3 +112,12 @@ def test_prefix_cache_simulation_uses_exact_token_counts(data_dir, tmp_path):
         assert 0 <= small[name]["hit_rate"] <= large[name]["hit_rate"] < 1
     assert large["ours"]["computed_tokens_per_score"] < large["reference"]["computed_tokens_per_score"]
     assert "| KV cache (tokens) |" in result.stdout
+
+
+def test_benchmark_refuses_pools_it_cannot_draw(data_dir):
+    for flags, message in ((["--pool", "6"], "--pool 6 must be a positive multiple of truthfulQA's group size 4"),
+                           (["--pool", "4", "--num-seed", "8"], "--num-seed 8 must be even and at most --pool 4"),
+                           (["--modes", "fast"], "--modes 'fast': use ours, reference or both")):
+        result = subprocess.run([sys.executable, "scripts/benchmark_icm.py", "--data-dir", str(data_dir), *flags],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
