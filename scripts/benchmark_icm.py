@@ -314,8 +314,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.data_dir.is_dir() and args.testbed != "demo":
         print(f"error: --data-dir {args.data_dir} is not a folder: point it at the paper's JSON files", file=sys.stderr)
         return 2
+    group = TESTBED_SPECS[args.testbed].group_size or 1
     for flag, size in (("--pool", args.pool), ("--layout-pool", args.layout_pool)):
-        group = TESTBED_SPECS[args.testbed].group_size or 1
         if size < (group if flag == "--pool" else 0) or size % group:
             print(f"error: {flag} {size} must be a positive multiple of {args.testbed}'s group size {group}", file=sys.stderr)
             return 2

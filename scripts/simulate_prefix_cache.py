@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from core.llm_api.llm import ModelAPI  # noqa: E402
 from core.llm_api.settings import Settings  # noqa: E402
 from src.experiments.prompts import (  # noqa: E402
-    DEMO_SEPARATOR, demo_orders, demonstration_text, leave_one_out_prompts, query_text, send_order,
+    DEMO_SEPARATOR, demo_orders, demonstration_text, prompts_in_order, query_text, send_order,
 )
 from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool  # noqa: E402
 from src.pipeline.block_cache import BLOCK_SIZE, BlockPrefixCache  # noqa: E402
@@ -63,7 +63,7 @@ def pool_prompts(pool: list[dict], labels: list[int], tokens: ClaimTokens, layou
     """The pool score's prompts as token lists, in the order they reach the engine."""
     claims = [{**c, "label": label} for c, label in zip(pool, labels)]
     orders = demo_orders(claims, layout)
-    return [tokens.prompt(orders[i], labels, i) for i in send_order(claims, layout)]
+    return [tokens.prompt(orders[i], labels, i) for i in send_order(orders)]
 
 
 def simulate(pool: list[dict], tokens: ClaimTokens, layout: str, capacity: int, iterations: int, seed: int) -> dict:
@@ -85,9 +85,8 @@ def check_concatenation(pool: list[dict], tokens: ClaimTokens, api: ModelAPI, la
     """Share of prompts whose whole-text tokens equal the concatenated per-claim tokens (should be 1)."""
     sample = pool[:8]
     labels = [c["label"] for c in sample]
-    texts = leave_one_out_prompts(sample, "space-in-label", layout)
-    whole = api.tokenize(texts)
     orders = demo_orders(sample, layout)
+    whole = api.tokenize(prompts_in_order(sample, "space-in-label", orders))
     pieces = ClaimTokens(sample, api)
     return sum(w == pieces.prompt(orders[i], labels, i) for i, w in enumerate(whole)) / len(whole)
 

@@ -77,24 +77,24 @@ def test_tree_layout_shrinks_the_trie_to_about_n_log_n():
 def test_send_order_walks_the_trie_so_each_prompt_reuses_the_one_before(layout):
     pool = grouped_pool(6, 4, seed=3)
     orders = demo_orders(pool, layout)
-    sequences = [orders[i] + [-1 - i] for i in send_order(pool, layout)]
+    sequences = [orders[i] + [-1 - i] for i in send_order(orders)]
     fresh = len(sequences[0]) + sum(len(b) - common_prefix_length(a, b) for a, b in zip(sequences, sequences[1:]))
     assert fresh == trie_size(sequences)
-    assert sorted(send_order(pool, layout)) == list(range(len(pool)))
+    assert sorted(send_order(orders)) == list(range(len(pool)))
 
 
 def test_reference_layout_is_paper_mode():
     pool = grouped_pool(3, 4)
-    assert send_order(pool, "reference") == list(range(len(pool)))
-    assert full_demo_order(pool, "reference") == list(range(len(pool)))
+    assert send_order(demo_orders(pool, "reference")) == list(range(len(pool)))
+    assert full_demo_order(demo_orders(pool, "reference")) == list(range(len(pool)))
     prompts = leave_one_out_prompts(pool, "space-in-label")
     assert prompts == [judge_prompt(c, [d for d in pool if d is not c], "space-in-label") for c in pool]
 
 
 def test_full_order_extends_the_last_prompt_sent():
     pool = grouped_pool(5, 2)
-    last = send_order(pool, "tree")[-1]
-    assert full_demo_order(pool, "tree") == demo_orders(pool, "tree")[last] + [last]
+    last = send_order(demo_orders(pool, "tree"))[-1]
+    assert full_demo_order(demo_orders(pool, "tree")) == demo_orders(pool, "tree")[last] + [last]
 
 
 def test_tree_scores_land_on_the_right_claims():
@@ -130,7 +130,7 @@ def test_pool_prompts_reach_the_engine_in_trie_order():
     PoolScorer(ModelAPI(settings=Settings(), route=model), prompt_layout="tree").pool_scores(claims)
     labeled = [claims[uid] for uid in sorted(claims)]
     prompts = leave_one_out_prompts(labeled, "space-in-label", "tree")
-    assert model.sent == [[prompts[i] for i in send_order(labeled, "tree")]]
+    assert model.sent == [[prompts[i] for i in send_order(demo_orders(labeled, "tree"))]]
 
 
 def test_reference_pattern_sends_a_request_per_prompt_and_a_decision_query_per_pair():

@@ -114,32 +114,35 @@ def leave_one_out_prompts(
     pool: Sequence[dict], style: LabelStyle, layout: PromptLayout = "reference", frame: Optional[Sequence[dict]] = None
 ) -> list[str]:
     """For each labeled claim (in pool order), the prompt that judges it from all the others."""
+    return prompts_in_order(pool, style, demo_orders(pool, layout, frame))
+
+
+def prompts_in_order(pool: Sequence[dict], style: LabelStyle, orders: Sequence[Sequence[int]]) -> list[str]:
+    """For each claim (in pool order), the prompt that judges it from the demonstrations ``orders`` gives it."""
     demos = [demonstration_text(c, style) for c in pool]
-    return [
-        "".join(demos[j] for j in order) + query_text(claim, style)
-        for claim, order in zip(pool, demo_orders(pool, layout, frame))
-    ]
+    return ["".join(demos[j] for j in order) + query_text(claim, style) for claim, order in zip(pool, orders)]
 
 
-def send_order(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[int]:
-    """The order to hand a pool's prompts to the engine: a depth-first walk of their prefix trie.
+def send_order(orders: Sequence[Sequence[int]]) -> list[int]:
+    """The order to hand a pool's prompts (with these demo_orders) to the engine: a depth-first walk of their
+    prefix trie.
 
     Each prompt then follows the prompt it shares the most with, so an engine that keeps its last prompt
     (llama.cpp's slot, vLLM's recently used blocks) recomputes only what the trie adds. The walk visits
     children in descending demonstration order, which for the reference layout is plain pool order.
     The model sees the same prompts: only the engine's order changes.
     """
-    orders = demo_orders(pool, layout, frame)
-    return sorted(range(len(pool)), key=lambda i: (orders[i], i), reverse=True)
+    return sorted(range(len(orders)), key=lambda i: (orders[i], i), reverse=True)
 
 
-def full_demo_order(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[int]:
-    """The order of all the pool's demonstrations in the prompt that judges a claim outside the pool.
+def full_demo_order(orders: Sequence[Sequence[int]]) -> list[int]:
+    """The order of all the pool's demonstrations (given its demo_orders) in the prompt that judges a claim
+    outside the pool.
 
     It extends the last prompt sent for the pool's score, so that prompt's whole prefix is reused. For
     the reference layout that is pool order, as in the reference code.
     """
-    if not pool:
+    if not orders:
         return []
-    last = send_order(pool, layout, frame)[-1]
-    return demo_orders(pool, layout, frame)[last] + [last]
+    last = send_order(orders)[-1]
+    return list(orders[last]) + [last]

@@ -16,9 +16,10 @@ from src.experiments.label_scores import TokenMatch, label_logodds
 from src.experiments.prompts import (
     LabelStyle,
     PromptLayout,
+    demo_orders,
     full_demo_order,
     judge_prompt,
-    leave_one_out_prompts,
+    prompts_in_order,
     send_order,
 )
 
@@ -45,7 +46,7 @@ class _LRU(OrderedDict):
 
 
 def labeled_pool(claims: Claims) -> list[dict[str, Any]]:
-    """Labeled claims in uid order: the order demonstrations appear in every prompt."""
+    """Labeled claims in uid order: the positions that demo_orders and the prompt layouts refer to."""
     return [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is not None]
 
 
@@ -84,9 +85,9 @@ class PoolScorer:
         if cached is not None:
             self.pool_scores_reused += 1
             return cached
-        frame = whole_pool(claims)
-        prompts = leave_one_out_prompts(pool, self.label_style, self.prompt_layout, frame)
-        order = send_order(pool, self.prompt_layout, frame)
+        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
+        prompts = prompts_in_order(pool, self.label_style, orders)
+        order = send_order(orders)
         logprobs = self.model_api.next_token_logprobs([prompts[i] for i in order])
         by_position = dict(zip(order, logprobs))
         scores = {c["uid"]: label_logodds(by_position[i], self.token_match) for i, c in enumerate(pool)}
@@ -108,7 +109,8 @@ class PoolScorer:
         cached = self._single_memo.get_fresh(key)
         if cached is not None:
             return cached
-        demonstrations = [pool[i] for i in full_demo_order(pool, self.prompt_layout, whole_pool(claims))]
+        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
+        demonstrations = [pool[i] for i in full_demo_order(orders)]
         [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
         score = label_logodds(logprobs, self.token_match)
         self._single_memo.put(key, score)
