@@ -30,21 +30,20 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import load_settings
+from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
+from src.benchmarks.prefix_trie import trie_size
+from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
+from src.benchmarks.reference_pattern import ReferencePatternScorer, ReferencePatternSearch
+from src.experiments.checkpoint import save_checkpoint
+from src.experiments.prompts import PROMPT_LAYOUTS
+from src.experiments.run_outputs import IterationLog
+from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
+from src.pipeline.pool_scoring import PoolScorer
 
-from core.llm_api.llm import ModelAPI  # noqa: E402
-from core.llm_api.settings import load_settings  # noqa: E402
-from src.experiments.checkpoint import save_checkpoint  # noqa: E402
-from src.experiments.prompts import PROMPT_LAYOUTS  # noqa: E402
-from src.experiments.run_outputs import IterationLog  # noqa: E402
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool  # noqa: E402
-from src.pipeline.call_recorder import CallRecorder, MeasuredScorer  # noqa: E402
-from src.pipeline.pool_scoring import PoolScorer  # noqa: E402
-from src.pipeline.prefix_trie import trie_size  # noqa: E402
-from src.pipeline.process_memory import peak_rss_mb, reset_peak_rss  # noqa: E402
-from src.pipeline.reference_pattern import ReferencePatternScorer, ReferencePatternSearch  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "icm"
 RSS_EARLY_ITERATION = 20

@@ -13,10 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.experiments.prompts import LABEL_WORDS, query_text  # noqa: E402
-from src.experiments.run_outputs import jsonl, write_atomically  # noqa: E402
+from src.experiments.prompts import LABEL_WORDS, query_text
+from src.experiments.run_outputs import jsonl, write_atomically
 
 HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label")
 

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from core.llm_api.llm import ModelAPI  # noqa: E402
-from core.llm_api.settings import Settings  # noqa: E402
-from src.experiments.label_scores import label_logodds  # noqa: E402
-from src.experiments.prompts import leave_one_out_prompts  # noqa: E402
-from src.experiments.search import seed_claims  # noqa: E402
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool  # noqa: E402
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import Settings
+from src.experiments.label_scores import label_logodds
+from src.experiments.prompts import leave_one_out_prompts
+from src.experiments.search import seed_claims
+from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 
 
 def main() -> None:

@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.experiments.run_outputs import jsonl, write_atomically  # noqa: E402
+from src.experiments.run_outputs import jsonl, write_atomically
 
 # Settings that differ between the jobs of one sharded run, or don't change what was computed.
 PER_JOB = {"batch_index", "cache_dir", "no_cache", "data_dir", "data"}

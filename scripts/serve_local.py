@@ -15,11 +15,8 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.llm_api.model_files import ModelFileMissing, resolve_embedded_model  # noqa: E402
+from core.llm_api.model_files import ModelFileMissing, resolve_embedded_model
 
 
 def main() -> int:

@@ -1,10 +1,11 @@
 """Simulate vLLM's block prefix cache on ICM's pool scores: our plan for GPU scale, which no machine here runs.
 
     python scripts/simulate_prefix_cache.py --pools 64 128 256 --capacities 100000 250000 500000 1000000 2000000
+    python scripts/simulate_prefix_cache.py --block-size 128      # vLLM on CPU (its default block; 32 is its least)
 
 It takes real TruthfulQA claims and the embedded model's tokenizer, lays the leave-one-out prompts out in
 the reference order or ours (tree layout, trie order), and replays a search-like run through the cache
-model in src/pipeline/block_cache.py: every iteration flips one random label, scores the pool, and keeps
+model in src/benchmarks/block_cache.py: every iteration flips one random label, scores the pool, and keeps
 the flip half the time. It prints the hit rate (cached prompt tokens / prompt tokens, as vLLM's
 prefix_cache_hits/queries count it) per pool size and cache capacity, and the tokens left to compute.
 """
@@ -17,17 +18,21 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from core.llm_api.llm import ModelAPI  # noqa: E402
-from core.llm_api.settings import Settings  # noqa: E402
-from src.experiments.prompts import (  # noqa: E402
-    DEMO_SEPARATOR, demo_orders, demonstration_text, prompts_in_order, query_text, send_order,
+from core.llm_api.llm import ModelAPI
+from core.llm_api.settings import Settings
+from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCache
+from src.benchmarks.prefix_trie import trie_size
+from src.experiments.prompts import (
+    DEMO_SEPARATOR,
+    demo_orders,
+    demonstration_text,
+    prompts_in_order,
+    query_text,
+    send_order,
 )
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool  # noqa: E402
-from src.pipeline.block_cache import BLOCK_SIZE, BlockPrefixCache  # noqa: E402
-from src.pipeline.prefix_trie import trie_size  # noqa: E402
+from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "icm"
 LAYOUTS = {"reference": "reference", "ours": "tree"}
@@ -66,10 +71,11 @@ def pool_prompts(pool: list[dict], labels: list[int], tokens: ClaimTokens, layou
     return [tokens.prompt(orders[i], labels, i) for i in send_order(orders)]
 
 
-def simulate(pool: list[dict], tokens: ClaimTokens, layout: str, capacity: int, iterations: int, seed: int) -> dict:
+def simulate(pool: list[dict], tokens: ClaimTokens, layout: str, capacity: int, iterations: int, seed: int,
+             block_size: int = BLOCK_SIZE) -> dict:
     rng = random.Random(seed)
     labels = [c["label"] for c in pool]
-    cache = BlockPrefixCache(capacity)
+    cache = BlockPrefixCache(capacity, block_size)
     for _ in range(iterations):
         candidate = list(labels)
         candidate[rng.randrange(len(pool))] ^= 1
@@ -98,12 +104,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--capacities", type=int, nargs="+", default=[100_000, 250_000, 500_000, 1_000_000, 2_000_000],
                         help="KV cache sizes in tokens (vLLM logs its size as 'GPU KV cache size: N tokens')")
     parser.add_argument("--iterations", type=int, default=8, help="pool scores replayed per cell")
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                        help=f"the cache block in tokens: vLLM's default is {BLOCK_SIZE} on GPUs, {CPU_BLOCK_SIZE} on CPUs "
+                             "(which take multiples of 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     claims, source, _ = load_testbed_claims("truthfulQA", args.data_dir, None, True)
-    results: dict = {"block_size": BLOCK_SIZE, "iterations": args.iterations, "pools": {}}
+    if args.block_size < 1:
+        print(f"error: --block-size {args.block_size} must be a positive number of tokens", file=sys.stderr)
+        return 2
+    results: dict = {"block_size": args.block_size, "iterations": args.iterations, "pools": {}}
     with ModelAPI(settings=Settings(), use_vllm=None, show_progress=False) as api:
         print(f"tokenizer: {api.model}; claims from {source}; {args.iterations} pool scores per cell; "
               f"prompts run one after another", file=sys.stderr)
@@ -119,7 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 entry.setdefault("concatenation_exact", {})[name] = check_concatenation(pool, tokens, api, layout)
             for capacity in args.capacities:
                 entry["capacities"][capacity] = {
-                    name: simulate(pool, tokens, layout, capacity, args.iterations, args.seed) for name, layout in LAYOUTS.items()
+                    name: simulate(pool, tokens, layout, capacity, args.iterations, args.seed, args.block_size)
+                    for name, layout in LAYOUTS.items()
                 }
             results["pools"][size] = entry
             print_pool(size, entry)

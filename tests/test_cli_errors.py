@@ -99,7 +99,7 @@ MORE_CASES = {
                             "not UTF-8 text"),
     "resume without a run": (["--resume", "{dir}"], {}, {}, "no run.json there, so no run to resume"),
     "resume a damaged run": (["--resume", "{dir}"], {}, {"run.json": b"{not json"}, "run.json is damaged (not JSON)"),
-    "unreachable server": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"VLLM_BASE_URL": closed_port_url()}, {},
+    "unreachable server": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"VLLM_BASE_URL": closed_port_url(), "VLLM_RETRY_SECONDS": "0"}, {},
                            "cannot connect to http://127.0.0.1:"),
     "bad number in the settings": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"], {"EMBEDDED_SLOTS": "four"}, {}, "EMBEDDED_SLOTS='four' (in "),
     "secrets file missing": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--secrets", "{dir}/nope"], {}, {}, "--secrets {dir}/nope: no such file"),

@@ -93,6 +93,32 @@ def test_a_server_gone_mid_run_is_retried_then_named(forwarding):
     server.stop = lambda: None
 
 
+def test_retries_are_bounded_in_time_with_a_note_while_waiting(forwarding, capsys):
+    faulty = forwarding(fail_first=10_000)
+    started = time.monotonic()
+    with client(faulty.url, vllm_retry_seconds=2.0, vllm_backoff_seconds=0.1, vllm_backoff_max_seconds=0.5) as api:
+        with pytest.raises(ScoringError) as failure:
+            api.next_token_logprobs(PROMPTS)
+    elapsed = time.monotonic() - started
+    assert 2.0 <= elapsed < 10.0
+    assert "times over 2 s" in str(failure.value) and "VLLM_RETRY_SECONDS" in str(failure.value)
+    # capped backoff: many tries in the budget, not a few ever-longer sleeps
+    assert len(faulty.completions()) >= 5
+    assert "is not answering (" in capsys.readouterr().err
+
+
+def test_a_dead_engine_behind_an_open_connection_is_noticed_by_health_polling(forwarding):
+    # The first completion never answers (as vLLM's HTTP side does once its engine died on SIGTERM), and
+    # /health says the engine is gone: the client must give that request up in seconds and ask again.
+    faulty = forwarding(stall_first=1, stall_seconds=8.0, unhealthy_while_stalling=2)
+    with client(faulty.url, vllm_timeout_seconds=600.0, vllm_health_poll_seconds=0.5, vllm_max_retries=3) as api:
+        answers = api.next_token_logprobs(PROMPTS)
+        assert api.describe()["retries"] == 1
+    hung, retried = faulty.completions()
+    assert retried.at - hung.at < 5.0  # given up well before the stalled answer could have come
+    assert len(answers) == len(PROMPTS)
+
+
 def icm_over_http(url: str, out, env_extra=None) -> subprocess.Popen:
     env = {**os.environ, "VLLM_BASE_URL": url, "VLLM_BACKOFF_SECONDS": "0.5", "VLLM_MAX_RETRIES": "8", **(env_extra or {})}
     return subprocess.Popen(
@@ -132,6 +158,31 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path):
     assert (restarted / "log.jsonl").read_text() == (base / "log.jsonl").read_text()
     summary = json.loads((restarted / "summary.json").read_text())
     assert summary["retries"] >= 1 and summary["stopped_early"] is None
+
+
+def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
+    port = str(closed_port())
+    run = icm_over_http(f"http://127.0.0.1:{port}", tmp_path / "waited",
+                        {"VLLM_MAX_RETRIES": "", "VLLM_RETRY_SECONDS": "300", "VLLM_BACKOFF_MAX_SECONDS": "1"})
+    time.sleep(3.0)
+    assert run.poll() is None, run.stderr.read()
+    server, _ = start_local_server_on(port)
+    try:
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert run.returncode == 0, stderr
+    assert "is not answering (cannot connect" in stderr and "VLLM_RETRY_SECONDS" in stderr
+    assert (tmp_path / "waited" / "labels.jsonl").exists()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_local_server_on(port: str):

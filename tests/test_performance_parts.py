@@ -7,17 +7,22 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
+from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCache
+from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
+from src.benchmarks.prefix_trie import common_prefix_length, trie_size
+from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
+from src.benchmarks.reference_pattern import DECISION_PROMPT, ReferencePatternScorer, ReferencePatternSearch
 from src.experiments.prompts import (
-    DEMO_SEPARATOR, demo_orders, full_demo_order, judge_prompt, leave_one_out_prompts, send_order,
+    DEMO_SEPARATOR,
+    demo_orders,
+    full_demo_order,
+    judge_prompt,
+    leave_one_out_prompts,
+    send_order,
 )
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
-from src.pipeline.block_cache import BLOCK_SIZE, BlockPrefixCache
-from src.pipeline.call_recorder import CallRecorder, MeasuredScorer
 from src.pipeline.pool_scoring import PoolScorer
-from src.pipeline.prefix_trie import common_prefix_length, trie_size
-from src.pipeline.process_memory import peak_rss_mb, reset_peak_rss
-from src.pipeline.reference_pattern import DECISION_PROMPT, ReferencePatternScorer, ReferencePatternSearch
 from tests.synthetic_model import SyntheticModel
 
 
@@ -117,6 +122,9 @@ class PromptLog(SyntheticModel):
         self.sent: list[list[str]] = []
         self.one_prompt_per_request = False
 
+    def send_prompts_singly(self) -> None:
+        self.one_prompt_per_request = True
+
     def next_token_logprobs(self, prompts):
         if self.one_prompt_per_request and len(prompts) > 1:
             return [self.next_token_logprobs([p])[0] for p in prompts]
@@ -187,6 +195,14 @@ def test_block_cache_reuses_whole_blocks_of_a_matching_prefix():
     assert cache.run(list(range(32))) == BLOCK_SIZE  # all cached, but the last token is always computed
     assert cache.run([7] + first[1:]) == 0  # a block is known by everything before it
     assert cache.counters.queried_tokens == 40 + 45 + 40 + 32 + 40
+
+
+def test_block_cache_takes_the_cpu_block_size():
+    cache = BlockPrefixCache(capacity_tokens=10 * CPU_BLOCK_SIZE, block_size=CPU_BLOCK_SIZE)
+    prompt = list(range(300))  # two full 128-token blocks and a partial one
+    assert cache.run(prompt) == 0
+    assert cache.run(prompt[:200] + [999] * 100) == CPU_BLOCK_SIZE  # only the first full block matches
+    assert cache.run(prompt) == 2 * CPU_BLOCK_SIZE
 
 
 def test_block_cache_evicts_least_recently_used_and_tails_first():

@@ -141,18 +141,20 @@ def test_batches_are_split_only_past_the_prompts_per_request_cap(forwarding, dem
     assert [s.n_prompts for s in whole.completions()] == [4]
 
 
-def test_exact_label_logprobs_are_requested_from_vllm_033(forwarding, demo_prompts):
-    server = forwarding(pretend_vllm_version="0.33.0")
+def test_exact_label_logprobs_are_used_when_the_server_honours_them_whatever_its_version(forwarding, demo_prompts):
+    server = forwarding(pretend_vllm_version="0.32.0", honour_logprob_token_ids=True)
     with http_api(server.url) as api:
         assert api.describe()["label_logprobs"] == "exact"
-        api.next_token_logprobs(demo_prompts[:1])
-    [request] = server.completions()
+        [scored] = api.next_token_logprobs(demo_prompts[:1])
+    probe, request = server.completions()  # the feature is tried once, then used
+    assert probe.body["logprob_token_ids"] == request.body["logprob_token_ids"]
     tokenized = [s.body["prompt"] for s in server.seen if s.path == "/tokenize"]
     assert " True" in tokenized and " False" in tokenized
     ids = request.body["logprob_token_ids"]
     assert len(ids) == len(set(ids)) >= 2 and request.body["logprobs"] == len(ids)
-    older = forwarding(pretend_vllm_version="0.32.1")
-    with http_api(older.url) as api:
+    assert {token for token, _ in scored} >= {" True", " False"} and len(scored) <= len(ids) + 1
+    ignores = forwarding(pretend_vllm_version="0.33.0")  # a newer version that ignores the field
+    with http_api(ignores.url) as api:
         assert api.describe()["label_logprobs"] == "top-k"
 
 
@@ -173,8 +175,8 @@ def test_api_key_is_sent_and_never_shown():
 def test_unknown_model_and_unreachable_server_say_what_to_fix(local_server):
     with pytest.raises(ScoringError, match="is not served at .* it serves: SmolLM2"):
         http_api(local_server, model="meta-llama/Llama-3.1-8B")
-    with pytest.raises(ScoringError, match="cannot connect to .* is the server running"):
-        http_api(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ScoringError, match="cannot connect to .* is the server running.*raise VLLM_RETRY_SECONDS"):
+        http_api(f"http://127.0.0.1:{free_port()}", vllm_retry_seconds=0.5, vllm_backoff_seconds=0.1)
 
 
 def test_launch_script_dry_run_prints_a_prefix_caching_tensor_parallel_command():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Sequence
 
 from core.llm_api.logprobs import NextTokenLogprobs
 
@@ -27,14 +27,34 @@ class RouteStats:
         return asdict(self)
 
 
-class ScoringRoute(Protocol):
-    name: str
-    model: str
+class ScoringRoute:
+    """The interface every model route offers ModelAPI. Routes override what they can do; the defaults say
+    what a route without that ability does, so callers never need to ask a route what it is."""
+
+    name: str = "route"
+    model: str = ""
     stats: RouteStats
+    top_k: int = DEFAULT_TOP_K
+    # The label tokens' ids when the route asks the engine for exactly those logprobs; None means top-k.
+    label_token_ids: Optional[list[int]] = None
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         """One batched request for all prompts; results in prompt order."""
-        ...
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids from the engine's own tokenizer."""
+        raise ScoringError(f"the {self.name} route offers no tokenizer")
+
+    def send_prompts_singly(self) -> None:
+        """From now on, one request per prompt (the reference code's pattern; only benchmarks want it)."""
+
+    def refresh_engine_stats(self) -> None:
+        """Bring the token counts in ``stats`` up to date (server routes read the engine's /metrics)."""
+
+    def describe(self) -> dict:
+        """Route-specific facts for summary.json: endpoint, server version, retries. No secrets."""
+        return {}
 
     def close(self) -> None:
-        ...
+        pass

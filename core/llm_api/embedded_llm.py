@@ -15,16 +15,16 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
+from core.crash_points import maybe_crash
+from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError, ScoringRoute
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
-from src.experiments.crash_points import maybe_crash
 
 # Batches that take longer than this get a token-progress bar.
 PROGRESS_DELAY_SECONDS = 3.0
 
 
-class EmbeddedLlamaCpp:
+class EmbeddedLlamaCpp(ScoringRoute):
     name = "embedded"
 
     def __init__(
@@ -63,6 +63,9 @@ class EmbeddedLlamaCpp:
         self._server = xllamacpp.Server(params)
         self._in_flight: Optional[threading.Thread] = None
         self.one_prompt_per_request = False  # the reference code's pattern, for benchmarks
+
+    def send_prompts_singly(self) -> None:
+        self.one_prompt_per_request = True
 
     def prompt_tokens_so_far(self) -> tuple[float, float]:
         """(prompt tokens given to llama.cpp, of which served from its cache) since it started."""

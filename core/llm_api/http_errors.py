@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from core.llm_api.base_llm import ScoringError
 
@@ -35,6 +36,15 @@ def explain_status(status: int, body: str, url: str, key_setting: str, top_k: in
 def redact(text: str, secret: Optional[str]) -> str:
     """``text`` with the secret replaced: a server may echo a key back in an error body."""
     return text.replace(secret, "***") if secret else text
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password part, for logs and summaries."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 class EndpointDown(ScoringError):

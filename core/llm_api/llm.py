@@ -7,7 +7,6 @@ scripts/serve_local.py), ``external`` (a hosted completions API at LLAMA_API_BAS
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import Optional, Sequence
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
@@ -39,15 +38,6 @@ def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
 def vllm_urls(settings: Settings) -> list[str]:
     """The vLLM endpoints in VLLM_BASE_URL, which may list several, comma-separated."""
     return [u.strip() for u in (settings.vllm_base_url or "").split(",") if u.strip()]
-
-
-def redact_url(url: str) -> str:
-    """The URL without any user:password part, for logs and summaries."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 class ModelAPI:
@@ -85,7 +75,9 @@ class ModelAPI:
                 model=model, api_key=settings.vllm_api_key, top_k=self.top_k, deterministic=self.deterministic,
                 timeout_seconds=settings.vllm_timeout_seconds, max_prompts_per_request=settings.vllm_max_prompts_per_request,
                 exact_label_logprobs=self.exact_label_logprobs, max_retries=settings.vllm_max_retries,
-                backoff_seconds=settings.vllm_backoff_seconds,
+                backoff_seconds=settings.vllm_backoff_seconds, retry_seconds=settings.vllm_retry_seconds,
+                backoff_max_seconds=settings.vllm_backoff_max_seconds,
+                health_poll_seconds=settings.vllm_health_poll_seconds,
             )
             if len(urls) > 1:
                 from core.llm_api.multi_endpoint import MultiEndpointVLLM
@@ -131,8 +123,8 @@ class ModelAPI:
     def cache_identity(self) -> dict:
         """Everything besides the prompt that decides the answer."""
         return {
-            "route": self.route_name, "model": self.model, "top_k": getattr(self._route, "top_k", self.top_k),
-            "deterministic": self.deterministic, "label_token_ids": getattr(self._route, "label_token_ids", None),
+            "route": self.route_name, "model": self.model, "top_k": self._route.top_k,
+            "deterministic": self.deterministic, "label_token_ids": self._route.label_token_ids,
         }
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
@@ -154,52 +146,24 @@ class ModelAPI:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids from the engine's own tokenizer (embedded and vLLM routes)."""
-        tokenize = getattr(self._route, "tokenize", None)
-        if tokenize is None:
-            raise ScoringError(f"the {self.route_name} route offers no tokenizer")
-        return tokenize(texts)
+        return self._route.tokenize(texts)
 
     def send_prompts_singly(self) -> None:
         """From now on, send each prompt as a request of its own (as the reference code does).
 
         Only benchmarks want this: it reproduces the reference's request pattern on the same engine.
         """
-        for client in getattr(self._route, "endpoints", [self._route]):
-            if hasattr(client, "list_prompts_supported"):
-                client.list_prompts_supported = False  # the vLLM client then sends prompts singly, concurrently
-            else:
-                client.one_prompt_per_request = True
+        self._route.send_prompts_singly()
 
     def refresh_stats(self) -> RouteStats:
         """Bring token counts up to date (a server route reads them from /metrics) and return the stats."""
-        refresh = getattr(self._route, "refresh_engine_stats", None)
-        if refresh is not None:
-            refresh()
+        self._route.refresh_engine_stats()
         return self._route.stats
 
     def describe(self) -> dict:
-        described = {"route": self.route_name, "model": self.model, "deterministic": self.deterministic, "top_k": self.top_k}
-        if self.route_name == "vllm":
-            described.update(
-                endpoint=",".join(redact_url(u) for u in vllm_urls(self.settings)),
-                server_version=getattr(self._route, "server_version", None),
-                label_logprobs="exact" if getattr(self._route, "label_token_ids", None) else "top-k",
-                retries=getattr(self._route, "retries", 0),
-            )
-            if hasattr(self._route, "requests_per_endpoint"):
-                described.update(requests_per_endpoint={redact_url(u): n for u, n in self._route.requests_per_endpoint().items()},
-                                 failovers=self._route.failovers)
-        if self.route_name == "external":
-            limiter = self.rate_limiter
-            described.update(
-                endpoint=redact_url(self.settings.llama_api_base or ""),
-                top_k=getattr(self._route, "top_k", self.top_k),
-                requests_per_minute=limiter.requests_per_minute if limiter else None,
-                tokens_per_minute=limiter.tokens_per_minute if limiter else None,
-                retries=getattr(self._route, "retries", 0),
-                rate_limited=getattr(self._route, "rate_limited", 0),
-            )
-        return described
+        """The route and model for summary.json, with the route's own facts (endpoint, retries, ...)."""
+        return {"route": self.route_name, "model": self.model, "deterministic": self.deterministic,
+                "top_k": self.top_k, **self._route.describe()}
 
     def close(self) -> None:
         self._route.close()

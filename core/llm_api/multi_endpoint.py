@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from core.llm_api.base_llm import RouteStats, ScoringError
-from core.llm_api.http_errors import EndpointDown
+from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
+from core.llm_api.http_errors import EndpointDown, redact_url
 from core.llm_api.http_session import RunSession
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.vllm_llm import VLLMClient
@@ -27,18 +27,20 @@ def contiguous_blocks(count: int, parts: int) -> list[range]:
     return [range(count * k // parts, count * (k + 1) // parts) for k in range(parts)]
 
 
-class MultiEndpointVLLM:
+class MultiEndpointVLLM(ScoringRoute):
     name = "vllm"
 
     def __init__(self, base_urls: Sequence[str], *, api_key: Optional[str], timeout_seconds: float,
-                 max_retries: int, backoff_seconds: float, **client_options) -> None:
+                 max_retries: Optional[int], backoff_seconds: float, retry_seconds: float, **client_options) -> None:
         self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
-        self.max_rounds = max_retries + 1
+        self.max_rounds = None if max_retries is None else max_retries + 1
+        self.retry_seconds = retry_seconds
         self.backoff_seconds = backoff_seconds
         try:
             # One quick retry per endpoint: a replica that is down should hand its work on, not stall the run.
             self.endpoints = [VLLMClient(url, api_key=api_key, timeout_seconds=timeout_seconds, http=self._http,
-                                         max_retries=min(max_retries, 1), backoff_seconds=backoff_seconds,
+                                         max_retries=1 if max_retries is None else min(max_retries, 1),
+                                         backoff_seconds=backoff_seconds, retry_seconds=retry_seconds,
                                          **client_options) for url in base_urls]
         except BaseException:
             self._http.close()
@@ -79,11 +81,14 @@ class MultiEndpointVLLM:
     async def _score(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         answers: list[Optional[NextTokenLogprobs]] = [None] * len(prompts)
         pending = list(range(len(prompts)))
-        for _ in range(self.max_rounds):
+        deadline = time.monotonic() + self.retry_seconds
+        rounds = 0
+        while (self.max_rounds is None or rounds < self.max_rounds) and (rounds == 0 or time.monotonic() < deadline):
+            rounds += 1
             now = time.monotonic()
             live = [i for i, until in enumerate(self.down_until) if until <= now]
             if not live:
-                await asyncio.sleep(max(0.0, min(self.down_until) - now))
+                await asyncio.sleep(max(0.0, min(min(self.down_until), deadline) - now))
                 continue
             blocks = [[pending[j] for j in block] for block in contiguous_blocks(len(pending), len(live))]
             outcomes = await asyncio.gather(
@@ -104,7 +109,7 @@ class MultiEndpointVLLM:
             pending = [i for i in pending if answers[i] is None]
             if not pending:
                 return answers  # type: ignore[return-value]
-        raise ScoringError(f"every endpoint in VLLM_BASE_URL failed {self.max_rounds} rounds in a row: "
+        raise ScoringError(f"every endpoint in VLLM_BASE_URL failed {rounds} rounds in a row: "
                            f"{', '.join(e.base_url for e in self.endpoints)}. Check them with scripts/test_vllm_server.py")
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
@@ -119,6 +124,16 @@ class MultiEndpointVLLM:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.endpoints[0].tokenize(texts)
+
+    def send_prompts_singly(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.send_prompts_singly()
+
+    def describe(self) -> dict:
+        return {"endpoint": ",".join(redact_url(e.base_url) for e in self.endpoints), "server_version": self.server_version,
+                "label_logprobs": "exact" if self.label_token_ids else "top-k", "retries": self.retries,
+                "requests_per_endpoint": {redact_url(url): n for url, n in self.requests_per_endpoint().items()},
+                "failovers": self.failovers}
 
     def close(self) -> None:
         self._http.close()

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 import aiohttp
 
-from core.llm_api.base_llm import RouteStats, ScoringError
-from core.llm_api.http_errors import explain_status, redact
+from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
+from core.llm_api.http_errors import explain_status, redact, redact_url
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 from core.llm_api.rate_limits import RateLimiter, parse_reset
@@ -27,7 +27,7 @@ MAX_RATE_LIMIT_WAITS = 50  # 429s are waited out, but not forever
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 
 
-class ExternalAPIClient:
+class ExternalAPIClient(ScoringRoute):
     name = "external"
 
     def __init__(
@@ -118,6 +118,11 @@ class ExternalAPIClient:
             return []
         self.stats.prompts += len(prompts)
         return self._http.run(gather_limited(prompts, self._score_one, self._concurrency))
+
+    def describe(self) -> dict:
+        return {"endpoint": redact_url(self.base_url), "top_k": self.top_k,
+                "requests_per_minute": self.limiter.requests_per_minute, "tokens_per_minute": self.limiter.tokens_per_minute,
+                "retries": self.retries, "rate_limited": self.rate_limited}
 
     def close(self) -> None:
         self._http.close()

@@ -28,8 +28,12 @@ class Settings:
     vllm_api_key: Optional[str] = field(default=None, repr=False)
     vllm_timeout_seconds: float = 900.0
     vllm_max_prompts_per_request: int = 1024
-    vllm_max_retries: int = 5
+    vllm_max_retries: Optional[int] = None  # unset: only the time budget below bounds the retries
     vllm_backoff_seconds: float = 1.0
+    # Long enough to outlast a server restart (a CPU vLLM takes 90-160 s, a large GPU model minutes).
+    vllm_retry_seconds: float = 600.0
+    vllm_backoff_max_seconds: float = 10.0
+    vllm_health_poll_seconds: float = 5.0
     api_requests_per_minute: Optional[float] = None
     api_tokens_per_minute: Optional[float] = None
     api_top_k: int = 5
@@ -71,8 +75,11 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         vllm_api_key=values.get("VLLM_API_KEY"),
         vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", 900.0, float),
         vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", 1024),
-        vllm_max_retries=number("VLLM_MAX_RETRIES", 5, zero_ok=True),
+        vllm_max_retries=number("VLLM_MAX_RETRIES", None, zero_ok=True),
         vllm_backoff_seconds=number("VLLM_BACKOFF_SECONDS", 1.0, float),
+        vllm_retry_seconds=number("VLLM_RETRY_SECONDS", 600.0, float, zero_ok=True),
+        vllm_backoff_max_seconds=number("VLLM_BACKOFF_MAX_SECONDS", 10.0, float),
+        vllm_health_poll_seconds=number("VLLM_HEALTH_POLL_SECONDS", 5.0, float),
         api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", None, float),
         api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", None, float),
         api_top_k=number("API_TOP_K", 5),

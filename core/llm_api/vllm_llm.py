@@ -11,33 +11,36 @@ import json
 import random
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 import aiohttp
 
-from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError
+from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError, ScoringRoute
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
-from core.llm_api.http_errors import EndpointDown, HTTPStatusError, TransientError, explain_status, redact
+from core.llm_api.http_errors import EndpointDown, HTTPStatusError, TransientError, explain_status, redact, redact_url
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
 DEFAULT_MAX_PROMPTS_PER_REQUEST = 1024  # vLLM's VLLM_MAX_COMPLETION_PROMPTS
 DEFAULT_TIMEOUT_SECONDS = 900.0
+# A CPU vLLM takes 90-160 s to restart, a 70B model on GPUs several minutes: the default outlasts both.
+DEFAULT_RETRY_SECONDS = 600.0
+DEFAULT_BACKOFF_MAX_SECONDS = 10.0
+# While a request is outstanding, /health is asked this often; a server whose engine died keeps the
+# connection open and never answers (vLLM on SIGTERM), so only this notices it.
+DEFAULT_HEALTH_POLL_SECONDS = 5.0
+HEALTH_TIMEOUT_SECONDS = 5.0
+HEALTH_FAILURES_TO_GIVE_UP = 2
+RETRY_NOTE_EVERY_SECONDS = 30.0
 SINGLE_PROMPT_CONCURRENCY = 64
-# vLLM >= 0.33 returns exact logprobs for up to 128 named token ids (``logprob_token_ids``).
-EXACT_LOGPROBS_VERSION = (0, 33)
+T = TypeVar("T")
 LABEL_TOKEN_VARIANTS = (" True", " False", "True", "False", " true", " false", "true", "false")
+# Asked once with logprob_token_ids: the label tokens are never this prompt's top tokens, so an answer that
+# holds exactly them proves the server honoured the field (one that ignores it answers with its top-k).
+EXACT_LOGPROBS_PROBE = "The capital of France is"
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
-class VLLMClient:
+class VLLMClient(ScoringRoute):
     name = "vllm"
 
     def __init__(
@@ -51,8 +54,11 @@ class VLLMClient:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST,
         exact_label_logprobs: bool = True,
-        max_retries: int = 5,
+        max_retries: Optional[int] = None,
         backoff_seconds: float = 1.0,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS,
+        health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS,
         http: Optional[RunSession] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -61,21 +67,25 @@ class VLLMClient:
         self.max_prompts_per_request = max(1, max_prompts_per_request)
         self.stats = RouteStats()
         self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
-        self.max_retries = max_retries
+        self.max_retries = max_retries  # None: only the time budget bounds the retries
         self.backoff_seconds = backoff_seconds
+        self.retry_seconds = retry_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.health_poll_seconds = health_poll_seconds
         self.retries = 0
         self._jitter = random.Random(0)  # its own RNG: retries must not move the search's random stream
         self._api_key = api_key
         # Several endpoints of one run share one session and loop (see multi_endpoint.py).
         self._owns_http = http is None
         self._http = http or RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+        self.label_token_ids: Optional[list[int]] = None
         try:
-            self.model = self._http.run(self._discover_model(model))
+            # A server still starting (or restarting) is waited for, within the same budget as a fault mid-run.
+            self.model = self._http.run(self._with_retries(lambda: self._discover_model(model), "/v1/models"))
             self._tokens_at_start = self._http.run(self._prompt_token_counters())
             self.server_version = self._http.run(self._server_version())
-            self.label_token_ids: Optional[list[int]] = None
-            if exact_label_logprobs and self.server_version and parse_version(self.server_version) >= EXACT_LOGPROBS_VERSION:
-                self.label_token_ids = self._http.run(self._label_token_ids())
+            if exact_label_logprobs and self.server_version:  # llama.cpp's server has no /version and no such field
+                self.label_token_ids = self._http.run(self._exact_label_token_ids())
         except BaseException:
             self.close()
             raise
@@ -83,6 +93,32 @@ class VLLMClient:
     # -- connection ---------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
+        """One call; while it is outstanding, /health is watched, and a server found dead ends the wait."""
+        call = asyncio.ensure_future(self._request_once(method, path, body))
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self.health_poll_seconds)
+                if done:
+                    return call.result()
+                failures = 0 if await self._healthy() else failures + 1
+                if failures >= HEALTH_FAILURES_TO_GIVE_UP:
+                    raise TransientError(f"{self.base_url} stopped answering /health while a request was in flight "
+                                         "(the server or its engine died)")
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+
+    async def _healthy(self) -> bool:
+        try:
+            async with self._http.session.get(self.base_url + "/health",
+                                              timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_SECONDS)) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def _request_once(self, method: str, path: str, body: Optional[dict] = None) -> Any:
         url = self.base_url + path
         try:
             async with self._http.session.request(method, url, json=body) as response:
@@ -120,14 +156,32 @@ class VLLMClient:
         except HTTPStatusError:
             return None  # llama.cpp's server has no /version
 
-    async def _label_token_ids(self) -> Optional[list[int]]:
+    async def _exact_label_token_ids(self) -> Optional[list[int]]:
+        """The label tokens' ids, if the server gives exact logprobs for named ids (``logprob_token_ids``);
+        None otherwise. The feature is tried, not inferred from a version: vLLM 0.32 has it, other servers don't."""
         ids: list[int] = []
+        texts: list[str] = []
         for text in LABEL_TOKEN_VARIANTS:
-            answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
+            try:
+                answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "content": text,
+                                                                   "add_special_tokens": False})
+            except HTTPStatusError:
+                return None  # no /tokenize: not a vLLM
             tokens = answer.get("tokens") or []
             if len(tokens) == 1 and tokens[0] not in ids:
                 ids.append(tokens[0])
-        return ids or None
+                texts.append(text)
+        if not ids:
+            return None
+        body = {"model": self.model, "prompt": EXACT_LOGPROBS_PROBE, "max_tokens": 1, "temperature": 0.0,
+                "logprobs": len(ids), "logprob_token_ids": ids}
+        try:
+            [returned] = parse_completion_logprobs(await self._request("POST", "/v1/completions", body), 1)
+        except (HTTPStatusError, MalformedResponse):
+            return None
+        # vLLM adds the sampled token to the named ones; a server that ignored the field sent its top-k instead.
+        tokens = {token for token, _ in returned}
+        return ids if set(texts) <= tokens and len(tokens) <= len(ids) + 1 else None
 
     async def _prompt_token_counters(self) -> Optional[tuple[float, float]]:
         try:
@@ -162,31 +216,55 @@ class VLLMClient:
             body["cache_prompt"] = False  # llama.cpp's switch; vLLM ignores unknown fields
         return body
 
-    async def _post(self, prompt: Any, n_prompts: int, probe: bool = False) -> list[NextTokenLogprobs]:
-        """One completions request. Faults that asking again may cure are retried with backoff; the others
-        stop the run at once. When ``probe``-ing whether lists are accepted, a 500 is raised at once."""
-        url = self.base_url + "/v1/completions"
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], what: str, probe: bool = False) -> T:
+        """``attempt()`` until it succeeds. Faults that asking again may cure are retried with capped, jittered
+        backoff for up to ``retry_seconds`` (and ``max_retries`` tries, if set), with a note on stderr while
+        waiting; the others stop the run at once. When ``probe``-ing whether lists are accepted, a 500 is
+        raised at once."""
         failures = 0
+        first_failure = last_note = 0.0
         while True:
-            self.stats.requests += 1
             try:
-                response = await self._request("POST", "/v1/completions", self._body(prompt))
-                try:
-                    return parse_completion_logprobs(response, n_prompts)
-                except MalformedResponse as exc:
-                    if not exc.retryable:
-                        raise ScoringError(f"{url}: {exc}") from None
-                    raise TransientError(f"{url}: {exc}") from None
+                return await attempt()
             except (HTTPStatusError, TransientError) as exc:
                 if not getattr(exc, "retryable", True) or (probe and getattr(exc, "status", None) == 500):
                     raise
                 last = str(exc)
-            if failures >= self.max_retries:
+            now = time.monotonic()
+            if failures == 0:
+                first_failure = now
+            waited = now - first_failure
+            url = self.base_url + what
+            if self.max_retries is not None and failures >= self.max_retries:
                 raise EndpointDown(f"{url} failed {failures + 1} times in a row; last: {last}. "
                                    "If the server is restarting, raise VLLM_MAX_RETRIES or VLLM_BACKOFF_SECONDS")
+            if waited >= self.retry_seconds:
+                raise EndpointDown(f"{url} failed {failures + 1} times over {waited:.0f} s; last: {last}. "
+                                   "If the server is restarting, raise VLLM_RETRY_SECONDS")
+            if failures == 0 or now - last_note >= RETRY_NOTE_EVERY_SECONDS:
+                last_note = now
+                print(f"note: {redact_url(url)} is not answering ({last}); retrying for up to "
+                      f"{self.retry_seconds - waited:.0f} s more (VLLM_RETRY_SECONDS)", file=sys.stderr)
             self.retries += 1
-            await asyncio.sleep(self.backoff_seconds * (2 ** failures) * (0.5 + self._jitter.random()))
+            delay = min(self.backoff_max_seconds, self.backoff_seconds * (2 ** min(failures, 30)))
+            await asyncio.sleep(min(delay * (0.5 + self._jitter.random()), max(0.0, self.retry_seconds - waited)))
             failures += 1
+
+    async def _post(self, prompt: Any, n_prompts: int, probe: bool = False) -> list[NextTokenLogprobs]:
+        """One completions request, retried as ``_with_retries`` says."""
+        url = self.base_url + "/v1/completions"
+
+        async def attempt() -> list[NextTokenLogprobs]:
+            self.stats.requests += 1
+            response = await self._request("POST", "/v1/completions", self._body(prompt))
+            try:
+                return parse_completion_logprobs(response, n_prompts)
+            except MalformedResponse as exc:
+                if not exc.retryable:
+                    raise ScoringError(f"{url}: {exc}") from None
+                raise TransientError(f"{url}: {exc}") from None
+
+        return await self._with_retries(attempt, "/v1/completions", probe)
 
     async def _post_list(self, chunk: Sequence[str]) -> list[NextTokenLogprobs]:
         if self.list_prompts_supported is False:
@@ -245,6 +323,13 @@ class VLLMClient:
             return answer["tokens"]
 
         return self._http.run(gather_limited(texts, one, SINGLE_PROMPT_CONCURRENCY))
+
+    def send_prompts_singly(self) -> None:
+        self.list_prompts_supported = False  # prompts then go singly, SINGLE_PROMPT_CONCURRENCY at once
+
+    def describe(self) -> dict:
+        return {"endpoint": redact_url(self.base_url), "server_version": self.server_version,
+                "label_logprobs": "exact" if self.label_token_ids else "top-k", "retries": self.retries}
 
     def close(self) -> None:
         if self._owns_http:

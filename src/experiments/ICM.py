@@ -14,28 +14,38 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from tqdm import tqdm
+
+from core.crash_points import maybe_crash
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.llm import RouteUnavailable
+from core.llm_api.model_files import ModelFileMissing
+from core.llm_api.settings import SettingsError, load_settings
+from src.experiments.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_run,
+    pool_fingerprint,
+    restore_state,
+    save_checkpoint,
+    save_run,
+    trim_log,
+)
+from src.experiments.prompts import PROMPT_LAYOUTS
+from src.experiments.run_outputs import (
+    IterationLog,
+    OutputDirInUse,
+    jsonl,
+    label_rows,
+    prepare_output_dir,
+    write_atomically,
+)
+from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.experiments.stop_signals import GracefulStop, SearchStopped
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # so that both `python src/experiments/ICM.py` and `cd src/experiments` work
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tqdm import tqdm  # noqa: E402
-
-from core.llm_api.base_llm import ScoringError  # noqa: E402
-from core.llm_api.llm import RouteUnavailable  # noqa: E402
-from core.llm_api.model_files import ModelFileMissing  # noqa: E402
-from core.llm_api.settings import SettingsError, load_settings  # noqa: E402
-from src.experiments.checkpoint import (  # noqa: E402
-    CheckpointError, load_checkpoint, load_run, pool_fingerprint, restore_state, save_checkpoint, save_run, trim_log,
-)
-from src.experiments.crash_points import maybe_crash  # noqa: E402
-from src.experiments.run_outputs import (  # noqa: E402
-    IterationLog, OutputDirInUse, jsonl, label_rows, prepare_output_dir, write_atomically,
-)
-from src.experiments.prompts import PROMPT_LAYOUTS  # noqa: E402
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims  # noqa: E402
-from src.experiments.stop_signals import GracefulStop, SearchStopped  # noqa: E402
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool  # noqa: E402
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline  # noqa: E402
 
 
 class UsageError(ValueError):
@@ -79,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-layout", default="reference", choices=PROMPT_LAYOUTS,
                         help="order of the demonstrations in each prompt; tree shares prefixes so the engine computes "
                              "about N·L·log2(N) tokens per pool score instead of N²L/2, but the model sees another order")
+    parser.add_argument("--rng-draws", default="reference", choices=("reference", "minimal"),
+                        help="reference: also take the random draws of the reference's per-evaluation pair shuffle, so a "
+                             "seed follows the reference's path; minimal: only the draws that decide something")
+    parser.add_argument("--repair-loop", default="reference", choices=("reference", "stop-at-first-failure"),
+                        help="reference: once a repair round has helped, keep trying rounds until --consistency_fix_K "
+                             "(the reference never resets its flag); stop-at-first-failure: stop at the first round that doesn't help")
+    parser.add_argument("--post-flip-fix-K", type=int, default=None,
+                        help="repair rounds after a proposed flip (default: --consistency_fix_K; the reference hard-codes 10)")
+    parser.add_argument("--mp-reduce", default="mean", choices=("mean", "sum"),
+                        help="mutual predictability as the mean of the label log-odds (reference code) or their sum (paper)")
+    parser.add_argument("--paper-mode", action="store_true",
+                        help="every behaviour of the reference code that changes results; see the README's paper-mode table")
     route = parser.add_mutually_exclusive_group()
     route.add_argument("--use-vllm", dest="use_vllm", action="store_const", const=True, default=None,
                        help="score on the vLLM server at VLLM_BASE_URL (the default when it is set)")
@@ -110,6 +132,7 @@ def validate(args: argparse.Namespace) -> None:
         (args.final_T > 0 and math.isfinite(args.final_T), f"--final_T {args.final_T} must be a positive number"),
         (0 < args.decay <= 1, f"--decay {args.decay} must be in (0, 1]"),
         (math.isfinite(args.alpha), f"--alpha {args.alpha} must be a finite number"),
+        (args.post_flip_fix_K is None or args.post_flip_fix_K >= 0, f"--post-flip-fix-K {args.post_flip_fix_K} must not be negative"),
     ]
     if (args.num_batches is None) != (args.batch_index is None):
         raise UsageError("--num-batches and --batch-index go together: pass both, or neither")
@@ -118,6 +141,41 @@ def validate(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+# What --paper-mode sets: every behaviour of the reference code that changes results (README, "Paper mode").
+PAPER_MODE = {
+    "label_style": "reference",
+    "token_match": "substring",
+    "label_logprobs": "topk",
+    "rng_draws": "reference",
+    "repair_loop": "reference",
+    "post_flip_fix_K": 10,
+    "prompt_layout": "reference",
+    "mp_reduce": "mean",
+    "allow_both_false": False,
+    "no_gold_consistency": False,
+}
+# Runs recorded before a setting existed behaved like this; a resume keeps that behaviour.
+SETTINGS_BEFORE_THEY_EXISTED = {
+    "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
+    "paper_mode": False,
+}
+
+
+def apply_paper_mode(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
+    """Under --paper-mode, the reference's behaviour for every setting in PAPER_MODE; a flag that asks for
+    something else is refused by name rather than silently overridden."""
+    if not args.paper_mode:
+        return args
+    flags = {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
+    for name, value in PAPER_MODE.items():
+        if name in passed and getattr(args, name) != value:
+            flag = flags[name]
+            if isinstance(value, bool):
+                raise UsageError(f"{flag} contradicts --paper-mode, which follows the reference (without {flag}); drop one of the two")
+            raise UsageError(f"{flag} {getattr(args, name)} contradicts --paper-mode, which sets {flag} {value}; drop one of the two")
+    return argparse.Namespace(**{**vars(args), **PAPER_MODE})
 
 
 # Flags that may differ when a run is resumed: they don't change what the search computes.
@@ -141,7 +199,7 @@ def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
 
 def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
     """The settings the run was started with, plus the few that may change on resume."""
-    saved = load_run(args.resume)["settings"]
+    saved = {**SETTINGS_BEFORE_THEY_EXISTED, **load_run(args.resume)["settings"]}
     flags = {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
     for name in sorted(passed - CHANGEABLE_ON_RESUME):
         now = run_settings(args).get(name)
@@ -163,8 +221,8 @@ def default_output_dir(args: argparse.Namespace) -> Path:
     return REPO_ROOT / "results" / f"{args.testbed}-K{args.K}-bs{args.batch_size}-seed{args.seed}"
 
 
-def run(args: argparse.Namespace) -> Path:
-    validate(args)
+def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]:
+    """The pool this run labels, the RNG the search goes on with, and where the claims came from."""
     claims, source, from_test = load_testbed_claims(args.testbed, args.data_dir, args.data, not args.no_gold_consistency)
     if from_test:
         print(f"note: no train split for {args.testbed}; the pool is drawn from {source}. "
@@ -177,47 +235,62 @@ def run(args: argparse.Namespace) -> Path:
         rng = random.Random(f"{args.seed}:{args.batch_index}")  # each shard's own seed labels and search
         if args.num_seed > len(pool):
             raise UsageError(f"--num_seed {args.num_seed} is larger than this shard's {len(pool)} claims: use fewer --num-batches")
-    state = SearchState(claims=seed_claims(pool, args.num_seed, rng))
-    fingerprint = pool_fingerprint(state.claims)
-    route_settings = _settings(args)
+    return pool, rng, source
 
-    out = args.output_dir or default_output_dir(args)
-    if args.resume:
-        if load_run(out)["pool_fingerprint"] != fingerprint:
-            raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
-                                  f"(was {source} changed?); resume with the original data, or start a new run")
-        saved = load_checkpoint(out)
-        if saved is not None:
-            state, rng = restore_state(saved, state.claims)
-        trim_log(out / "log.jsonl", state.iteration)
-        print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
-    else:
+
+def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng: random.Random,
+                    source: str) -> tuple[SearchState, random.Random]:
+    """A new run's run.json, or a resumed run's state, RNG and trimmed log."""
+    fingerprint = pool_fingerprint(state.claims)
+    if not args.resume:
         prepare_output_dir(out, args.overwrite)
         save_run(out, run_settings(args), fingerprint)
-    settings = SearchSettings(
+        return state, rng
+    if load_run(out)["pool_fingerprint"] != fingerprint:
+        raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
+                              f"(was {source} changed?); resume with the original data, or start a new run")
+    saved = load_checkpoint(out)
+    if saved is not None:
+        state, rng = restore_state(saved, state.claims)
+    trim_log(out / "log.jsonl", state.iteration)
+    print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
+    return state, rng
+
+
+def search_settings(args: argparse.Namespace) -> SearchSettings:
+    return SearchSettings(
         alpha=args.alpha, K=args.K, consistency_fix_K=args.consistency_fix_K, decay=args.decay,
         initial_T=args.initial_T, final_T=args.final_T, scheduler=args.scheduler,
-        allow_both_false=args.allow_both_false,
+        allow_both_false=args.allow_both_false, rng_draws=args.rng_draws, repair_loop=args.repair_loop,
+        post_flip_fix_K=args.post_flip_fix_K,
     )
-    started = time.time()
-    options = ScoringOptions(
+
+
+def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
+    return ScoringOptions(
         model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
         exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
         label_style=args.label_style, token_match=args.token_match, prompt_layout=args.prompt_layout,
+        mp_reduce=args.mp_reduce, external_top_k=20 if args.paper_mode else None,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
         cache_dir=None if args.no_cache else (args.cache_dir or out),
     )
-    with ScoringPipeline(options, route_settings) as pipeline:
+
+
+def run(args: argparse.Namespace) -> Path:
+    validate(args)
+    pool, rng, source = draw_pool(args)
+    route_settings = _settings(args)
+    out = args.output_dir or default_output_dir(args)
+    state, rng = start_or_resume(args, out, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
+    started = time.time()
+    with ScoringPipeline(scoring_options(args, out), route_settings) as pipeline:
         model_api, scorer = pipeline.model_api, pipeline.scorer
         where = model_api.describe().get("endpoint")
         print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
               f"pool: {len(pool)} claims from {source}", file=sys.stderr)
-        search = ICMSearch(scorer, settings, rng, state)
-
-        def checkpoint() -> None:
-            save_checkpoint(out, search.state, rng)
-
-        stopped_by = _search_with_log(search, out, args, checkpoint)
+        search = ICMSearch(scorer, search_settings(args), rng, state)
+        stopped_by = _search_with_log(search, out, args, lambda: save_checkpoint(out, search.state, rng))
         if state.metric is None:
             # Nothing was found; leave no half-run behind to block the next attempt.
             (out / "log.jsonl").unlink(missing_ok=True)
@@ -296,6 +369,7 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
         "computed_prompt_tokens": stats.computed_tokens,
         "pool_scores_computed": scorer.pool_scores_computed,
         "pool_scores_reused": scorer.pool_scores_reused,
+        "single_predictions_computed": scorer.single_predictions_computed,
         "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
     }
 
@@ -303,9 +377,10 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        passed = passed_flags(argv if argv is not None else sys.argv[1:])
         if args.resume is not None:
-            args = resumed_args(args, passed_flags(argv if argv is not None else sys.argv[1:]))
-        run(args)
+            args = resumed_args(args, passed)
+        run(apply_paper_mode(args, passed))
     except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError,
             CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -108,18 +108,20 @@ def metropolis_accept(delta_energy: float, temperature: float, uniform_draw: flo
     return uniform_draw < math.exp(delta_energy / temperature)
 
 
-def calculate_accuracy(train_data: dict, inconsistent_pairs: dict) -> dict:
+def calculate_accuracy(train_data: dict, inconsistent_pairs: dict, mp_reduce: str = "mean") -> dict:
     """The search metric of a scored pool.
 
-    ``train_prob`` is the mean of each claim's score signed by its label (the mutual predictability);
-    ``train_accuracy`` is agreement with gold, over claims whose gold is known (None when none is).
+    ``train_prob`` is the mutual predictability: the mean of each claim's score signed by its label, as in the
+    reference code, or their sum (``mp_reduce="sum"``), as the paper writes it. ``train_accuracy`` is agreement
+    with gold, over claims whose gold is known (None when none is).
     """
     labeled = _labeled(train_data.values())
     signed = [c["score"] if c["label"] == 1 else -c["score"] for c in labeled]
     with_gold = [c for c in labeled if c.get("vanilla_label") is not None]
+    reduce = {"mean": np.mean, "sum": np.sum}[mp_reduce]
     return {
         "train_accuracy": float(np.mean([c["label"] == c["vanilla_label"] for c in with_gold])) if with_gold else None,
-        "train_prob": float(np.mean(signed)) if signed else 0.0,
+        "train_prob": float(reduce(signed)) if signed else 0.0,
         "inconsistent_num": len(inconsistent_pairs),
         "train_size": len(labeled),
         "train_predict_distribution": {

@@ -13,19 +13,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from core.llm_api.base_llm import ScoringError  # noqa: E402
-from core.llm_api.llm import RouteUnavailable  # noqa: E402
-from core.llm_api.model_files import ModelFileMissing  # noqa: E402
-from core.llm_api.settings import SettingsError, load_settings  # noqa: E402
-from src.experiments.evaluation import CHANCE, evaluate_conditions  # noqa: E402
-from src.experiments.figures import accuracy_chart  # noqa: E402
-from src.experiments.run_outputs import write_atomically  # noqa: E402
-from src.experiments.testbeds import TESTBED_SPECS, DataError, data_file_for, demo_records, normalise_records, read_json_records  # noqa: E402
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline  # noqa: E402
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.llm import RouteUnavailable
+from core.llm_api.model_files import ModelFileMissing
+from core.llm_api.settings import SettingsError, load_settings
+from src.experiments.evaluation import CHANCE, evaluate_conditions
+from src.experiments.figures import accuracy_chart
+from src.experiments.run_outputs import write_atomically
+from src.experiments.testbeds import TESTBED_SPECS, DataError, data_file_for, demo_records, normalise_records, read_json_records
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
 
 
 class EvaluationError(ValueError):

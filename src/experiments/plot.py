@@ -11,11 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from src.experiments.figures import progress_chart  # noqa: E402
+from src.experiments.figures import progress_chart
 
 
 def main() -> int:

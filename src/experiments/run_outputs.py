@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from src.experiments.crash_points import maybe_crash
+from core.crash_points import maybe_crash
 
 OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
 TEXT_FIELDS = ("question", "choice", "choice_2", "answer")

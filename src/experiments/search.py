@@ -1,7 +1,9 @@
 """The ICM search: simulated annealing over labellings of a pool (Wen et al. 2025, Algorithm 1).
 
-Every random choice draws from the one ``random.Random`` passed in, in the reference's order, so a seed
-fixes the run on a deterministic scorer.
+Every random choice draws from the one ``random.Random`` passed in, so a seed fixes the run on a
+deterministic scorer. With ``rng_draws="reference"`` and ``repair_loop="reference"`` the draws are the
+reference code's, one for one (src/experiments/ICM.py and ICM_tools.py of Jiaxin-Wen/Unsupervised-Elicitation),
+so the same seed follows the same path; tests/test_paper_mode.py spells that order out.
 """
 from __future__ import annotations
 
@@ -43,6 +45,15 @@ class SearchSettings:
     final_T: float = 0.01
     scheduler: str = "log"
     allow_both_false: bool = False
+    # "reference": every pool evaluation also shuffles its inconsistent pairs with the search's RNG, as each of
+    # the reference's pipelines does (ICM_tools.py:107), though only their count is used. "minimal": skip it.
+    rng_draws: str = "reference"
+    # "reference": once any round of a repair has helped, later rounds that don't help go on until
+    # consistency_fix_K runs out (the reference never resets best_decision_id, ICM.py:87-134).
+    # "stop-at-first-failure": stop at the first round that doesn't help. Same labels, other RNG draws.
+    repair_loop: str = "reference"
+    # Rounds of the repair after a proposed flip; None: consistency_fix_K. The reference hard-codes 10 (ICM.py:509).
+    post_flip_fix_K: Optional[int] = None
 
 
 @dataclass
@@ -95,36 +106,49 @@ class ICMSearch:
         """Score the seed labels and make them consistent (the reference's iteration-0 step)."""
         if self.state.metric is not None:
             return
-        metric = self.scorer.evaluate(self.state.claims)
+        metric = self.evaluate(self.state.claims)
         self.state.claims, self.state.metric = self.fix_inconsistency(self.state.claims, metric)
 
-    def fix_inconsistency(self, claims: Claims, metric: Optional[dict]) -> tuple[Claims, dict]:
+    def evaluate(self, claims: Claims) -> dict:
+        """The metric of a labelling, at a point where the reference runs an evaluation pipeline."""
+        metric = self.scorer.evaluate(claims)
+        if self.settings.rng_draws == "reference":
+            # The reference's pipeline shuffles the pairs it counts (ICM_tools.py:107); only the draws matter here.
+            self.rng.shuffle(list(range(metric["inconsistent_num"])))
+        return metric
+
+    def fix_inconsistency(self, claims: Claims, metric: Optional[dict], rounds: Optional[int] = None) -> tuple[Claims, dict]:
         """Greedy repair: relabel one inconsistent pair at a time, keeping a change that doesn't lower the energy.
 
         ``metric`` None means any first repair is kept (the reference passes a dummy metric of -1e6 there).
-        Stops after ``consistency_fix_K`` rounds, when no pair's repair helps, or when nothing is inconsistent.
+        Stops after ``rounds`` (default ``consistency_fix_K``) rounds, when nothing is inconsistent, or when a
+        round doesn't help (``repair_loop`` says whether that is any round or only while none has helped yet).
         """
         if metric is not None and metric["inconsistent_num"] == 0:
             return claims, metric
         best_claims, best_metric = claims, metric
         best_energy = -math.inf if metric is None else self.energy(metric)
-        for _ in range(self.settings.consistency_fix_K):
+        helped_before = False
+        for _ in range(self.settings.consistency_fix_K if rounds is None else rounds):
             pairs = self.inconsistent_pairs(best_claims)
             improved = False
             for pair in pairs.values():
                 trials = []
                 for labels in decision_options(pair, self.settings.allow_both_false):
                     candidate = update_assign_based_on_decision(best_claims, pair, labels)
-                    trials.append((candidate, self.scorer.evaluate(candidate)))
+                    trials.append((candidate, self.evaluate(candidate)))
                 energies = [self.energy(m) for _, m in trials]
                 pick = int(np.argmax(energies))
                 if energies[pick] >= best_energy:
                     (best_claims, best_metric), best_energy = trials[pick], energies[pick]
                     improved = True
                     break
-            if not improved or best_metric["inconsistent_num"] == 0:
+            helped_before = helped_before or improved
+            gave_up = not helped_before if self.settings.repair_loop == "reference" else not improved
+            if gave_up or best_metric["inconsistent_num"] == 0:
                 break
         if best_metric is None:
+            # Nothing was repaired; the reference returns its dummy metric here, and the caller evaluates again.
             best_metric = self.scorer.evaluate(best_claims)
         return best_claims, best_metric
 
@@ -156,8 +180,8 @@ class ICMSearch:
         }
         if old_label != new_label:
             candidate = {**state.claims, uid: {**state.claims[uid], "label": new_label}}
-            candidate, _ = self.fix_inconsistency(candidate, None)
-            candidate_metric = self.scorer.evaluate(candidate)
+            candidate, _ = self.fix_inconsistency(candidate, None, settings.post_flip_fix_K)
+            candidate_metric = self.evaluate(candidate)
             delta = self.energy(candidate_metric) - self.energy(state.metric)
             accepted = metropolis_accept(delta, temperature, self.rng.random())
             record.update(accepted=accepted, candidate_energy=self.energy(candidate_metric))

@@ -5,7 +5,7 @@ so they are never throttled.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +27,8 @@ class ScoringOptions:
     label_style: LabelStyle = "space-in-label"
     token_match: TokenMatch = "whole"
     prompt_layout: PromptLayout = "reference"
+    mp_reduce: str = "mean"  # mutual predictability: the reference's mean, or the paper's sum
+    external_top_k: Optional[int] = None  # override API_TOP_K (paper mode asks for the reference's 20)
     requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
     tokens_per_minute: Optional[float] = None  # override API_TOKENS_PER_MINUTE
     cache_dir: Optional[Path] = None  # where responses.sqlite lives; None: no response cache
@@ -41,13 +43,16 @@ class ScoringPipeline:
                 options.requests_per_minute or settings.api_requests_per_minute,
                 options.tokens_per_minute or settings.api_tokens_per_minute,
             )
+        if options.external_top_k is not None and options.external_top_k != settings.api_top_k:
+            settings = replace(settings, api_top_k=options.external_top_k)
         self.model_api = ModelAPI(
             options.model, deterministic=options.deterministic, settings=settings,
             show_progress=options.show_progress, exact_label_logprobs=options.exact_label_logprobs,
             use_vllm=options.use_vllm, rate_limiter=self.rate_limiter, cache_dir=options.cache_dir,
         )
         self.scorer = PoolScorer(
-            self.model_api, options.label_style, options.token_match, prompt_layout=options.prompt_layout
+            self.model_api, options.label_style, options.token_match, prompt_layout=options.prompt_layout,
+            mp_reduce=options.mp_reduce,
         )
 
     def close(self) -> None:

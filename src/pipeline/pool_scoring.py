@@ -67,8 +67,10 @@ class PoolScorer:
         token_match: TokenMatch = "whole",
         memo_entries: int = DEFAULT_MEMO_ENTRIES,
         prompt_layout: PromptLayout = "reference",
+        mp_reduce: str = "mean",
     ) -> None:
         self.model_api = model_api
+        self.mp_reduce = mp_reduce
         self.label_style = label_style
         self.token_match = token_match
         self.prompt_layout = prompt_layout
@@ -76,6 +78,7 @@ class PoolScorer:
         self._single_memo = _LRU(memo_entries)
         self.pool_scores_computed = 0
         self.pool_scores_reused = 0
+        self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
 
     def pool_scores(self, claims: Claims) -> dict[int, float]:
         """Each labeled claim's score predicted from all the other labeled claims: one batched call."""
@@ -114,14 +117,15 @@ class PoolScorer:
         [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
         score = label_logodds(logprobs, self.token_match)
         self._single_memo.put(key, score)
+        self.single_predictions_computed += 1
         return score
 
     def evaluate(self, claims: Claims) -> dict:
         """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
-        return labelling_metric(claims, self.pool_scores(claims))
+        return labelling_metric(claims, self.pool_scores(claims), self.mp_reduce)
 
 
-def labelling_metric(claims: Claims, scores: Mapping[int, float]) -> dict:
+def labelling_metric(claims: Claims, scores: Mapping[int, float], mp_reduce: str = "mean") -> dict:
     """The search metric of a labelling given each labeled claim's leave-one-out score."""
     pool = {c["uid"]: {**c, "score": scores[c["uid"]]} for c in labeled_pool(claims)}
-    return calculate_accuracy(pool, pick_two_inconsistent_claims(pool))
+    return calculate_accuracy(pool, pick_two_inconsistent_claims(pool), mp_reduce)

@@ -1,6 +1,7 @@
 """A model of vLLM's automatic prefix cache, to plan runs on GPUs these machines don't have.
 
-vLLM stores the KV cache in blocks of 16 tokens. A full block is known by a hash of its tokens and of the
+vLLM stores the KV cache in blocks: 16 tokens by default on GPUs, 128 on CPUs (where the size must be a multiple
+of 32). A full block is known by a hash of its tokens and of the
 block before it, so a block is reused only when the whole prefix up to it matches. Cached blocks that no
 running request holds are evicted least recently used first; a finished request's blocks are freed tail
 first, so a prompt's last blocks go before its first ones.
@@ -14,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
-BLOCK_SIZE = 16
+BLOCK_SIZE = 16  # vLLM's GPU default
+CPU_BLOCK_SIZE = 128  # vLLM's CPU default
 
 
 def block_hashes(tokens: Sequence[int], block_size: int = BLOCK_SIZE) -> list[int]:
