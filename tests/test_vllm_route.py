@@ -205,3 +205,33 @@ def test_launch_script_scales_with_vllm_own_parallelism():
     assert words[words.index("--distributed-executor-backend") + 1] == "ray"
     bad = subprocess.run(["bash", script, "8B", "--nodes", "two", "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--nodes takes a whole number" in bad.stderr
+
+
+def test_launch_script_cpu_preset_starts_the_api_server_module_of_the_vllm_venv(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "VLLM_PYTHON": "/opt/vllm-cpu/bin/python"}
+    script = str(REPO_ROOT / "scripts" / "launch_vllm_server.sh")
+    dry = subprocess.run(["bash", script, "cpu", "--dry-run", "--block-size", "32"], capture_output=True, text=True, env=env, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    words = dry.stdout.split()
+    start = words.index("/opt/vllm-cpu/bin/python")
+    assert "VLLM_CPU_KVCACHE_SPACE=2" in words[:start]  # the preset's environment comes first
+    assert words[start + 1:start + 3] == ["-m", "vllm.entrypoints.openai.api_server"]  # not `vllm serve`
+    assert words[words.index("--model") + 1].endswith("models/smollm2-135m-hf")
+    assert "--enable-prefix-caching" in words and "--gpu-memory-utilization" not in words
+    assert words[-2:] == ["--block-size", "32"]
+    missing = subprocess.run(["bash", script, "cpu"], capture_output=True, text=True, timeout=60,
+                             env={**env, "VLLM_PYTHON": str(tmp_path / "no-such-python")})
+    assert missing.returncode == 2 and "run scripts/setup_vllm_cpu.sh" in missing.stderr
+
+
+def test_the_model_conversion_says_which_python_to_use_and_skips_a_finished_folder(tmp_path):
+    script = str(REPO_ROOT / "scripts" / "convert_smollm2_to_hf.py")
+    # The project venv has no transformers, on purpose: the conversion belongs to .venv-vllm.
+    refused = subprocess.run([sys.executable, script, "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and ".venv-vllm/bin/python" in refused.stderr
+    assert not (tmp_path / "hf").exists()
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "converted_from.json").write_text("{}")
+    skipped = subprocess.run([sys.executable, script, "--out", str(done)], capture_output=True, text=True, timeout=60)
+    assert skipped.returncode == 0 and "already converted" in skipped.stderr

@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let the consistency fix try labelling both claims of a contradiction False")
     parser.add_argument("--label-logprobs", default="auto", choices=("auto", "topk"),
                         help="auto: exact label logprobs where the server offers them (vLLM >= 0.33); topk: the top-20 as in the reference")
-    parser.add_argument("--prompt-layout", default="reference", choices=PROMPT_LAYOUTS,
-                        help="order of the demonstrations in each prompt; tree shares prefixes so the engine computes "
-                             "about N·L·log2(N) tokens per pool score instead of N²L/2, but the model sees another order")
+    parser.add_argument("--prompt-layout", default="tree", choices=PROMPT_LAYOUTS,
+                        help="order of the demonstrations in each prompt. tree (default): prompts share prefixes, so the engine "
+                             "computes about N·L·log2(N) tokens per pool score instead of N²L/2; it moves scores no more than "
+                             "another random pool order does (scripts/measure_order_sensitivity.py). reference: pool order")
     parser.add_argument("--rng-draws", default="reference", choices=("reference", "minimal"),
                         help="reference: also take the random draws of the reference's per-evaluation pair shuffle, so a "
                              "seed follows the reference's path; minimal: only the draws that decide something")
@@ -159,7 +160,7 @@ PAPER_MODE = {
 # Runs recorded before a setting existed behaved like this; a resume keeps that behaviour.
 SETTINGS_BEFORE_THEY_EXISTED = {
     "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
-    "paper_mode": False,
+    "paper_mode": False, "prompt_layout": "reference",
 }
 
 
