@@ -206,7 +206,7 @@ def test_minimal_draws_and_the_early_exit_leave_a_deterministic_search_where_it_
         assert None not in run["labels"]
 
 
-def run_icm(*flags: str, tmp_path=None):
+def run_icm(*flags: str):
     return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py"), *flags],
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
 

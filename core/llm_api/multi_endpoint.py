@@ -130,10 +130,10 @@ class MultiEndpointVLLM(ScoringRoute):
             endpoint.send_prompts_singly()
 
     def describe(self) -> dict:
-        return {"endpoint": ",".join(redact_url(e.base_url) for e in self.endpoints), "server_version": self.server_version,
-                "label_logprobs": "exact" if self.label_token_ids else "top-k", "retries": self.retries,
-                "requests_per_endpoint": {redact_url(url): n for url, n in self.requests_per_endpoint().items()},
-                "failovers": self.failovers}
+        # The replicas serve one model, so the first one's server facts stand for all of them.
+        return {**self.endpoints[0].describe(), "endpoint": ",".join(redact_url(e.base_url) for e in self.endpoints),
+                "retries": self.retries, "failovers": self.failovers,
+                "requests_per_endpoint": {redact_url(url): n for url, n in self.requests_per_endpoint().items()}}
 
     def close(self) -> None:
         self._http.close()

@@ -164,12 +164,17 @@ SETTINGS_BEFORE_THEY_EXISTED = {
 }
 
 
+def flag_names() -> dict[str, str]:
+    """Each setting's command-line flag, for messages that name it."""
+    return {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
+
+
 def apply_paper_mode(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
     """Under --paper-mode, the reference's behaviour for every setting in PAPER_MODE; a flag that asks for
     something else is refused by name rather than silently overridden."""
     if not args.paper_mode:
         return args
-    flags = {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
+    flags = flag_names()
     for name, value in PAPER_MODE.items():
         if name in passed and getattr(args, name) != value:
             flag = flags[name]
@@ -201,7 +206,7 @@ def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
 def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
     """The settings the run was started with, plus the few that may change on resume."""
     saved = {**SETTINGS_BEFORE_THEY_EXISTED, **load_run(args.resume)["settings"]}
-    flags = {action.dest: action.option_strings[0] for action in build_parser()._actions if action.option_strings}
+    flags = flag_names()
     for name in sorted(passed - CHANGEABLE_ON_RESUME):
         now = run_settings(args).get(name)
         if name in saved and saved[name] != now:
