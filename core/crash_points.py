@@ -1,11 +1,13 @@
-"""Fault injection for the resume tests: SIGKILL this process at a named point.
+"""Fault injection for the resume tests: SIGKILL this process, or fail a write, at a named point.
 
 ``ICM_CRASH_AT=checkpoint-write:3`` kills the run in the middle of writing its 3rd checkpoint; the points are
 ``batch`` (while the model is computing), ``checkpoint-write`` and ``after-log`` (a log line written, its
-checkpoint not yet). Unset, as in every real run, it does nothing.
+checkpoint not yet). A third part names an errno instead of a kill: ``checkpoint-write:3:ENOSPC`` makes that
+write fail as a full disk would. Unset, as in every real run, it does nothing.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
@@ -17,9 +19,14 @@ def maybe_crash(point: str) -> None:
     target = os.environ.get("ICM_CRASH_AT")
     if not target:
         return
-    name, _, count = target.partition(":")
+    name, _, rest = target.partition(":")
+    count, _, error_name = rest.partition(":")
     if name != point:
         return
     _seen[point] += 1
-    if _seen[point] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[point] != int(count or 1):
+        return
+    if error_name:
+        code = getattr(errno, error_name)
+        raise OSError(code, os.strerror(code))
+    os.kill(os.getpid(), signal.SIGKILL)

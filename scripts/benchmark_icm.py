@@ -36,7 +36,7 @@ from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
 from src.benchmarks.prefix_trie import trie_size
 from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
 from src.benchmarks.reference_pattern import ReferencePatternScorer, ReferencePatternSearch
-from src.experiments.checkpoint import save_checkpoint
+from src.experiments.checkpoint import pool_fingerprint, save_checkpoint
 from src.experiments.prompts import PROMPT_LAYOUTS
 from src.experiments.run_outputs import IterationLog
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
@@ -132,6 +132,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         claims, rng = labelled_pool(args, args.pool, gold=False)
         search = search_class(MeasuredScorer(scorer, recorder), SearchSettings(K=args.K), rng, SearchState(claims))
         rss_early: list[float] = []
+        run_record = {"run_id": "benchmark", "pool_fingerprint": pool_fingerprint(claims)}
 
         with tempfile.TemporaryDirectory() as out_name:
             out = Path(out_name)
@@ -141,7 +142,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             def on_step(record: dict) -> None:
                 # The CLI's per-iteration work: one log line and one checkpoint.
                 log(record)
-                save_checkpoint(out, search.state, rng)
+                save_checkpoint(out, run_record, search.state, rng)
                 bar.update(1)
                 if search.state.iteration == RSS_EARLY_ITERATION:
                     rss_early.append(peak_rss_mb())

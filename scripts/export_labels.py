@@ -29,6 +29,19 @@ def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
     return [{f: r.get(f) for f in present} for r in labelled]
 
 
+def warn_if_partial(run_dir: Path) -> None:
+    """Say so when the labels are those of a run that stopped before its last iteration."""
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        return
+    summary = json.loads(summary_file.read_text())
+    done, planned = summary.get("iterations"), (summary.get("settings") or {}).get("K")
+    if summary.get("stopped_early") or (isinstance(done, int) and isinstance(planned, int) and done < planned):
+        print(f"warning: the run in {run_dir} stopped at iteration {done} of {planned} "
+              f"({summary.get('stopped_early') or 'stopped early'}): these are its partial labels. "
+              f"Finish it with: python src/experiments/ICM.py --resume {run_dir}", file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
@@ -46,6 +59,7 @@ def main() -> int:
     if not exported:
         print(f"error: {labels} has no labelled claims to export", file=sys.stderr)
         return 2
+    warn_if_partial(args.run_dir)
     output = args.output or args.run_dir / f"export_{args.format}.jsonl"
     write_atomically(output, jsonl(exported))
     print(f"wrote {len(exported)} records to {output}")

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
-from core.llm_api.http_errors import redact_url
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
+from core.llm_api.redaction import redact_url
 from core.llm_api.settings import load_settings
 
 TOP_K = 20

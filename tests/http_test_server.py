@@ -1,7 +1,7 @@
 """A test server on 127.0.0.1 that forwards to a real upstream (llama.cpp's server) and records each request.
 
 Its switches make the faults the client must handle: choices answered out of order, list prompts refused
-with 500 (as llama-cpp-python's server does), a pretend vLLM (/version, /tokenize in vLLM's shape) that
+with 400 and the reason, or with a bare 500 (as llama-cpp-python's server does), a pretend vLLM (/version, /tokenize in vLLM's shape) that
 honours ``logprob_token_ids`` or ignores it, so that the exact-label-logprobs detection can be checked, a per-second request limit answered with
 429 + Retry-After, the first N completions failing with 503 or stalling past the client's timeout, extra
 response headers, a 401 whose body echoes the Authorization header back, and for the first N completions a
@@ -20,7 +20,6 @@ from typing import Optional
 
 import aiohttp
 from aiohttp import web
-
 
 VOCABULARY_SIZE = 49152  # SmolLM2's
 
@@ -42,13 +41,14 @@ class Seen:
 class ForwardingTestServer:
     upstream: str
     shuffle_choices: bool = False
-    reject_lists: bool = False
+    reject_lists: Optional[int] = None  # the status a list of prompts is refused with: 400 says why, 500 doesn't
     pretend_vllm_version: Optional[str] = None
     honour_logprob_token_ids: bool = False
     # While a stalled completion hangs, /health answers 503 this many times (an engine that died, then came back).
     unhealthy_while_stalling: int = 0
     requests_per_second: Optional[int] = None
     fail_first: int = 0
+    fail_status: int = 503
     stall_first: int = 0
     stall_seconds: float = 5.0
     extra_headers: dict = field(default_factory=dict)
@@ -59,6 +59,7 @@ class ForwardingTestServer:
     drop_choice_first: int = 0
     drop_logprobs: bool = False
     error_answer: Optional[tuple[int, str]] = None
+    stall_model_list_once: float = 0.0  # the first GET /v1/models hangs this long (a server busy starting up)
     seen: list[Seen] = field(default_factory=list)
     accepted_at: list[float] = field(default_factory=list)  # when each completion was let through
     accepted: list[Seen] = field(default_factory=list)
@@ -74,6 +75,9 @@ class ForwardingTestServer:
         if request.path == "/health" and self.unhealthy_while_stalling > 0 and self._stalling:
             self.unhealthy_while_stalling -= 1
             return web.Response(status=503)
+        if request.path == "/v1/models" and self.stall_model_list_once:
+            stall, self.stall_model_list_once = self.stall_model_list_once, 0.0
+            await asyncio.sleep(stall)
         if request.path == "/version" and self.pretend_vllm_version:
             return web.json_response({"version": self.pretend_vllm_version})
         if request.path == "/tokenize" and self.pretend_vllm_version:
@@ -132,10 +136,12 @@ class ForwardingTestServer:
             return web.Response(status=500)
         if self.echo_key_with_401:
             return web.json_response({"error": {"message": f"bad key {request.headers.get('Authorization')}"}}, status=401)
-        if self.reject_lists and self.seen[-1].n_prompts > 1:
-            return web.json_response({"error": {"message": "Internal Server Error"}}, status=500)
+        if self.reject_lists and isinstance((self.seen[-1].body or {}).get("prompt"), list):
+            message = ("Internal Server Error" if self.reject_lists >= 500 else
+                       "1 validation error: ('body', 'prompt'): Input should be a valid string, not a list")
+            return web.json_response({"error": {"message": message}}, status=self.reject_lists)
         if number <= self.fail_first:
-            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+            return web.json_response({"error": {"message": "overloaded"}}, status=self.fail_status)
         if number <= self.fail_first + self.stall_first:
             self._stalling += 1
             try:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,12 +82,40 @@ def test_past_the_retry_bound_the_error_names_the_endpoint_and_last_status(forwa
     with hosted(down.url, api_max_retries=2) as api:
         with pytest.raises(ScoringError) as failure:
             api.next_token_logprobs(["1, 2, 3,"])
-    assert f"{down.url}/v1/completions failed 3 times in a row (last: HTTP 503)" in str(failure.value)
+    assert f"{down.url}/v1/completions failed 3 times in a row; last: HTTP 503" in str(failure.value)
+    assert "API_MAX_RETRIES" in str(failure.value)
     assert len(down.completions()) == 3
     stalled = forwarding(stall_first=100, stall_seconds=3)
     with hosted(stalled.url, api_max_retries=1, api_timeout_seconds=0.5) as api:
-        with pytest.raises(ScoringError, match="failed 2 times in a row .last: TimeoutError"):
+        with pytest.raises(ScoringError, match="failed 2 times in a row; last: connection lost or timed out .TimeoutError"):
             api.next_token_logprobs(["1, 2, 3,"])
+
+
+@pytest.mark.parametrize("fault", ["truncate_first", "nonjson_first", "drop_choice_first"])
+def test_a_200_whose_body_is_cut_short_or_not_json_is_asked_again(forwarding, fault):
+    plain = forwarding()
+    with hosted(plain.url) as api:
+        expected = api.next_token_logprobs(["1, 2, 3,"])
+    garbled = forwarding(**{fault: 2})
+    with hosted(garbled.url, api_max_retries=3) as api:
+        assert api.next_token_logprobs(["1, 2, 3,"]) == expected
+        assert api.describe()["retries"] == 2
+    always = forwarding(**{fault: 100})
+    with hosted(always.url, api_max_retries=1) as api:
+        with pytest.raises(ScoringError, match="failed 2 times in a row; last: answered 200 with an unusable body"):
+            api.next_token_logprobs(["1, 2, 3,"])
+
+
+def test_retries_are_bounded_in_time_with_a_note_while_waiting(forwarding, capsys):
+    down = forwarding(fail_first=10**6)
+    started = time.monotonic()
+    with hosted(down.url, api_max_retries=None, api_retry_seconds=2.0, api_backoff_seconds=0.1, api_backoff_max_seconds=0.5) as api:
+        with pytest.raises(ScoringError) as failure:
+            api.next_token_logprobs(["1, 2, 3,"])
+    assert 2.0 <= time.monotonic() - started < 10.0
+    assert "times over 2 s" in str(failure.value) and "API_RETRY_SECONDS" in str(failure.value)
+    assert len(down.completions()) >= 5  # capped backoff: many tries in the budget
+    assert "is not answering (HTTP 503); retrying for up to" in capsys.readouterr().err
 
 
 def test_provider_headers_lower_the_limits_and_pause_an_empty_quota():

@@ -74,6 +74,7 @@ def test_resume_refuses_other_settings_and_can_extend_K(uninterrupted, tmp_path)
     longer = icm("--resume", str(copy), "--K", "8", "--no-progress")
     assert longer.returncode == 0, longer.stderr
     assert [json.loads(line)["iter"] for line in (copy / "log.jsonl").read_text().splitlines()] == list(range(8))
+    assert json.loads((copy / "run.json").read_text())["settings"]["K"] == 8  # the run now means to go to 8
     # The first six iterations were answered from the response cache: nothing new was asked for them.
     assert json.loads((copy / "summary.json").read_text())["response_cache"]["hits"] > 0
 

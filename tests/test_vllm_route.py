@@ -16,6 +16,7 @@ from src.experiments.search import seed_claims
 from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from tests.conftest import CTX, REPO_ROOT, SLOTS, start_local_server
 
+
 def http_api(url: str, **kwargs) -> ModelAPI:
     settings_fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vllm_")}
     return ModelAPI(settings=Settings(vllm_base_url=url, **settings_fields), **kwargs)
@@ -116,18 +117,41 @@ def test_choices_answered_out_of_order_are_matched_by_index(forwarding, demo_pro
 
 
 def test_a_server_that_rejects_list_prompts_is_detected_once(forwarding, demo_prompts, capsys):
-    refusing = forwarding(reject_lists=True)
+    refusing = forwarding(reject_lists=400)
     with http_api(refusing.url, deterministic=True) as api:
         first = api.next_token_logprobs(demo_prompts)
         second = api.next_token_logprobs(demo_prompts)
         assert api._route.list_prompts_supported is False
-    assert capsys.readouterr().err.count("rejects list prompts") == 1
+    assert capsys.readouterr().err.count("refuses a list of prompts (HTTP 400)") == 1
     lists = [s for s in refusing.completions() if s.n_prompts > 1]
     assert len(lists) == 1  # tried once, then never again
     assert len(refusing.completions()) == 1 + 2 * len(demo_prompts)
     plain = forwarding()
     with http_api(plain.url, deterministic=True) as api:
         assert first == second == api.next_token_logprobs(demo_prompts)
+
+
+def test_a_transient_500_on_the_first_list_keeps_lists(forwarding, demo_prompts, capsys):
+    # One 500 says nothing about lists: it is retried, and every later pool score is still one request.
+    flaky = forwarding(fail_first=1, fail_status=500)
+    with http_api(flaky.url, deterministic=True, vllm_backoff_seconds=0.05) as api:
+        first = api.next_token_logprobs(demo_prompts)
+        second = api.next_token_logprobs(demo_prompts)
+        assert api._route.list_prompts_supported is True
+    assert [s.n_prompts for s in flaky.completions()] == [len(demo_prompts)] * 3  # the failed one, its retry, the second
+    assert "list" not in capsys.readouterr().err
+    assert first == second
+
+
+def test_a_bare_500_to_every_list_is_not_taken_for_a_refusal_and_the_error_says_what_to_set(forwarding, demo_prompts):
+    refusing = forwarding(reject_lists=500)
+    with http_api(refusing.url, deterministic=True, vllm_backoff_seconds=0.05, vllm_max_retries=2) as api:
+        with pytest.raises(ScoringError, match="set VLLM_MAX_PROMPTS_PER_REQUEST=1"):
+            api.next_token_logprobs(demo_prompts)
+    # Three tries of the list, then one single prompt to check the advice; never a switch to singles.
+    assert [s.n_prompts for s in refusing.completions()] == [len(demo_prompts)] * 3 + [1]
+    with http_api(refusing.url, deterministic=True, vllm_max_prompts_per_request=1) as api:
+        assert len(api.next_token_logprobs(demo_prompts)) == len(demo_prompts)
 
 
 def test_batches_are_split_only_past_the_prompts_per_request_cap(forwarding, demo_prompts):

@@ -5,12 +5,20 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 from core.llm_api.logprobs import NextTokenLogprobs
+from core.llm_api.redaction import scrub_credentials
 
 DEFAULT_TOP_K = 20
 
 
 class ScoringError(RuntimeError):
-    """The route could not score the prompts; the message says why and what to change."""
+    """The route could not score the prompts; the message says why and what to change.
+
+    Messages name URLs, so any credentials written into one (http://user:password@host) are taken out here,
+    whichever route or library built the text.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(scrub_credentials(str(message)))
 
 
 @dataclass

@@ -1,16 +1,14 @@
 """What an HTTP error from a completions server means, in words that say what to change."""
 from __future__ import annotations
 
-from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
-
 from core.llm_api.base_llm import ScoringError
 
 
 class HTTPStatusError(ScoringError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.body = body  # the server's own words, for telling one kind of refusal from another
 
     @property
     def retryable(self) -> bool:
@@ -31,20 +29,6 @@ def explain_status(status: int, body: str, url: str, key_setting: str, top_k: in
     if status in (401, 403):
         return f"{url} answered {status}: the API key was refused or is missing. Check {key_setting}"
     return f"{url} answered {status}: {body[:300]}"
-
-
-def redact(text: str, secret: Optional[str]) -> str:
-    """``text`` with the secret replaced: a server may echo a key back in an error body."""
-    return text.replace(secret, "***") if secret else text
-
-
-def redact_url(url: str) -> str:
-    """The URL without any user:password part, for logs and summaries."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 class EndpointDown(ScoringError):

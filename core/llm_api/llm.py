@@ -62,8 +62,14 @@ class ModelAPI:
         self.top_k = top_k
         self.exact_label_logprobs = exact_label_logprobs
         self.rate_limiter = rate_limiter
-        self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
+        # The cache first: a cache that can't be opened should not cost a model load or a server probe.
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        try:
+            self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
+        except BaseException:
+            if self.cache is not None:
+                self.cache.close()
+            raise
 
     def _open_route(self, name: str, model: Optional[str], show_progress: bool) -> ScoringRoute:
         settings = self.settings
@@ -93,7 +99,8 @@ class ModelAPI:
                 settings.llama_api_base, model=model, api_key=settings.api_key, limiter=self.rate_limiter,
                 top_k=settings.api_top_k, concurrency=settings.api_concurrency,
                 timeout_seconds=settings.api_timeout_seconds, max_retries=settings.api_max_retries,
-                backoff_seconds=settings.api_backoff_seconds,
+                backoff_seconds=settings.api_backoff_seconds, backoff_max_seconds=settings.api_backoff_max_seconds,
+                retry_seconds=settings.api_retry_seconds,
             )
         from core.llm_api.embedded_llm import EmbeddedLlamaCpp
 

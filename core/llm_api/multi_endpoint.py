@@ -13,10 +13,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from core.interrupts import sleep_unless_stopped
 from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
-from core.llm_api.http_errors import EndpointDown, redact_url
+from core.llm_api.http_errors import EndpointDown
 from core.llm_api.http_session import RunSession
 from core.llm_api.logprobs import NextTokenLogprobs
+from core.llm_api.redaction import redact_url
 from core.llm_api.vllm_llm import VLLMClient
 
 ENDPOINT_RETRY_SECONDS = 30.0
@@ -88,7 +90,7 @@ class MultiEndpointVLLM(ScoringRoute):
             now = time.monotonic()
             live = [i for i, until in enumerate(self.down_until) if until <= now]
             if not live:
-                await asyncio.sleep(max(0.0, min(min(self.down_until), deadline) - now))
+                await sleep_unless_stopped(max(0.0, min(min(self.down_until), deadline) - now))
                 continue
             blocks = [[pending[j] for j in block] for block in contiguous_blocks(len(pending), len(live))]
             outcomes = await asyncio.gather(
@@ -99,7 +101,7 @@ class MultiEndpointVLLM(ScoringRoute):
                 if isinstance(outcome, EndpointDown):
                     self.down_until[e] = time.monotonic() + ENDPOINT_RETRY_SECONDS
                     self.failovers += 1
-                    print(f"note: {self.endpoints[e].base_url} is down ({outcome}); its prompts go to the other "
+                    print(f"note: {self.endpoints[e].shown_url} is down ({outcome}); its prompts go to the other "
                           f"endpoints, and it is tried again in {ENDPOINT_RETRY_SECONDS:.0f} s", file=sys.stderr)
                 elif isinstance(outcome, BaseException):
                     raise outcome
@@ -110,7 +112,7 @@ class MultiEndpointVLLM(ScoringRoute):
             if not pending:
                 return answers  # type: ignore[return-value]
         raise ScoringError(f"every endpoint in VLLM_BASE_URL failed {rounds} rounds in a row: "
-                           f"{', '.join(e.base_url for e in self.endpoints)}. Check them with scripts/test_vllm_server.py")
+                           f"{', '.join(e.shown_url for e in self.endpoints)}. Check them with scripts/test_vllm_server.py")
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         if not prompts:

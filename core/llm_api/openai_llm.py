@@ -1,9 +1,10 @@
 """The external route: a hosted OpenAI-compatible completions API with logprobs, rate limited.
 
 Hosted APIs often refuse list prompts, so each prompt is its own request, at most ``concurrency`` at once,
-each admitted by the RateLimiter. A 429 pauses every request for its Retry-After; 5xx answers, dropped
-connections and timeouts are retried with exponential backoff and jitter up to ``max_retries``, then the run
-stops with the endpoint and the last status.
+each admitted by the RateLimiter. A 429 pauses every request for its Retry-After. 5xx answers, dropped
+connections, timeouts and a 200 whose body is cut short or not JSON are retried as the vLLM route retries
+them (retry_waits.py: capped backoff, a time budget, a note while waiting), then the run stops with the
+endpoint and the last fault.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Optional, Sequence
 import aiohttp
 
 from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
-from core.llm_api.http_errors import explain_status, redact, redact_url
+from core.llm_api.http_errors import explain_status
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 from core.llm_api.rate_limits import RateLimiter, parse_reset
+from core.llm_api.redaction import redact, redact_url
+from core.llm_api.retry_waits import RetryPolicy, RetryWait
 
 # OpenAI's legacy completions return at most 5 logprobs; the label score works with any k.
 DEFAULT_EXTERNAL_TOP_K = 5
@@ -40,19 +43,21 @@ class ExternalAPIClient(ScoringRoute):
         top_k: int = DEFAULT_EXTERNAL_TOP_K,
         concurrency: int = 16,
         timeout_seconds: float = 60.0,
-        max_retries: int = 5,
+        max_retries: Optional[int] = 5,
         backoff_seconds: float = 1.0,
+        backoff_max_seconds: float = 30.0,
+        retry_seconds: float = 300.0,
         seed: int = 0,
     ) -> None:
         if not model:
             raise ScoringError("the hosted API route needs --model: the provider's name of a base model with logprobs (e.g. davinci-002)")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/v1/completions"
+        self.shown_url = redact_url(self.url)
         self.model = model
         self.top_k = top_k
         self.limiter = limiter
-        self.max_retries = max_retries
-        self.backoff_seconds = backoff_seconds
+        self.retry_policy = RetryPolicy("API", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
         self.stats = RouteStats()
         self.retries = 0
         self.rate_limited = 0
@@ -61,13 +66,11 @@ class ExternalAPIClient(ScoringRoute):
         self._concurrency = concurrency
         self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
 
-    def _backoff(self, attempt: int) -> float:
-        return self.backoff_seconds * (2 ** attempt) * (0.5 + self._jitter.random())
-
     async def _score_one(self, prompt: str) -> NextTokenLogprobs:
         body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "logprobs": self.top_k, "temperature": 0.0}
         estimate = max(1, len(prompt) // CHARS_PER_TOKEN)
-        failures, waits, last = 0, 0, "no answer"
+        wait = RetryWait(self.retry_policy, self.shown_url, self._jitter)
+        waits_for_429 = 0
         while True:
             await self.limiter.acquire(estimate)
             self.stats.requests += 1
@@ -79,34 +82,39 @@ class ExternalAPIClient(ScoringRoute):
                     retry_after = response.headers.get("Retry-After")
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 status, text, retry_after = None, "", None
-                last = f"{type(exc).__name__ or 'timeout'}"
+                last = f"connection lost or timed out ({type(exc).__name__})"
             if status == 200:
-                return await self._parse(text, estimate)
-            if status == 429:
-                waits += 1
+                try:
+                    return await self._accept(text, estimate)
+                except ValueError as exc:  # cut short, not JSON, or choices garbled: asking again may cure it
+                    last = f"answered 200 with an unusable body ({exc}): {text[:100]!r}"
+            elif status == 429:
+                waits_for_429 += 1
                 self.rate_limited += 1
-                if waits > MAX_RATE_LIMIT_WAITS:
-                    raise ScoringError(f"{self.url} kept answering 429 (rate limited) after {MAX_RATE_LIMIT_WAITS} waits: "
+                if waits_for_429 > MAX_RATE_LIMIT_WAITS:
+                    raise ScoringError(f"{self.shown_url} kept answering 429 (rate limited) after {MAX_RATE_LIMIT_WAITS} waits: "
                                        "lower API_REQUESTS_PER_MINUTE / API_TOKENS_PER_MINUTE")
                 self.limiter.pause(parse_reset(retry_after or "") or DEFAULT_RETRY_AFTER_SECONDS)
                 continue
-            if status is not None and status < 500:
-                raise ScoringError(redact(explain_status(status, text, self.url, "API_KEY", self.top_k), self._api_key))
-            if status is not None:
+            elif status is not None and status < 500:
+                raise ScoringError(redact(explain_status(status, text, self.shown_url, "API_KEY", self.top_k), self._api_key))
+            elif status is not None:
                 last = f"HTTP {status}"
-            if failures >= self.max_retries:
-                raise ScoringError(f"{self.url} failed {failures + 1} times in a row (last: {last}); "
-                                   "the provider may be down. Raise API_MAX_RETRIES or try later")
+            await wait.after_failure(redact(last, self._api_key))
             self.retries += 1
-            await asyncio.sleep(self._backoff(failures))
-            failures += 1
 
-    async def _parse(self, text: str, estimate: int) -> NextTokenLogprobs:
+    async def _accept(self, text: str, estimate: int) -> NextTokenLogprobs:
+        """The logprobs in a 200's body; ValueError for a body worth asking for again, ScoringError for one
+        the server will always send."""
+        answer = json.loads(text)
+        if not isinstance(answer, dict):
+            raise ValueError(f"a JSON {type(answer).__name__}, not an object")
         try:
-            answer = json.loads(text)
             [logprobs] = parse_completion_logprobs(answer, 1)
-        except (ValueError, MalformedResponse) as exc:
-            raise ScoringError(redact(f"{self.url}: unusable answer ({exc})", self._api_key)) from None
+        except MalformedResponse as exc:
+            if exc.retryable:
+                raise
+            raise ScoringError(redact(f"{self.shown_url}: unusable answer ({exc})", self._api_key)) from None
         used = int((answer.get("usage") or {}).get("prompt_tokens") or estimate)
         self.stats.prompt_tokens += used
         self.stats.computed_tokens += used

@@ -6,12 +6,13 @@ headers lower the limits or pause us until a reset, and a 429's ``Retry-After`` 
 """
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Mapping, Optional
 
 from aiolimiter import AsyncLimiter
+
+from core.interrupts import sleep_unless_stopped
 
 RATE_LIMIT_FRACTION = 0.98
 BURST_SECONDS = 0.1
@@ -65,7 +66,7 @@ class RateLimiter:
         """Wait until one more request of about ``prompt_tokens`` tokens fits the limits."""
         while (delay := self._paused_until - time.monotonic()) > 0:
             self.waited_for_pauses += delay
-            await asyncio.sleep(delay)
+            await sleep_unless_stopped(delay)
         if self._requests:
             await self._requests.acquire(1)
         if self._tokens:

@@ -6,6 +6,7 @@ pipeline step name and replayed stale scores). SQLite in WAL mode lets parallel 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import sqlite3
@@ -17,17 +18,26 @@ from core.llm_api.logprobs import NextTokenLogprobs
 CACHE_FILE = "responses.sqlite"
 
 
+class CacheUnusable(ValueError):
+    pass
+
+
 def request_key(identity: dict[str, Any], prompt: str) -> str:
     return hashlib.sha256(json.dumps([identity, prompt], sort_keys=True).encode()).hexdigest()
 
 
 class ResponseCache:
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / CACHE_FILE
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, logprobs TEXT NOT NULL)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, logprobs TEXT NOT NULL)")
+            self._db.execute("SELECT key, logprobs FROM answers LIMIT 1").fetchall()
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheUnusable(f"the response cache {self.path} can't be used ({exc}): move it aside (a new cache "
+                                "starts empty), choose another --cache-dir, or pass --no-cache") from None
         self.hits = 0
         self.misses = 0
 
@@ -43,12 +53,16 @@ class ResponseCache:
         return found
 
     def put_many(self, answers: dict[str, NextTokenLogprobs]) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO answers (key, logprobs) VALUES (?, ?)",
-                [(key, json.dumps(value)) for key, value in answers.items()],
-            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO answers (key, logprobs) VALUES (?, ?)",
+                    [(key, json.dumps(value)) for key, value in answers.items()],
+                )
+        except sqlite3.OperationalError as exc:
+            # A full disk or a folder made read-only: the same fault as any other file the run writes.
+            raise OSError(errno.EIO, str(exc), str(self.path)) from None
 
     def close(self) -> None:
         self._db.close()

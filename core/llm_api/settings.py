@@ -4,12 +4,18 @@ The environment wins over the file, so a one-off ``VLLM_BASE_URL=... python ICM.
 """
 from __future__ import annotations
 
+import math
 import os
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+
+from core.llm_api.redaction import redact_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SECRETS_FILE = REPO_ROOT / "SECRETS"
@@ -39,8 +45,10 @@ class Settings:
     api_top_k: int = 5
     api_concurrency: int = 16
     api_timeout_seconds: float = 60.0
-    api_max_retries: int = 5
+    api_max_retries: Optional[int] = 5
     api_backoff_seconds: float = 1.0
+    api_backoff_max_seconds: float = 30.0
+    api_retry_seconds: float = 300.0
     embedded_threads: Optional[int] = None
     # One slot: on a CPU, parallel slots add no prefill throughput, and each recomputes the prefixes the
     # others hold (measured: 1.7x the trie's tokens with 2 slots, 1.0x with 1).
@@ -51,10 +59,46 @@ class Settings:
     embedded_cache_ram_mib: int = 128
 
 
+KEY_SETTINGS = ("API_KEY", "VLLM_API_KEY")
+URL_EXAMPLE = "http://HOST:PORT, e.g. http://127.0.0.1:8000"
+
+
+def check_url(name: str, url: str, where: str) -> None:
+    """Refuse a server URL that can't be used, naming the setting and the form it must take."""
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "it does not start with http:// or https://"
+        elif not parts.hostname:
+            problem = "it names no host"
+    if problem:
+        raise SettingsError(f"{name}={redact_url(url)!r} ({where}) is not a server URL: {problem}. Write it as {URL_EXAMPLE}")
+
+
+def _read_secrets_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        values = {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v}
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path} is not UTF-8 text: save the settings file as UTF-8") from None
+    keys = [name for name in KEY_SETTINGS if values.get(name)]
+    if keys and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(f"warning: {path} holds {' and '.join(keys)} and other users can read it: chmod 600 {path}",
+              file=sys.stderr)
+    return values
+
+
 def load_settings(secrets_file: Optional[Path] = None) -> Settings:
     path = secrets_file or Path(os.environ.get("ICM_SECRETS_FILE", DEFAULT_SECRETS_FILE))
-    values = {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
+    values = _read_secrets_file(path)
     values.update({k: v for k, v in os.environ.items() if v})
+    where = f"in {path} or the environment"
 
     def number(name: str, default: Optional[float], kind: type = int, zero_ok: bool = False) -> Optional[float]:
         raw = values.get(name)
@@ -63,10 +107,26 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         try:
             value = kind(raw)
         except ValueError:
-            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be a {kind.__name__} number") from None
+            raise SettingsError(f"{name}={raw!r} ({where}) must be a {kind.__name__} number") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name}={raw!r} ({where}) must be a finite number")
         if value < 0 or (value == 0 and not zero_ok):
-            raise SettingsError(f"{name}={raw!r} (in {path} or the environment) must be {'0 or more' if zero_ok else 'positive'}")
+            raise SettingsError(f"{name}={raw!r} ({where}) must be {'0 or more' if zero_ok else 'positive'}")
         return value
+
+    for name in KEY_SETTINGS:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in values.get(name, "")):
+            raise SettingsError(f"{name} ({where}) contains a line break or another control character: "
+                                "copy the key again without it")
+    if "VLLM_BASE_URL" in values:
+        urls = [u.strip() for u in values["VLLM_BASE_URL"].split(",") if u.strip()]
+        if not urls:
+            raise SettingsError(f"VLLM_BASE_URL={values['VLLM_BASE_URL']!r} ({where}) lists no URL. "
+                                f"Write it as {URL_EXAMPLE} (several: comma-separated), or unset it")
+        for url in urls:
+            check_url("VLLM_BASE_URL", url, where)
+    if "LLAMA_API_BASE" in values:
+        check_url("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), where)
 
     return Settings(
         vllm_base_url=values.get("VLLM_BASE_URL"),
@@ -87,6 +147,8 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         api_timeout_seconds=number("API_TIMEOUT_SECONDS", 60.0, float),
         api_max_retries=number("API_MAX_RETRIES", 5, zero_ok=True),
         api_backoff_seconds=number("API_BACKOFF_SECONDS", 1.0, float),
+        api_backoff_max_seconds=number("API_BACKOFF_MAX_SECONDS", 30.0, float),
+        api_retry_seconds=number("API_RETRY_SECONDS", 300.0, float, zero_ok=True),
         embedded_threads=number("EMBEDDED_THREADS", None),
         embedded_slots=number("EMBEDDED_SLOTS", 1),
         embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192),

@@ -17,9 +17,11 @@ import aiohttp
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError, ScoringRoute
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
-from core.llm_api.http_errors import EndpointDown, HTTPStatusError, TransientError, explain_status, redact, redact_url
+from core.llm_api.http_errors import EndpointDown, HTTPStatusError, TransientError, explain_status
 from core.llm_api.http_session import RunSession, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+from core.llm_api.redaction import redact, redact_url
+from core.llm_api.retry_waits import RetryPolicy, RetryWait
 
 DEFAULT_MAX_PROMPTS_PER_REQUEST = 1024  # vLLM's VLLM_MAX_COMPLETION_PROMPTS
 DEFAULT_TIMEOUT_SECONDS = 900.0
@@ -31,13 +33,22 @@ DEFAULT_BACKOFF_MAX_SECONDS = 10.0
 DEFAULT_HEALTH_POLL_SECONDS = 5.0
 HEALTH_TIMEOUT_SECONDS = 5.0
 HEALTH_FAILURES_TO_GIVE_UP = 2
-RETRY_NOTE_EVERY_SECONDS = 30.0
+# The start-up probes (/v1/models, /version, /tokenize) are small: a server that takes longer is not up yet.
+PROBE_TIMEOUT_SECONDS = 30.0
 SINGLE_PROMPT_CONCURRENCY = 64
 T = TypeVar("T")
 LABEL_TOKEN_VARIANTS = (" True", " False", "True", "False", " true", " false", "true", "false")
 # Asked once with logprob_token_ids: the label tokens are never this prompt's top tokens, so an answer that
 # holds exactly them proves the server honoured the field (one that ignores it answers with its top-k).
 EXACT_LOGPROBS_PROBE = "The capital of France is"
+
+
+def refuses_list_prompts(error: HTTPStatusError) -> bool:
+    """Whether an error answer says the server takes one prompt per request, not a list."""
+    said = error.body.lower()
+    about_context = "context length" in said or "context size" in said
+    about_type = "prompt" in said and any(word in said for word in ("list", "array", "valid string", "type"))
+    return error.status in (400, 422) and about_type and not about_context
 
 
 class VLLMClient(ScoringRoute):
@@ -62,15 +73,13 @@ class VLLMClient(ScoringRoute):
         http: Optional[RunSession] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)  # for messages and files: no credentials
         self.top_k = top_k
         self.deterministic = deterministic
         self.max_prompts_per_request = max(1, max_prompts_per_request)
         self.stats = RouteStats()
         self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
-        self.max_retries = max_retries  # None: only the time budget bounds the retries
-        self.backoff_seconds = backoff_seconds
-        self.retry_seconds = retry_seconds
-        self.backoff_max_seconds = backoff_max_seconds
+        self.retry_policy = RetryPolicy("VLLM", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
         self.health_poll_seconds = health_poll_seconds
         self.retries = 0
         self._jitter = random.Random(0)  # its own RNG: retries must not move the search's random stream
@@ -92,9 +101,9 @@ class VLLMClient(ScoringRoute):
 
     # -- connection ---------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
+    async def _request(self, method: str, path: str, body: Optional[dict] = None, timeout: Optional[float] = None) -> Any:
         """One call; while it is outstanding, /health is watched, and a server found dead ends the wait."""
-        call = asyncio.ensure_future(self._request_once(method, path, body))
+        call = asyncio.ensure_future(self._request_once(method, path, body, timeout))
         failures = 0
         try:
             while True:
@@ -103,7 +112,7 @@ class VLLMClient(ScoringRoute):
                     return call.result()
                 failures = 0 if await self._healthy() else failures + 1
                 if failures >= HEALTH_FAILURES_TO_GIVE_UP:
-                    raise TransientError(f"{self.base_url} stopped answering /health while a request was in flight "
+                    raise TransientError(f"{self.shown_url} stopped answering /health while a request was in flight "
                                          "(the server or its engine died)")
         finally:
             if not call.done():
@@ -118,41 +127,48 @@ class VLLMClient(ScoringRoute):
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
-    async def _request_once(self, method: str, path: str, body: Optional[dict] = None) -> Any:
-        url = self.base_url + path
+    async def _request_once(self, method: str, path: str, body: Optional[dict] = None, timeout: Optional[float] = None) -> Any:
+        url = self.shown_url + path
+        # Only a probe passes its own limit: aiohttp reads timeout=None as "no limit at all".
+        limit = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
         try:
-            async with self._http.session.request(method, url, json=body) as response:
+            async with self._http.session.request(method, self.base_url + path, json=body, **limit) as response:
                 text = await response.text()
                 if response.status != 200:
                     message = explain_status(response.status, text, url, "VLLM_API_KEY", self.top_k)
-                    raise HTTPStatusError(response.status, redact(message, self._api_key))
+                    raise HTTPStatusError(response.status, redact(message, self._api_key), redact(text[:1000], self._api_key))
                 try:
                     return json.loads(text)
                 except ValueError:
                     raise TransientError(f"{url} answered 200 with a body that is not JSON (cut short?): {text[:100]!r}") from None
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(
-                f"cannot connect to {self.base_url} ({exc.os_error or exc}): is the server running on that host "
+                f"cannot connect to {self.shown_url} ({exc.os_error or exc}): is the server running on that host "
                 "and port? Check with `python scripts/test_vllm_server.py --base-url URL`"
             ) from None
         except asyncio.TimeoutError:
+            if timeout:
+                raise TransientError(f"{url} did not answer a start-up probe within {timeout:g} s") from None
             raise TransientError(f"{url} did not answer within {self._http.timeout.total:.0f} s (VLLM_TIMEOUT_SECONDS)") from None
         except aiohttp.ClientError as exc:
             raise TransientError(f"{url}: connection lost ({type(exc).__name__}: {exc})") from None
 
     async def _discover_model(self, requested: Optional[str]) -> str:
-        served = [m.get("id") for m in (await self._request("GET", "/v1/models")).get("data", [])]
+        answer = await self._request("GET", "/v1/models", timeout=PROBE_TIMEOUT_SECONDS)
+        listed = answer.get("data") if isinstance(answer, dict) else None
+        served = [m.get("id") for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
         if requested is None:
             if not served:
-                raise ScoringError(f"{self.base_url}/v1/models lists no model; pass --model")
+                raise ScoringError(f"{self.shown_url}/v1/models lists no model; pass --model")
             return served[0]
         if served and requested not in served:
-            raise ScoringError(f"--model {requested!r} is not served at {self.base_url}; it serves: {', '.join(served)}")
+            raise ScoringError(f"--model {requested!r} is not served at {self.shown_url}; it serves: {', '.join(map(str, served))}")
         return requested
 
     async def _server_version(self) -> Optional[str]:
         try:
-            return (await self._request("GET", "/version")).get("version")
+            answer = await self._request("GET", "/version", timeout=PROBE_TIMEOUT_SECONDS)
+            return answer.get("version") if isinstance(answer, dict) else None
         except HTTPStatusError:
             return None  # llama.cpp's server has no /version
 
@@ -164,10 +180,10 @@ class VLLMClient(ScoringRoute):
         for text in LABEL_TOKEN_VARIANTS:
             try:
                 answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "content": text,
-                                                                   "add_special_tokens": False})
+                                                                   "add_special_tokens": False}, timeout=PROBE_TIMEOUT_SECONDS)
             except HTTPStatusError:
                 return None  # no /tokenize: not a vLLM
-            tokens = answer.get("tokens") or []
+            tokens = (answer.get("tokens") if isinstance(answer, dict) else None) or []
             if len(tokens) == 1 and tokens[0] not in ids:
                 ids.append(tokens[0])
                 texts.append(text)
@@ -176,7 +192,7 @@ class VLLMClient(ScoringRoute):
         body = {"model": self.model, "prompt": EXACT_LOGPROBS_PROBE, "max_tokens": 1, "temperature": 0.0,
                 "logprobs": len(ids), "logprob_token_ids": ids}
         try:
-            [returned] = parse_completion_logprobs(await self._request("POST", "/v1/completions", body), 1)
+            [returned] = parse_completion_logprobs(await self._request("POST", "/v1/completions", body, timeout=PROBE_TIMEOUT_SECONDS), 1)
         except (HTTPStatusError, MalformedResponse):
             return None
         # vLLM adds the sampled token to the named ones; a server that ignored the field sent its top-k instead.
@@ -216,43 +232,23 @@ class VLLMClient(ScoringRoute):
             body["cache_prompt"] = False  # llama.cpp's switch; vLLM ignores unknown fields
         return body
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], what: str, probe: bool = False) -> T:
-        """``attempt()`` until it succeeds. Faults that asking again may cure are retried with capped, jittered
-        backoff for up to ``retry_seconds`` (and ``max_retries`` tries, if set), with a note on stderr while
-        waiting; the others stop the run at once. When ``probe``-ing whether lists are accepted, a 500 is
-        raised at once."""
-        failures = 0
-        first_failure = last_note = 0.0
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """``attempt()`` until it succeeds. Faults that asking again may cure are retried as the RetryPolicy
+        says (capped backoff, a time budget, a note while waiting, a stop ends the wait); others raise at once."""
+        wait = RetryWait(self.retry_policy, self.shown_url + what, self._jitter)
         while True:
             try:
                 return await attempt()
             except (HTTPStatusError, TransientError) as exc:
-                if not getattr(exc, "retryable", True) or (probe and getattr(exc, "status", None) == 500):
+                if not getattr(exc, "retryable", True):
                     raise
                 last = str(exc)
-            now = time.monotonic()
-            if failures == 0:
-                first_failure = now
-            waited = now - first_failure
-            url = self.base_url + what
-            if self.max_retries is not None and failures >= self.max_retries:
-                raise EndpointDown(f"{url} failed {failures + 1} times in a row; last: {last}. "
-                                   "If the server is restarting, raise VLLM_MAX_RETRIES or VLLM_BACKOFF_SECONDS")
-            if waited >= self.retry_seconds:
-                raise EndpointDown(f"{url} failed {failures + 1} times over {waited:.0f} s; last: {last}. "
-                                   "If the server is restarting, raise VLLM_RETRY_SECONDS")
-            if failures == 0 or now - last_note >= RETRY_NOTE_EVERY_SECONDS:
-                last_note = now
-                print(f"note: {redact_url(url)} is not answering ({last}); retrying for up to "
-                      f"{self.retry_seconds - waited:.0f} s more (VLLM_RETRY_SECONDS)", file=sys.stderr)
+            await wait.after_failure(last)
             self.retries += 1
-            delay = min(self.backoff_max_seconds, self.backoff_seconds * (2 ** min(failures, 30)))
-            await asyncio.sleep(min(delay * (0.5 + self._jitter.random()), max(0.0, self.retry_seconds - waited)))
-            failures += 1
 
-    async def _post(self, prompt: Any, n_prompts: int, probe: bool = False) -> list[NextTokenLogprobs]:
+    async def _post(self, prompt: Any, n_prompts: int) -> list[NextTokenLogprobs]:
         """One completions request, retried as ``_with_retries`` says."""
-        url = self.base_url + "/v1/completions"
+        url = self.shown_url + "/v1/completions"
 
         async def attempt() -> list[NextTokenLogprobs]:
             self.stats.requests += 1
@@ -264,27 +260,41 @@ class VLLMClient(ScoringRoute):
                     raise ScoringError(f"{url}: {exc}") from None
                 raise TransientError(f"{url}: {exc}") from None
 
-        return await self._with_retries(attempt, "/v1/completions", probe)
+        return await self._with_retries(attempt, "/v1/completions")
 
     async def _post_list(self, chunk: Sequence[str]) -> list[NextTokenLogprobs]:
+        if len(chunk) == 1:
+            return await self._post(chunk[0], 1)
         if self.list_prompts_supported is False:
             return await self._post_singly(chunk)
-        if self.list_prompts_supported or len(chunk) < 2:
-            return await self._post(list(chunk), len(chunk))
         try:
-            result = await self._post(list(chunk), len(chunk), probe=True)
+            result = await self._post(list(chunk), len(chunk))
         except HTTPStatusError as exc:
-            if exc.status != 500:
+            # Only an answer that says the prompt's type is wrong proves lists are refused: a 5xx or a dropped
+            # connection says nothing about lists, and was retried like any other fault.
+            if self.list_prompts_supported or not refuses_list_prompts(exc):
                 raise
-            # Some servers (llama-cpp-python's) answer 500 to a list prompt. If one prompt alone works,
-            # that is the cause: say so once and send prompts one by one from now on.
-            single = await self._post(chunk[0], 1)
             self.list_prompts_supported = False
-            print(f"note: {self.base_url} rejects list prompts (HTTP 500); sending prompts one per request, "
-                  f"{SINGLE_PROMPT_CONCURRENCY} at a time", file=sys.stderr)
-            return single + await self._post_singly(chunk[1:])
+            print(f"note: {self.shown_url} refuses a list of prompts (HTTP {exc.status}); sending prompts one per "
+                  f"request, {SINGLE_PROMPT_CONCURRENCY} at a time", file=sys.stderr)
+            return await self._post_singly(chunk)
+        except EndpointDown as exc:
+            # Lists have only ever failed with 500s: if one prompt alone is answered, say what to set (but don't
+            # switch on a guess: a server whose engine died answers 500 too).
+            if self.list_prompts_supported is None and "answered 500" in str(exc) and await self._answers_one_prompt(chunk[0]):
+                raise EndpointDown(f"{exc}. This server answers one prompt but not a list of them (llama-cpp-python's "
+                                   "does that): set VLLM_MAX_PROMPTS_PER_REQUEST=1") from None
+            raise
         self.list_prompts_supported = True
         return result
+
+    async def _answers_one_prompt(self, prompt: str) -> bool:
+        """One try, no retries: is a single prompt answered?"""
+        try:
+            parse_completion_logprobs(await self._request("POST", "/v1/completions", self._body(prompt)), 1)
+        except (ScoringError, MalformedResponse):
+            return False
+        return True
 
     async def _post_singly(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         async def one(prompt: str) -> NextTokenLogprobs:
@@ -299,10 +309,10 @@ class VLLMClient(ScoringRoute):
         if self.list_prompts_supported is None and len(chunks) > 1:
             # Learn whether lists work on the first chunk before sending the rest at once.
             first = await self._post_list(chunks[0])
-            rest = await asyncio.gather(*(self._post_list(c) for c in chunks[1:]))
+            rest = await gather_limited(chunks[1:], self._post_list, SINGLE_PROMPT_CONCURRENCY)
             answers = [first, *rest]
         else:
-            answers = await asyncio.gather(*(self._post_list(c) for c in chunks))
+            answers = await gather_limited(chunks, self._post_list, SINGLE_PROMPT_CONCURRENCY)
         return [logprobs for chunk in answers for logprobs in chunk]
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
@@ -328,7 +338,7 @@ class VLLMClient(ScoringRoute):
         self.list_prompts_supported = False  # prompts then go singly, SINGLE_PROMPT_CONCURRENCY at once
 
     def describe(self) -> dict:
-        return {"endpoint": redact_url(self.base_url), "server_version": self.server_version,
+        return {"endpoint": self.shown_url, "server_version": self.server_version,
                 "label_logprobs": "exact" if self.label_token_ids else "top-k", "retries": self.retries}
 
     def close(self) -> None:

@@ -17,24 +17,34 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from core.crash_points import maybe_crash
+from core.interrupts import WaitInterrupted
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import RouteUnavailable
 from core.llm_api.model_files import ModelFileMissing
+from core.llm_api.redaction import scrub_credentials
+from core.llm_api.response_cache import CacheUnusable
 from core.llm_api.settings import SettingsError, load_settings
 from src.experiments.checkpoint import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    RUN_FILE,
     CheckpointError,
     load_checkpoint,
     load_run,
+    new_run_id,
     pool_fingerprint,
+    remove_leftover_temporaries,
     restore_state,
     save_checkpoint,
     save_run,
     trim_log,
 )
 from src.experiments.prompts import PROMPT_LAYOUTS
+from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import (
     IterationLog,
     OutputDirInUse,
+    OutputWriteError,
     jsonl,
     label_rows,
     prepare_output_dir,
@@ -133,7 +143,10 @@ def validate(args: argparse.Namespace) -> None:
         (args.final_T > 0 and math.isfinite(args.final_T), f"--final_T {args.final_T} must be a positive number"),
         (0 < args.decay <= 1, f"--decay {args.decay} must be in (0, 1]"),
         (math.isfinite(args.alpha), f"--alpha {args.alpha} must be a finite number"),
+        (args.final_T <= args.initial_T, f"--final_T {args.final_T} is above --initial_T {args.initial_T}: the temperature falls from the first to the second"),
         (args.post_flip_fix_K is None or args.post_flip_fix_K >= 0, f"--post-flip-fix-K {args.post_flip_fix_K} must not be negative"),
+        *[(value is None or (value > 0 and math.isfinite(value)), f"{flag} {value} must be a positive number")
+          for flag, value in (("--requests-per-minute", args.requests_per_minute), ("--tokens-per-minute", args.tokens_per_minute))],
     ]
     if (args.num_batches is None) != (args.batch_index is None):
         raise UsageError("--num-batches and --batch-index go together: pass both, or neither")
@@ -236,6 +249,9 @@ def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]
     if args.num_batches is None:
         rng = random.Random(args.seed)
         pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
+        if args.num_seed > len(pool):
+            raise UsageError(f"--num_seed {args.num_seed} is larger than the pool: whole consistency groups of {source} "
+                             f"fill only {len(pool)} of --batch_size {args.batch_size}; lower --num_seed or raise --batch_size")
     else:
         pool = shard_pool(claims, TESTBED_SPECS[args.testbed], args.num_batches, args.batch_index, args.seed, source)
         rng = random.Random(f"{args.seed}:{args.batch_index}")  # each shard's own seed labels and search
@@ -245,22 +261,41 @@ def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]
 
 
 def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng: random.Random,
-                    source: str) -> tuple[SearchState, random.Random]:
-    """A new run's run.json, or a resumed run's state, RNG and trimmed log."""
+                    source: str) -> tuple[SearchState, random.Random, dict]:
+    """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
     fingerprint = pool_fingerprint(state.claims)
+    remove_leftover_temporaries(out)
     if not args.resume:
         prepare_output_dir(out, args.overwrite)
-        save_run(out, run_settings(args), fingerprint)
-        return state, rng
-    if load_run(out)["pool_fingerprint"] != fingerprint:
+        run_id = new_run_id()
+        save_run(out, run_settings(args), fingerprint, run_id)
+        return state, rng, load_run(out)
+    run = load_run(out)
+    if run["pool_fingerprint"] != fingerprint:
         raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
                               f"(was {source} changed?); resume with the original data, or start a new run")
-    saved = load_checkpoint(out)
+    saved = load_checkpoint(out, run)
     if saved is not None:
-        state, rng = restore_state(saved, state.claims)
-    trim_log(out / "log.jsonl", state.iteration)
+        state, rng = restore_state(saved, state.claims, out / CHECKPOINT_FILE)
+    if args.K < state.iteration:
+        raise UsageError(f"--K {args.K} is below the {state.iteration} iterations this run has done: "
+                         f"pass --K {state.iteration} or more, or leave --K out")
+    trim_log(out / LOG_FILE, state.iteration)
+    if run["settings"].get("K") != args.K:
+        run["settings"]["K"] = args.K  # run.json says how long the run is meant to be
+        write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
     print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
-    return state, rng
+    return state, rng, run
+
+
+def discard_unstarted_run(out: Path) -> None:
+    """A run that never saved a checkpoint holds nothing worth resuming: leave nothing that blocks a re-run."""
+    if not (out / CHECKPOINT_FILE).exists():
+        for name in (RUN_FILE, LOG_FILE):
+            try:
+                (out / name).unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder can't be changed: a re-run replaces a run with no checkpoint anyway
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:
@@ -283,39 +318,82 @@ def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
     )
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace, out: Path) -> Path:
+    """The search in ``out``, whose RunLock the caller holds."""
     validate(args)
     pool, rng, source = draw_pool(args)
     route_settings = _settings(args)
-    out = args.output_dir or default_output_dir(args)
-    state, rng = start_or_resume(args, out, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
     started = time.time()
-    with ScoringPipeline(scoring_options(args, out), route_settings) as pipeline:
-        model_api, scorer = pipeline.model_api, pipeline.scorer
-        where = model_api.describe().get("endpoint")
-        print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
-              f"pool: {len(pool)} claims from {source}", file=sys.stderr)
-        search = ICMSearch(scorer, search_settings(args), rng, state)
-        stopped_by = _search_with_log(search, out, args, lambda: save_checkpoint(out, search.state, rng))
-        if state.metric is None:
-            # Nothing was found; leave no half-run behind to block the next attempt.
-            (out / "log.jsonl").unlink(missing_ok=True)
-        else:
-            # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
-            final_scores = scorer.known_pool_scores if isinstance(stopped_by, ScoringError) else scorer.pool_scores
-            write_atomically(out / "labels.jsonl", jsonl(label_rows(state.claims, final_scores(state.claims))))
-            summary = _summary(args, state, search, model_api, scorer, source, time.time() - started, stopped_by)
-            write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-            print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+    with GracefulStop() as stop:
+        try:
+            state, rng, run_record = start_or_resume(args, out, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
+            try:
+                pipeline = ScoringPipeline(scoring_options(args, out), route_settings)
+            except WaitInterrupted:
+                print("stopped while waiting for the server, before any scoring: run the same command again", file=sys.stderr)
+                raise stop.stopped() from None
+            with pipeline:
+                model_api, scorer = pipeline.model_api, pipeline.scorer
+                where = model_api.describe().get("endpoint")
+                print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
+                      f"pool: {len(pool)} claims from {source}", file=sys.stderr)
+                search = ICMSearch(scorer, search_settings(args), rng, state)
+                checkpoint = Checkpointer(out, run_record, search, rng)
+                stopped_by = _search_with_log(search, out, args, stop, checkpoint)
+                if state.metric is not None:
+                    unwritten, failure = _write_results(out, args, state, search, model_api, scorer, source,
+                                                        time.time() - started, stopped_by)
+                    if failure is not None and not isinstance(stopped_by, OutputWriteError):
+                        stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
+                    elif unwritten:
+                        stopped_by = OutputWriteError(f"{stopped_by} ({', '.join(unwritten)} could not be written either)")
+        finally:
+            discard_unstarted_run(out)
     if stopped_by is not None:
         raise stopped_by
     return out
 
 
-def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, checkpoint) -> Optional[BaseException]:
+class Checkpointer:
+    """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
+
+    def __init__(self, out: Path, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
+        self.out, self.run_record, self.search, self.rng = out, run_record, search, rng
+        self.saved_iteration: Optional[int] = search.state.iteration if (out / CHECKPOINT_FILE).exists() else None
+
+    def __call__(self) -> None:
+        save_checkpoint(self.out, self.run_record, self.search.state, self.rng)
+        self.saved_iteration = self.search.state.iteration
+
+
+def _write_results(out: Path, args, state, search, model_api, scorer, source, wall_seconds,
+                   stopped_by) -> tuple[list[str], Optional[OSError]]:
+    """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
+    and the first error."""
+    # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
+    final_scores = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
+    files = {
+        "labels.jsonl": lambda: jsonl(label_rows(state.claims, final_scores(state.claims))),
+        "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by), indent=2) + "\n",
+    }
+    unwritten: list[str] = []
+    failure: Optional[OSError] = None
+    for name, text in files.items():
+        try:
+            write_atomically(out / name, text())
+        except OSError as exc:
+            unwritten.append(name)
+            failure = failure or exc
+    if not unwritten:
+        print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+    return unwritten, failure
+
+
+def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, stop: GracefulStop,
+                     checkpoint: Checkpointer) -> Optional[BaseException]:
     """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
-    log = IterationLog(out / "log.jsonl")
     bar = tqdm(total=args.K, initial=search.state.iteration, desc="ICM search", unit="iter", disable=args.no_progress)
+    log: Optional[IterationLog] = None
 
     def on_step(record: dict) -> None:
         log(record)
@@ -326,20 +404,30 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, che
         stop.check()
 
     try:
-        with GracefulStop() as stop:
-            if search.state.metric is None:
-                search.initialise()
-                checkpoint()
-            stop.check()
-            search.run(on_step)
+        log = IterationLog(out / LOG_FILE)
+        stop.check()
+        if search.state.metric is None:
+            search.initialise()
+            checkpoint()
+        stop.check()
+        search.run(on_step)
         return None
+    except WaitInterrupted:
+        stopped: BaseException = stop.stopped()
     except (SearchStopped, KeyboardInterrupt, ScoringError) as exc:
-        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far"
-              f"{'; resume with --resume ' + str(out) if search.state.metric is not None else ''}", file=sys.stderr)
-        return exc
+        stopped = exc
+    except OSError as exc:
+        stopped = OutputWriteError.after(exc, out, checkpoint.saved_iteration)
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
+    if search.state.metric is None or isinstance(stopped, OutputWriteError):
+        print(f"stopped at iteration {search.state.iteration}", file=sys.stderr)
+    else:
+        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far; "
+              f"resume with --resume {out}", file=sys.stderr)
+    return stopped
 
 
 def _settings(args: argparse.Namespace):
@@ -357,7 +445,7 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
         "data_source": source,
         "settings": run_settings(args),
         **model_api.describe(),
-        "stopped_early": None if stopped_by is None else (str(stopped_by) or type(stopped_by).__name__),
+        "stopped_early": None if stopped_by is None else scrub_credentials(str(stopped_by) or type(stopped_by).__name__),
         "iterations": state.iteration,
         "flip_cnt": state.flip_cnt,
         "final": {
@@ -380,16 +468,39 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
     }
 
 
+def output_dir(args: argparse.Namespace) -> Path:
+    """The directory this invocation works in (and locks)."""
+    if args.resume is None:
+        return args.output_dir or default_output_dir(args)
+    if args.output_dir is not None and args.output_dir.resolve() != args.resume.resolve():
+        raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; --output-dir {args.output_dir} "
+                         "would be ignored: drop --output-dir")
+    return args.resume
+
+
+# Errors that are the user's to fix: one line, exit code 2.
+USER_ERRORS = (UsageError, DataError, OutputDirInUse, OutputDirLocked, OutputDirUnusable, OutputWriteError, ModelFileMissing,
+               RouteUnavailable, ScoringError, SettingsError, CheckpointError, CacheUnusable)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         passed = passed_flags(argv if argv is not None else sys.argv[1:])
-        if args.resume is not None:
-            args = resumed_args(args, passed)
-        run(apply_paper_mode(args, passed))
-    except (UsageError, DataError, OutputDirInUse, ModelFileMissing, RouteUnavailable, ScoringError, SettingsError,
-            CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.resume is None:
+            validate(args)  # before the lock, so a mistyped flag leaves no folder behind
+        out = output_dir(args)
+        with RunLock(out):
+            if args.resume is not None:
+                args = resumed_args(args, passed)
+            run(apply_paper_mode(args, passed), out)
+    except USER_ERRORS as exc:
+        print(f"error: {scrub_credentials(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the run reads or writes that the system refuses (permissions, a full disk)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}: check that the path exists, and that this user may read and "
+              "write it", file=sys.stderr)
         return 2
     except SearchStopped as stopped:
         return stopped.exit_code

@@ -1,16 +1,22 @@
 """The search's full state on disk after every iteration, so a killed run resumes exactly where it was.
 
-``run.json`` is written once, before any model call: the settings the run was started with and a
-fingerprint of its pool. ``checkpoint.json`` is rewritten after the seeds are scored and after every
-iteration: the labels, the current metric, the iteration and flip counters and the RNG state. Both are
-written atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the
-new, never half. A run killed before its first checkpoint resumes from its seeds.
+``run.json`` is written once, before any model call: the run's identity (a random id), the settings it was
+started with and a fingerprint of its pool. ``checkpoint.json`` is rewritten after the seeds are scored and
+after every iteration: the labels, the current metric, the iteration and flip counters and the RNG state,
+with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
+atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
+never half. A run killed before its first checkpoint resumes from its seeds.
+
+Everything read back is checked before it is used: a damaged file stops the resume with the file, what is
+wrong with it and what to do, and no valid log line is ever dropped silently.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import sys
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +25,11 @@ from src.experiments.search import Claims, SearchState
 
 CHECKPOINT_FILE = "checkpoint.json"
 RUN_FILE = "run.json"
-FORMAT_VERSION = 1
+LOG_FILE = "log.jsonl"
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1 (no run id) was written before run identities existed
+METRIC_FIELDS = ("train_prob", "inconsistent_num", "train_accuracy", "train_size")
+START_AGAIN = "start the run again with the same flags and --overwrite"
 
 
 class CheckpointError(ValueError):
@@ -40,19 +50,26 @@ def rng_to_json(rng: random.Random) -> list:
     return [version, list(internal), gauss_next]
 
 
-def rng_from_json(saved: list) -> random.Random:
+def rng_from_json(saved: Any) -> random.Random:
     rng = random.Random()
     rng.setstate((saved[0], tuple(saved[1]), saved[2]))
     return rng
 
 
-def save_run(out: Path, settings: dict, fingerprint: str) -> None:
-    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=json.dumps({"format": FORMAT_VERSION, "settings": settings, "pool_fingerprint": fingerprint}, indent=2))
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
-def save_checkpoint(out: Path, state: SearchState, rng: random.Random) -> None:
+def save_run(out: Path, settings: dict, fingerprint: str, run_id: str) -> None:
+    text = json.dumps({"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint}, indent=2)
+    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=text)
+
+
+def save_checkpoint(out: Path, run: dict, state: SearchState, rng: random.Random) -> None:
     write_atomically(out / CHECKPOINT_FILE, crash_point="checkpoint-write", text=json.dumps({
         "format": FORMAT_VERSION,
+        "run_id": run.get("run_id"),
+        "pool_fingerprint": run["pool_fingerprint"],
         "iteration": state.iteration,
         "flip_cnt": state.flip_cnt,
         "metric": state.metric,
@@ -61,53 +78,128 @@ def save_checkpoint(out: Path, state: SearchState, rng: random.Random) -> None:
     }))
 
 
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged ({what}), so the run can't be resumed from it: restore the file, "
+                           f"or {START_AGAIN}")
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is damaged (not JSON); it can't be resumed. Start a new run") from None
-    if saved.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by another version of icm (format {saved.get('format')!r})")
+        raise _damaged(path, "not JSON") from None
+    except RecursionError:
+        raise _damaged(path, "nested too deeply") from None
+    if not isinstance(saved, dict):
+        raise _damaged(path, f"it holds {json.dumps(saved)[:40]}, not an object")
+    if saved.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{path} has format {saved.get('format')!r}, which this version of icm (format "
+                              f"{FORMAT_VERSION}) can't read: resume it with the icm version that wrote it, or {START_AGAIN}")
     return saved
 
 
 def load_run(out: Path) -> dict[str, Any]:
-    """The settings and pool fingerprint of the run in ``out``."""
-    for leftover in out.glob(".*.tmp"):  # a write that a crash cut short; the real file is intact
-        leftover.unlink(missing_ok=True)
+    """The identity, settings and pool fingerprint of the run in ``out``."""
     path = out / RUN_FILE
     if not path.is_file():
         raise CheckpointError(f"--resume {out}: no {RUN_FILE} there, so no run to resume; start a new run with --output-dir")
-    return _read(path)
+    run = _read(path)
+    if not isinstance(run.get("settings"), dict) or not isinstance(run.get("pool_fingerprint"), str):
+        raise _damaged(path, "no settings or pool fingerprint")
+    if run["format"] >= 2 and not isinstance(run.get("run_id"), str):
+        raise _damaged(path, "no run id")
+    return run
 
 
-def load_checkpoint(out: Path) -> Optional[dict[str, Any]]:
-    """The last saved search state, or None if the run stopped before its first checkpoint."""
+def remove_leftover_temporaries(out: Path) -> None:
+    """Temporary files of a write that a crash cut short; the real files are intact. Only call this while
+    holding the run's lock: a live run's temporary file looks the same."""
+    for leftover in out.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def load_checkpoint(out: Path, run: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The last saved search state of the run ``run``, or None if it stopped before its first checkpoint."""
     path = out / CHECKPOINT_FILE
-    return _read(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = _read(path)
+    if saved["format"] != run["format"]:
+        raise CheckpointError(f"{path} (format {saved['format']}) does not belong to the run in {out / RUN_FILE} "
+                              f"(format {run['format']}): restore this run's checkpoint, or {START_AGAIN}")
+    if saved["format"] >= 2:
+        if saved.get("run_id") != run["run_id"]:
+            raise CheckpointError(f"{path} belongs to another run (run id {saved.get('run_id')!r}, this run's is "
+                                  f"{run['run_id']!r}): restore this run's checkpoint, or {START_AGAIN}")
+        if saved.get("pool_fingerprint") != run["pool_fingerprint"]:
+            raise CheckpointError(f"{path} was saved over another pool than the run in {out / RUN_FILE}: "
+                                  f"restore this run's checkpoint, or {START_AGAIN}")
+    return saved
 
 
-def restore_state(saved: dict[str, Any], claims: Claims) -> tuple[SearchState, random.Random]:
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[SearchState, random.Random]:
     """The saved search state over the rebuilt pool (whose fingerprint the caller has checked)."""
-    labels = saved["labels"]
+    labels = saved.get("labels")
+    if not isinstance(labels, dict):
+        raise _damaged(path, "no labels")
     if set(labels) != {str(uid) for uid in claims}:
-        raise CheckpointError("the checkpoint's claims do not match the pool rebuilt from the data")
+        raise CheckpointError(f"{path}: its claims do not match the pool rebuilt from the data; restore this run's "
+                              f"checkpoint and data, or {START_AGAIN}")
+    bad = next((f"{uid}: {value!r}" for uid, value in labels.items() if value not in (0, 1, None) or isinstance(value, (bool, float))), None)
+    if bad is not None:
+        raise _damaged(path, f"label of claim {bad}; a label is 0, 1 or null")
+    iteration, flip_cnt, metric = saved.get("iteration"), saved.get("flip_cnt"), saved.get("metric")
+    if not _count(iteration):
+        raise _damaged(path, f"iteration {iteration!r} is not a whole number")
+    if not _count(flip_cnt) or flip_cnt > iteration:
+        raise _damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to the iteration")
+    if not isinstance(metric, dict) or any(not isinstance(metric.get(f), (int, float)) for f in METRIC_FIELDS):
+        raise _damaged(path, f"the metric lacks one of {', '.join(METRIC_FIELDS)}")
+    try:
+        rng = rng_from_json(saved.get("rng"))
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+        raise _damaged(path, "the random generator's state can't be restored") from None
     restored = {uid: {**claim, "label": labels[str(uid)]} for uid, claim in claims.items()}
-    state = SearchState(claims=restored, metric=saved["metric"], iteration=saved["iteration"], flip_cnt=saved["flip_cnt"])
-    return state, rng_from_json(saved["rng"])
+    return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt), rng
 
 
 def trim_log(path: Path, iterations: int) -> None:
-    """Keep the log lines of iterations the checkpoint covers; drop any later or half-written line."""
+    """Keep exactly the log lines of the iterations the checkpoint covers, and drop later ones (the resumed
+    run redoes those iterations). A last line cut short by a crash is dropped too. Anything else wrong (a
+    damaged line with lines after it, a missing or repeated iteration) stops the resume: the log is the
+    run's record, and is never cut silently."""
     if not path.exists():
+        if iterations:
+            print(f"note: {path} is missing; the resumed log starts at iteration {iterations}", file=sys.stderr)
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept: list[str] = []
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if record.get("iter", iterations) >= iterations:
-            break
+            at = record["iter"] if isinstance(record, dict) else None
+        except (json.JSONDecodeError, KeyError, RecursionError):
+            at = None
+        if not _count(at):
+            if number == len(lines):
+                break  # a line a crash cut short
+            raise CheckpointError(f"{path} line {number} is damaged and {len(lines) - number} line(s) follow it: "
+                                  f"repair or delete that line, or move {path.name} aside to resume without it")
+        if at >= iterations:
+            continue
+        if at != len(kept):
+            raise CheckpointError(f"{path} line {number} is iteration {at} where iteration {len(kept)} belongs: the log "
+                                  f"is not this checkpoint's. Move {path.name} aside to resume without it")
         kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+    if len(kept) < iterations:
+        raise CheckpointError(f"{path} holds {len(kept)} of the {iterations} iterations the checkpoint has done: "
+                              f"restore the log, or move {path.name} aside to resume without it")
+    dropped = len(lines) - len(kept)
+    if dropped:
+        print(f"note: {path}: dropped {dropped} line(s) past the checkpoint (iteration {iterations}); "
+              "those iterations are redone", file=sys.stderr)
+    write_atomically(path, "".join(kept))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -17,9 +18,32 @@ class OutputDirInUse(ValueError):
     pass
 
 
+class OutputWriteError(ValueError):
+    """The run's own files could not be written (a full disk, a folder made read-only): the run stops, and the
+    message says what its checkpoint still holds and how to go on."""
+
+    @classmethod
+    def after(cls, error: OSError, out: Path, saved_iteration: Optional[int]) -> "OutputWriteError":
+        where = error.filename or out
+        if saved_iteration is None:
+            kept = "nothing was checkpointed yet: once it can be written, run the same command again"
+        else:
+            kept = (f"{out}/checkpoint.json is intact at iteration {saved_iteration}: once {out} can be written "
+                    f"(free space, or make it writable), resume with --resume {out}")
+        return cls(f"could not write {where} ({error.strerror or error}); {kept}")
+
+
+# A run that never got past its first scoring has only these; nothing in them is worth keeping.
+NEVER_STARTED = {"run.json", "log.jsonl"}
+
+
 def prepare_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one's files unless told to replace them."""
+    """Refuse to mix a new run into an old one's files unless told to replace them. A run that never
+    saved a checkpoint (killed during its first scoring) is replaced, since there is nothing to resume."""
     existing = [name for name in OUTPUT_FILES if (path / name).exists()]
+    if existing and set(existing) <= NEVER_STARTED and not overwrite:
+        print(f"note: replacing the run in {path}, which never finished its first scoring", file=sys.stderr)
+        overwrite = True
     if existing and not overwrite:
         raise OutputDirInUse(
             f"--output-dir {path} already holds a run ({', '.join(existing)}): continue it with --resume {path}, "
@@ -33,7 +57,10 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
 def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -> None:
     """Write to a temporary file beside ``path``, fsync, and rename it over ``path``: a crash leaves the old
     file or the new one, never half. ``crash_point`` names where the resume tests may kill the process."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text[: len(text) // 2])
@@ -43,8 +70,14 @@ def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            Path(temporary).unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            # Name the file the run was writing, not its temporary stand-in.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     # The rename is durable only once the directory entry is on disk.
     directory = os.open(path.parent, os.O_RDONLY)

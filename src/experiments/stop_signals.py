@@ -2,7 +2,8 @@
 
 Interrupting a model call midway is unsafe on the embedded route (llama.cpp is still using its buffers)
 and would leave a half-finished iteration; so the first signal only asks the search to stop after the
-iteration it is in. A second Ctrl-C stops at once.
+iteration it is in. A wait between retries (or for a rate limit) has nothing to finish, so it ends within
+a second (core/interrupts.py) and the run stops at its last checkpoint. A second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import sys
 from types import FrameType
 from typing import Optional
+
+from core.interrupts import ask_to_stop, clear_stop
 
 
 class SearchStopped(Exception):
@@ -30,6 +33,7 @@ class GracefulStop:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
+        clear_stop()
         for number in self.SIGNALS:
             self._previous[number] = signal.signal(number, self._handle)
         return self
@@ -37,13 +41,19 @@ class GracefulStop:
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+        clear_stop()
 
     def _handle(self, number: int, frame: Optional[FrameType]) -> None:
         if self.signal_number is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = number
+        ask_to_stop()
         print(f"\n{signal.Signals(number).name}: stopping after this iteration (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
+
+    def stopped(self) -> SearchStopped:
+        """What ends the run once a wait was cut short by the signal this caught."""
+        return SearchStopped(self.signal_number or signal.SIGINT)
 
     def check(self) -> None:
         """Raise SearchStopped if a stop was asked for."""

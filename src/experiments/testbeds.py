@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ DATA_RELEASE_HINT = (
 
 class DataError(ValueError):
     """Input data that can't be used; the message names the file, record or field and the fix."""
+
+
+# Half of a UTF-16 pair with no other half ("\ud800" in the JSON): Python reads it, but no file can hold it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 Record = dict[str, Any]
@@ -131,6 +136,8 @@ def read_json_records(path: Path) -> list[Record]:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8 JSON") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read; a record is a flat object of text fields") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, found a {type(records).__name__}")
     if not records:
@@ -162,6 +169,13 @@ def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold
         for text_field in ("question", "choice", "choice_2", "answer", "cot"):
             if text_field in record and not isinstance(record[text_field], (str, int, float)):
                 raise DataError(f"{where}: field {text_field!r} must be text")
+        try:
+            broken = next((name for name, value in record.items() if _has_lone_surrogate(name) or _has_lone_surrogate(value)), None)
+        except RecursionError:
+            raise DataError(f"{where}: nested too deeply; a record is a flat object of text fields") from None
+        if broken is not None:
+            raise DataError(f"{where}: field {broken!r} holds half of a UTF-16 surrogate pair (an escape like \\ud800 "
+                            "with no partner), which no output file can hold; fix the text")
         cid = record["consistency_id"]
         if not isinstance(cid, (int, str)) or isinstance(cid, bool):
             raise DataError(f"{where}: consistency_id {cid!r} must be an integer or a string")
@@ -208,7 +222,21 @@ def sample_pool(
     for index in rng.sample(range(len(groups)), len(groups)):
         if len(pool) + len(groups[index]) <= batch_size:
             pool.extend(groups[index])
+    if not pool:
+        smallest = min(len(group) for group in groups)
+        raise DataError(f"--batch_size {batch_size} holds no whole consistency group of {source} (the smallest has "
+                        f"{smallest} records): raise --batch_size to at least {smallest}")
     return pool
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def check_group_sizes(groups: list[list[Record]], testbed: Testbed, source: str) -> None:
