@@ -26,10 +26,6 @@ def clear_stop() -> None:
     _asked.clear()
 
 
-def stop_asked() -> bool:
-    return _asked.is_set()
-
-
 async def sleep_unless_stopped(seconds: float) -> None:
     """``asyncio.sleep(seconds)``, unless a stop is (or gets) asked for: then raise WaitInterrupted."""
     deadline = time.monotonic() + max(0.0, seconds)

@@ -1,4 +1,6 @@
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's data lives beside the checkout (../shared/data/icm), never inside it.
 SHARED_DATA = Path(os.environ.get("ICM_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "icm"))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (for a server that is down, or one about to start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def run_outcome(out: Path) -> tuple:
+    """What a finished run in ``out`` produced: labels, log, final metrics, iterations and flips."""
+    summary = json.loads((out / "summary.json").read_text())
+    return ((out / "labels.jsonl").read_text(), (out / "log.jsonl").read_text(),
+            summary["final"], summary["iterations"], summary["flip_cnt"])
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.experiments.run_outputs import OUTPUT_FILES
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, closed_port_url
 
 ICM = [sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py")]
 
@@ -112,14 +112,6 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path):
     result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--output-dir", str(out))
     assert result.returncode == 2 and "already holds a run" in result.stderr and "--overwrite" in result.stderr
     assert (out / "labels.jsonl").read_text() == json.dumps({"uid": 0}) + "\n"
-
-
-def closed_port_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 DEMO = ["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"]

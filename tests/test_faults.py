@@ -12,7 +12,7 @@ import pytest
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from tests.conftest import REPO_ROOT, start_local_server
+from tests.conftest import REPO_ROOT, free_port, start_local_server
 
 PROMPTS = ["Item 1: the number after 1 is", "Item 2: the number after 2 is", "Item 3: the number after 3 is"]
 
@@ -161,7 +161,7 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path):
 
 
 def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
-    port = str(closed_port())
+    port = str(free_port())
     run = icm_over_http(f"http://127.0.0.1:{port}", tmp_path / "waited",
                         {"VLLM_MAX_RETRIES": "", "VLLM_RETRY_SECONDS": "300", "VLLM_BACKOFF_MAX_SECONDS": "1"})
     time.sleep(3.0)
@@ -175,14 +175,6 @@ def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
     assert run.returncode == 0, stderr
     assert "is not answering (cannot connect" in stderr and "VLLM_RETRY_SECONDS" in stderr
     assert (tmp_path / "waited" / "labels.jsonl").exists()
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_local_server_on(port: str):

@@ -18,7 +18,8 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
 from core.llm_api.settings import Settings, load_settings
 from src.experiments.run_outputs import OUTPUT_FILES
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, closed_port_url
+from tests.conftest import run_outcome as outcome
 
 RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
 SERVER_VARIABLES = ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")
@@ -56,11 +57,6 @@ def logged_lines(out: Path) -> int:
 
 def logged_iterations(out: Path) -> list[int]:
     return [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
-
-
-def outcome(out: Path) -> tuple:
-    summary = json.loads((out / "summary.json").read_text())
-    return (out / "labels.jsonl").read_text(), (out / "log.jsonl").read_text(), summary["final"], summary["iterations"]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -177,14 +173,6 @@ def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the
     whole = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf"], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=120)
     assert whole.returncode == 0 and "partial" not in whole.stderr
-
-
-def closed_port_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_sigterm_while_waiting_for_the_server_at_start_leaves_nothing_behind(tmp_path):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.conftest import run_outcome as outcome
 
 RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
 ENV = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
@@ -26,12 +27,6 @@ def uninterrupted(tmp_path_factory):
     result = icm(*RUN, "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
     return out
-
-
-def outcome(out):
-    summary = json.loads((out / "summary.json").read_text())
-    return ((out / "labels.jsonl").read_text(), (out / "log.jsonl").read_text(),
-            summary["final"], summary["iterations"], summary["flip_cnt"])
 
 
 @pytest.mark.parametrize("crash_at", [

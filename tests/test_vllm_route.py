@@ -1,7 +1,6 @@
 """The vLLM route over real HTTP, against llama.cpp's server started by scripts/serve_local.py."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from src.experiments.label_scores import label_logodds
 from src.experiments.prompts import leave_one_out_prompts
 from src.experiments.search import seed_claims
 from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
-from tests.conftest import CTX, REPO_ROOT, SLOTS, start_local_server
+from tests.conftest import CTX, REPO_ROOT, SLOTS, free_port, start_local_server
 
 
 def http_api(url: str, **kwargs) -> ModelAPI:
@@ -27,12 +26,6 @@ def demo_prompts():
     claims = normalise_records(demo_records()[:5], TESTBED_SPECS["demo"], "demo", True)
     import random
     return leave_one_out_prompts(list(seed_claims(claims, 4, random.Random(0)).values())[:4], "space-in-label")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def health_check(*args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.model_files import resolve_embedded_model
 from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.response_cache import ResponseCache, request_key
-from core.llm_api.settings import Settings, load_settings
+from core.llm_api.settings import Settings, load_settings, split_url_list
 
 
 class RouteUnavailable(RuntimeError):
@@ -37,7 +37,7 @@ def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
 
 def vllm_urls(settings: Settings) -> list[str]:
     """The vLLM endpoints in VLLM_BASE_URL, which may list several, comma-separated."""
-    return [u.strip() for u in (settings.vllm_base_url or "").split(",") if u.strip()]
+    return split_url_list(settings.vllm_base_url or "")
 
 
 class ModelAPI:

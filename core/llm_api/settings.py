@@ -63,6 +63,11 @@ KEY_SETTINGS = ("API_KEY", "VLLM_API_KEY")
 URL_EXAMPLE = "http://HOST:PORT, e.g. http://127.0.0.1:8000"
 
 
+def split_url_list(text: str) -> list[str]:
+    """The URLs in a comma-separated setting such as VLLM_BASE_URL."""
+    return [url.strip() for url in text.split(",") if url.strip()]
+
+
 def check_url(name: str, url: str, where: str) -> None:
     """Refuse a server URL that can't be used, naming the setting and the form it must take."""
     problem = None
@@ -119,7 +124,7 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
             raise SettingsError(f"{name} ({where}) contains a line break or another control character: "
                                 "copy the key again without it")
     if "VLLM_BASE_URL" in values:
-        urls = [u.strip() for u in values["VLLM_BASE_URL"].split(",") if u.strip()]
+        urls = split_url_list(values["VLLM_BASE_URL"])
         if not urls:
             raise SettingsError(f"VLLM_BASE_URL={values['VLLM_BASE_URL']!r} ({where}) lists no URL. "
                                 f"Write it as {URL_EXAMPLE} (several: comma-separated), or unset it")

@@ -45,6 +45,7 @@ from src.experiments.run_outputs import (
     IterationLog,
     OutputDirInUse,
     OutputWriteError,
+    discard_unstarted_run,
     jsonl,
     label_rows,
     prepare_output_dir,
@@ -267,9 +268,7 @@ def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng
     remove_leftover_temporaries(out)
     if not args.resume:
         prepare_output_dir(out, args.overwrite)
-        run_id = new_run_id()
-        save_run(out, run_settings(args), fingerprint, run_id)
-        return state, rng, load_run(out)
+        return state, rng, save_run(out, run_settings(args), fingerprint, new_run_id())
     run = load_run(out)
     if run["pool_fingerprint"] != fingerprint:
         raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
@@ -286,16 +285,6 @@ def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng
         write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
     print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
     return state, rng, run
-
-
-def discard_unstarted_run(out: Path) -> None:
-    """A run that never saved a checkpoint holds nothing worth resuming: leave nothing that blocks a re-run."""
-    if not (out / CHECKPOINT_FILE).exists():
-        for name in (RUN_FILE, LOG_FILE):
-            try:
-                (out / name).unlink(missing_ok=True)
-            except OSError:
-                pass  # the folder can't be changed: a re-run replaces a run with no checkpoint anyway
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:

@@ -60,9 +60,11 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def save_run(out: Path, settings: dict, fingerprint: str, run_id: str) -> None:
-    text = json.dumps({"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint}, indent=2)
-    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=text)
+def save_run(out: Path, settings: dict, fingerprint: str, run_id: str) -> dict[str, Any]:
+    """Write run.json and return what it holds."""
+    run = {"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint}
+    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=json.dumps(run, indent=2))
+    return run
 
 
 def save_checkpoint(out: Path, run: dict, state: SearchState, rng: random.Random) -> None:

@@ -54,6 +54,17 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
         (path / name).unlink()
 
 
+def discard_unstarted_run(path: Path) -> None:
+    """A run that never saved a checkpoint holds nothing worth resuming: leave nothing that blocks a re-run."""
+    if (path / "checkpoint.json").exists():
+        return
+    for name in NEVER_STARTED:
+        try:
+            (path / name).unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder can't be changed: prepare_output_dir replaces a run with no checkpoint anyway
+
+
 def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -> None:
     """Write to a temporary file beside ``path``, fsync, and rename it over ``path``: a crash leaves the old
     file or the new one, never half. ``crash_point`` names where the resume tests may kill the process."""
