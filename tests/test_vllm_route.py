@@ -37,7 +37,33 @@ def health_check(*args: str) -> subprocess.CompletedProcess:
 def test_health_check_passes_every_check_against_the_local_server(local_server):
     result = health_check("--base-url", local_server)
     assert result.returncode == 0, result.stdout
-    assert result.stdout.count("✓") == 6 and "✗" not in result.stdout
+    assert result.stdout.count("✓") == 7 and "✗" not in result.stdout
+    assert "✓ ' True' and ' False' among the top next tokens of a claim prompt" in result.stdout
+
+
+BROKEN_SERVERS = {  # switches -> what the health check must say (each as real servers have been reported to answer)
+    "token ids as keys": ({"token_id_keys": True}, "restart it without --return-tokens-as-token-ids"),
+    "sentinels": ({"vllm_shape": True, "sentinel_after_top": True}, "raising --max-logprobs won't help"),
+    "a logprob as a string": ({"vllm_shape": True, "bad_logprob": "string"}, "not finite numbers <= 0"),
+    "Infinity": ({"bad_logprob": "infinity"}, "not finite numbers <= 0"),
+    "no label words": ({"drop_label_words_from": 1}, "' True' and ' False' not among them"),
+    "llama.cpp's own format": ({"own_format": True}, "does not answer in the OpenAI format"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_SERVERS))
+def test_health_check_diagnoses_servers_whose_answers_hold_no_label_information(forwarding, name):
+    switches, diagnosis = BROKEN_SERVERS[name]
+    result = health_check("--base-url", forwarding(**switches).url)
+    assert result.returncode == 1, result.stdout
+    assert diagnosis in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_health_check_refuses_a_url_without_a_scheme_in_one_line():
+    result = health_check("--base-url", "127.0.0.1:8000")
+    assert result.returncode == 2 and result.stderr.startswith("error: --base-url") and "http://HOST:PORT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_health_check_diagnoses_a_closed_port_and_a_wrong_model(local_server):
@@ -136,15 +162,21 @@ def test_a_transient_500_on_the_first_list_keeps_lists(forwarding, demo_prompts,
     assert first == second
 
 
-def test_a_bare_500_to_every_list_is_not_taken_for_a_refusal_and_the_error_says_what_to_set(forwarding, demo_prompts):
+def test_a_bare_500_to_every_list_falls_back_to_one_prompt_per_request(forwarding, demo_prompts, capsys):
+    # llama-cpp-python's server answers a bare 500 to any list. One 500 says nothing (see above); after two, the
+    # client asks a one-line probe and the list once more, then each prompt alone: all answered, so lists are
+    # what the server can't take. A dead engine, which answers 500 to everything, never gets this far.
     refusing = forwarding(reject_lists=500)
-    with http_api(refusing.url, deterministic=True, vllm_backoff_seconds=0.05, vllm_max_retries=2) as api:
-        with pytest.raises(ScoringError, match="set VLLM_MAX_PROMPTS_PER_REQUEST=1"):
-            api.next_token_logprobs(demo_prompts)
-    # Three tries of the list, then one single prompt to check the advice; never a switch to singles.
-    assert [s.n_prompts for s in refusing.completions()] == [len(demo_prompts)] * 3 + [1]
-    with http_api(refusing.url, deterministic=True, vllm_max_prompts_per_request=1) as api:
-        assert len(api.next_token_logprobs(demo_prompts)) == len(demo_prompts)
+    with http_api(refusing.url, deterministic=True, vllm_backoff_seconds=0.05) as api:
+        first = api.next_token_logprobs(demo_prompts)
+        second = api.next_token_logprobs(demo_prompts)
+        assert api._route.list_prompts_supported is False
+    n = len(demo_prompts)
+    assert [s.n_prompts for s in refusing.completions()] == [n, n, 1, n] + [1] * n + [1] * n
+    assert capsys.readouterr().err.count("but answers each of them alone; sending prompts one per request") == 1
+    plain = forwarding()
+    with http_api(plain.url, deterministic=True) as api:
+        assert first == second == api.next_token_logprobs(demo_prompts)
 
 
 def test_batches_are_split_only_past_the_prompts_per_request_cap(forwarding, demo_prompts):
@@ -239,6 +271,24 @@ def test_launch_script_cpu_preset_starts_the_api_server_module_of_the_vllm_venv(
     missing = subprocess.run(["bash", script, "cpu"], capture_output=True, text=True, timeout=60,
                              env={**env, "VLLM_PYTHON": str(tmp_path / "no-such-python")})
     assert missing.returncode == 2 and "run scripts/setup_vllm_cpu.sh" in missing.stderr
+
+
+def test_launch_script_checks_the_cpu_model_folder_whatever_the_form_of_its_path(tmp_path):
+    # The cpu preset's path is relative (models/smollm2-135m-hf). Before the conversion, vLLM must not be started
+    # with it: it would take the path for a Hugging Face model id and fail minutes later, offline.
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "configs").mkdir()
+    for name in ("scripts/launch_vllm_server.sh", "scripts/vllm_preset.py", "configs/vllm_config.yaml"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    env = {**os.environ, "PYTHON": sys.executable, "VLLM_PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(repo / "scripts" / "launch_vllm_server.sh"), "cpu", "--port", str(free_port())],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"model folder {repo}/models/smollm2-135m-hf does not exist" in result.stderr
+    assert "convert_smollm2_to_hf.py" in result.stderr and "starting:" not in result.stderr
 
 
 def test_the_model_conversion_says_which_python_to_use_and_skips_a_finished_folder(tmp_path):

@@ -18,6 +18,15 @@ from typing import Optional
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "scripts" / "launch_vllm_server.sh"
 START_TIMEOUT_SECONDS = float(os.environ.get("VLLM_START_TIMEOUT", "900"))
+# .ci/run names a file here; every process group the tier starts is written to it, so that CI can check, by id,
+# that none outlived the tier (and stop exactly those if one did).
+PROCESS_GROUPS_FILE = os.environ.get("ICM_VLLM_PROCESS_GROUPS_FILE")
+
+
+def record_process_group(pgid: int) -> None:
+    if PROCESS_GROUPS_FILE:
+        with open(PROCESS_GROUPS_FILE, "a") as file:
+            file.write(f"{pgid}\n")
 
 
 def free_port() -> int:
@@ -57,12 +66,14 @@ class CPUVLLMServer:
                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
                 env={**os.environ, "VLLM_START_TIMEOUT": str(int(START_TIMEOUT_SECONDS))},
             )
+        record_process_group(self.launcher.pid)  # start_new_session: the launcher leads its own group
         deadline = started + START_TIMEOUT_SECONDS + 30
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
             found = re.search(r"server pid (\d+)", text)
-            if found:
+            if found and self.server_pid != int(found.group(1)):
                 self.server_pid = int(found.group(1))
+                record_process_group(self.server_pid)  # the launcher runs vLLM under setsid: a group of its own
             if "ready: " in text:
                 self.start_seconds.append(time.monotonic() - started)
                 return

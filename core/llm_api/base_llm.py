@@ -45,9 +45,15 @@ class ScoringRoute:
     top_k: int = DEFAULT_TOP_K
     # The label tokens' ids when the route asks the engine for exactly those logprobs; None means top-k.
     label_token_ids: Optional[list[int]] = None
+    # The longest prompt the model takes, in tokens, where the route knows it.
+    context_tokens: Optional[int] = None
+
+    def open(self) -> None:
+        """Connect: ask the server what it offers (constructors do no network I/O)."""
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
-        """One batched request for all prompts; results in prompt order."""
+        """One batched request for all prompts; results in prompt order, each answer checked
+        (core/llm_api/logprobs.py). Raises ScoringError; PromptsRejected names positions in ``prompts``."""
         raise NotImplementedError
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:

@@ -16,8 +16,10 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from core.crash_points import maybe_crash
-from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError, ScoringRoute
+from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
+from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
+from core.llm_api.faults import PromptTooLong, ServerFault
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
 
 # Batches that take longer than this get a token-progress bar.
@@ -60,6 +62,7 @@ class EmbeddedLlamaCpp(ScoringRoute):
         params.warmup = False
         params.verbosity = -1  # llama.cpp otherwise logs every slot's timings to stderr
         self.ctx_per_slot = ctx_per_slot
+        self.context_tokens = ctx_per_slot
         self._server = xllamacpp.Server(params)
         self._in_flight: Optional[threading.Thread] = None
         self.one_prompt_per_request = False  # the reference code's pattern, for benchmarks
@@ -76,13 +79,7 @@ class EmbeddedLlamaCpp(ScoringRoute):
             return []
         if self.one_prompt_per_request and len(prompts) > 1:
             return [self.next_token_logprobs([prompt])[0] for prompt in prompts]
-        request = {
-            "prompt": list(prompts),
-            "max_tokens": 1,
-            "logprobs": self.top_k,
-            "temperature": 0.0,
-            "cache_prompt": not self.deterministic,
-        }
+        request = CompletionRequest(None, self.top_k, cache_prompt=not self.deterministic).body(prompts)
         sent_before, cached_before = self.prompt_tokens_so_far()
         started = time.perf_counter()
         response = self._call_with_progress(request)
@@ -96,15 +93,14 @@ class EmbeddedLlamaCpp(ScoringRoute):
 
         error = response.get("error") if isinstance(response, dict) else None
         if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
-            raise ScoringError(
+            raise PromptTooLong(
                 f"a prompt of {error.get('n_prompt_tokens')} tokens does not fit the embedded model's "
-                f"{error.get('n_ctx', self.ctx_per_slot)}-token context: lower --batch_size, or raise EMBEDDED_CTX_PER_SLOT "
-                "if the model was trained on a longer context"
-            )
+                f"{error.get('n_ctx', self.ctx_per_slot)}-token context",
+                "or raise EMBEDDED_CTX_PER_SLOT if the model was trained on a longer context")
         try:
             return parse_completion_logprobs(response, len(prompts))
         except MalformedResponse as exc:
-            raise ScoringError(f"embedded llama.cpp: {exc}") from None
+            raise ServerFault(f"embedded llama.cpp: {exc}", exc.fault) from None
 
     def _call_with_progress(self, request: dict) -> dict:
         """Run the blocking call in a worker thread and show prompt tokens done while it runs."""

@@ -7,9 +7,10 @@ scripts/serve_local.py), ``external`` (a hosted completions API at LLAMA_API_BAS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
+from core.llm_api.faults import PromptsRejected
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.model_files import resolve_embedded_model
 from core.llm_api.rate_limits import RateLimiter
@@ -56,8 +57,12 @@ class ModelAPI:
         use_vllm: Optional[bool] = None,
         rate_limiter: Optional[RateLimiter] = None,
         cache_dir: Optional[Path] = None,
+        worth_caching: Callable[[NextTokenLogprobs], bool] = lambda answer: True,
     ) -> None:
+        """``worth_caching`` says which answers the response cache may keep: the scorer passes "holds a label
+        token", so that an answer with no label information is asked again next time, never replayed."""
         self.settings = settings or load_settings()
+        self.worth_caching = worth_caching
         self.deterministic = deterministic
         self.top_k = top_k
         self.exact_label_logprobs = exact_label_logprobs
@@ -66,6 +71,8 @@ class ModelAPI:
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         try:
             self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
+            if route is None:
+                self._route.open()
         except BaseException:
             if self.cache is not None:
                 self.cache.close()
@@ -94,7 +101,8 @@ class ModelAPI:
             from core.llm_api.openai_llm import ExternalAPIClient
 
             if self.rate_limiter is None:
-                self.rate_limiter = RateLimiter(settings.api_requests_per_minute, settings.api_tokens_per_minute)
+                self.rate_limiter = RateLimiter(settings.api_requests_per_minute, settings.api_tokens_per_minute,
+                                                settings.api_retry_seconds)
             return ExternalAPIClient(
                 settings.llama_api_base, model=model, api_key=settings.api_key, limiter=self.rate_limiter,
                 top_k=settings.api_top_k, concurrency=settings.api_concurrency,
@@ -135,7 +143,8 @@ class ModelAPI:
         }
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
-        """One batched call for all prompts the cache doesn't already answer."""
+        """One batched call for all prompts the cache doesn't already answer. Every answer the route returns
+        has passed its checks (core/llm_api/logprobs.py); a PromptsRejected names positions in ``prompts``."""
         if self.cache is None:
             return self._route.next_token_logprobs(prompts)
         identity = self.cache_identity()
@@ -145,11 +154,24 @@ class ModelAPI:
         self.cache.hits += len(prompts) - len(missing)
         self.cache.misses += len(missing)
         if missing:
-            answers = self._route.next_token_logprobs([prompts[i] for i in missing])
+            try:
+                answers = self._route.next_token_logprobs([prompts[i] for i in missing])
+            except PromptsRejected as exc:
+                raise PromptsRejected(str(exc), [missing[i] for i in exc.positions]) from None
             fresh = {keys[i]: answer for i, answer in zip(missing, answers)}
-            self.cache.put_many(fresh)
+            self.cache.put_many({key: answer for key, answer in fresh.items() if self.worth_caching(answer)})
             known.update(fresh)
         return [known[key] for key in keys]
+
+    @property
+    def returned_top_k(self) -> int:
+        """How many next-token logprobs each answer holds (the route's own k: API_TOP_K on the hosted route)."""
+        return self._route.top_k
+
+    @property
+    def context_tokens(self) -> Optional[int]:
+        """The longest prompt the model takes, in tokens, where the route knows it (None: unknown)."""
+        return self._route.context_tokens
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids from the engine's own tokenizer (embedded and vLLM routes)."""

@@ -1,33 +1,42 @@
 """The external route: a hosted OpenAI-compatible completions API with logprobs, rate limited.
 
 Hosted APIs often refuse list prompts, so each prompt is its own request, at most ``concurrency`` at once,
-each admitted by the RateLimiter. A 429 pauses every request for its Retry-After. 5xx answers, dropped
-connections, timeouts and a 200 whose body is cut short or not JSON are retried as the vLLM route retries
-them (retry_waits.py: capped backoff, a time budget, a note while waiting), then the run stops with the
-endpoint and the last fault.
+each admitted by the RateLimiter. A 429 pauses every request for as long as the provider asks (every header
+form core/llm_api/wait_headers.py reads), announced and within API_RETRY_SECONDS. Other faults follow the table
+in core/llm_api/faults.py, under the retry policy the vLLM route uses (core/llm_api/retry_waits.py).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import aiohttp
 
 from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
-from core.llm_api.http_errors import explain_status
+from core.llm_api.completions_request import CompletionRequest
+from core.llm_api.faults import (
+    HTTPStatusError,
+    PromptsRejected,
+    PromptTooLong,
+    ServerFault,
+    classify_status,
+    explain_status,
+    server_message,
+)
 from core.llm_api.http_session import RunSession, gather_limited
-from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
-from core.llm_api.rate_limits import RateLimiter, parse_reset
+from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, ServerSaidError, parse_completion_logprobs
+from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.redaction import redact, redact_url
-from core.llm_api.retry_waits import RetryPolicy, RetryWait
+from core.llm_api.retry_waits import DEFAULT_RATE_LIMIT_WAIT_SECONDS, RetryPolicy, RetryWait, with_retries
+from core.llm_api.server_probe import EXACT_LOGPROBS_PROBE
+from core.llm_api.wait_headers import requested_wait
 
-# OpenAI's legacy completions return at most 5 logprobs; the label score works with any k.
+# OpenAI's legacy completions return at most 5 logprobs; the label score needs at least 2.
 DEFAULT_EXTERNAL_TOP_K = 5
 CHARS_PER_TOKEN = 4  # a cautious guess for the token bucket until the answer's usage says
-MAX_RATE_LIMIT_WAITS = 50  # 429s are waited out, but not forever
-DEFAULT_RETRY_AFTER_SECONDS = 1.0
+SERVER_FIX = "or use a model with a longer context"
 
 
 class ExternalAPIClient(ScoringRoute):
@@ -51,11 +60,15 @@ class ExternalAPIClient(ScoringRoute):
     ) -> None:
         if not model:
             raise ScoringError("the hosted API route needs --model: the provider's name of a base model with logprobs (e.g. davinci-002)")
+        if top_k < 2:
+            raise ScoringError(f"API_TOP_K={top_k}: the label score compares the ' True' and ' False' logprobs, so at least 2 "
+                               "must come back; set API_TOP_K to 2 or more (a provider that allows only 1 can't be used)")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/v1/completions"
         self.shown_url = redact_url(self.url)
         self.model = model
         self.top_k = top_k
+        self.request = CompletionRequest(model, top_k)  # no fields beyond OpenAI's: hosted APIs refuse unknown ones
         self.limiter = limiter
         self.retry_policy = RetryPolicy("API", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
         self.stats = RouteStats()
@@ -66,66 +79,93 @@ class ExternalAPIClient(ScoringRoute):
         self._concurrency = concurrency
         self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
 
-    async def _score_one(self, prompt: str) -> NextTokenLogprobs:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "logprobs": self.top_k, "temperature": 0.0}
+    async def _attempt(self, prompt: str) -> NextTokenLogprobs:
+        """One request for one prompt, admitted by the rate limiter; its answer checked."""
         estimate = max(1, len(prompt) // CHARS_PER_TOKEN)
-        wait = RetryWait(self.retry_policy, self.shown_url, self._jitter)
-        waits_for_429 = 0
-        while True:
-            await self.limiter.acquire(estimate)
-            self.stats.requests += 1
-            try:
-                async with self._http.session.post(self.url, json=body) as response:
-                    self.limiter.update_from_headers(response.headers)
-                    text = await response.text()
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                status, text, retry_after = None, "", None
-                last = f"connection lost or timed out ({type(exc).__name__})"
-            if status == 200:
-                try:
-                    return await self._accept(text, estimate)
-                except ValueError as exc:  # cut short, not JSON, or choices garbled: asking again may cure it
-                    last = f"answered 200 with an unusable body ({exc}): {text[:100]!r}"
-            elif status == 429:
-                waits_for_429 += 1
-                self.rate_limited += 1
-                if waits_for_429 > MAX_RATE_LIMIT_WAITS:
-                    raise ScoringError(f"{self.shown_url} kept answering 429 (rate limited) after {MAX_RATE_LIMIT_WAITS} waits: "
-                                       "lower API_REQUESTS_PER_MINUTE / API_TOKENS_PER_MINUTE")
-                self.limiter.pause(parse_reset(retry_after or "") or DEFAULT_RETRY_AFTER_SECONDS)
-                continue
-            elif status is not None and status < 500:
-                raise ScoringError(redact(explain_status(status, text, self.shown_url, "API_KEY", self.top_k), self._api_key))
-            elif status is not None:
-                last = f"HTTP {status}"
-            await wait.after_failure(redact(last, self._api_key))
-            self.retries += 1
-
-    async def _accept(self, text: str, estimate: int) -> NextTokenLogprobs:
-        """The logprobs in a 200's body; ValueError for a body worth asking for again, ScoringError for one
-        the server will always send."""
-        answer = json.loads(text)
-        if not isinstance(answer, dict):
-            raise ValueError(f"a JSON {type(answer).__name__}, not an object")
+        await self.limiter.acquire(estimate)
+        self.stats.requests += 1
+        try:
+            async with self._http.session.post(self.url, json=self.request.body(prompt)) as response:
+                self.limiter.update_from_headers(response.headers)
+                text = await response.text()
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise ServerFault(f"connection lost or timed out ({type(exc).__name__})", "connection refused or dropped") from None
+        if status != 200:
+            self._raise_for_status(status, text, headers)
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise ServerFault(f"answered 200 with an unusable body (not JSON, cut short?): {text[:100]!r}",
+                              "body cut short or not JSON") from None
         try:
             [logprobs] = parse_completion_logprobs(answer, 1)
+        except ServerSaidError as exc:
+            self._raise_for_status(200, json.dumps({"error": {"message": exc.server_message}}), {})
+            raise  # unreachable: _raise_for_status always raises
         except MalformedResponse as exc:
-            if exc.retryable:
-                raise
-            raise ScoringError(redact(f"{self.shown_url}: unusable answer ({exc})", self._api_key)) from None
-        used = int((answer.get("usage") or {}).get("prompt_tokens") or estimate)
+            raise ServerFault(redact(f"{self.shown_url}: unusable answer ({exc})", self._api_key), exc.fault) from None
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        used = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        used = used if isinstance(used, int) and not isinstance(used, bool) and used > 0 else estimate
         self.stats.prompt_tokens += used
         self.stats.computed_tokens += used
         await self.limiter.charge_tokens(used - estimate)
         return logprobs
 
+    def _raise_for_status(self, status: int, text: str, headers: Any) -> None:
+        said = redact(server_message(text), self._api_key)
+        fault = classify_status(status, said)
+        if fault == "rate limited":
+            self.rate_limited += 1
+            asked = requested_wait(headers)
+            seconds, reason = asked if asked is not None else (DEFAULT_RATE_LIMIT_WAIT_SECONDS, "no wait named")
+            # Every request waits, not only this one; with_retries announces the wait.
+            self.limiter.pause(seconds, f"HTTP 429, {reason}", announce=False)
+            raise HTTPStatusError(f"HTTP {status}", fault, status, said, seconds, reason)
+        if fault in ("server error", "list prompts refused"):
+            raise HTTPStatusError(f"HTTP {status}", "server error" if status >= 500 else "request refused", status, said)
+        message = redact(explain_status(status, said, self.shown_url, "API_KEY", self.top_k), self._api_key)
+        if fault == "prompt longer than the context":
+            raise PromptTooLong(message, SERVER_FIX)
+        raise HTTPStatusError(message, fault, status, said)
+
+    async def _score_one(self, prompt: str) -> NextTokenLogprobs:
+        wait = RetryWait(self.retry_policy, self.shown_url, self._jitter)
+        return await with_retries(lambda: self._attempt(prompt), wait, on_retry=self._count_retry,
+                                  after_repeated_server_errors=lambda last: self._isolate(prompt, last))
+
+    def _count_retry(self) -> None:
+        self.retries += 1
+
+    async def _isolate(self, prompt: str, last: str) -> Optional[NextTokenLogprobs]:
+        """After repeated 5xx on ``prompt``: if a one-line probe is answered, ask for ``prompt`` once more, and if
+        that fails too, it is a prompt the provider can't answer (PromptsRejected). None: keep retrying."""
+        for attempt in (EXACT_LOGPROBS_PROBE, prompt):
+            try:
+                answer = await self._attempt(attempt)
+            except ServerFault as exc:
+                if not exc.retryable:
+                    raise
+                if attempt == prompt:
+                    raise PromptsRejected(f"{self.shown_url} fails on this prompt every time ({last}), while it answers a "
+                                          "one-line probe. The likely cause is in the prompt itself: a logprob the server "
+                                          "can't write as JSON (NaN or infinity), or text its tokenizer rejects", [0]) from None
+                return None
+        return answer
+
     def next_token_logprobs(self, prompts: Sequence[str]) -> list[NextTokenLogprobs]:
         if not prompts:
             return []
         self.stats.prompts += len(prompts)
-        return self._http.run(gather_limited(prompts, self._score_one, self._concurrency))
+
+        async def one(i: int) -> NextTokenLogprobs:
+            try:
+                return await self._score_one(prompts[i])
+            except PromptsRejected as exc:
+                raise PromptsRejected(str(exc), [i]) from None
+
+        return self._http.run(gather_limited(range(len(prompts)), one, self._concurrency))
 
     def describe(self) -> dict:
         return {"endpoint": redact_url(self.base_url), "top_k": self.top_k,

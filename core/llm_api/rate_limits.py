@@ -1,33 +1,25 @@
 """Client-side rate limits for hosted APIs: a request bucket and a prompt-token bucket.
 
 Both are aiolimiter leaky buckets that hold a tenth of a second's worth (at least one request), so no
-window of time sees more than its share plus that small burst; RATE_LIMIT_FRACTION keeps us under the limit. The provider's ``x-ratelimit-*``
-headers lower the limits or pause us until a reset, and a 429's ``Retry-After`` pauses every request.
+window of time sees more than its share plus that small burst; RATE_LIMIT_FRACTION keeps us under the limit.
+The provider's ``x-ratelimit-*`` headers lower the limits or pause us until a reset (read in every form
+core/llm_api/wait_headers.py knows), and a 429's wait pauses every request. A pause is announced on stderr,
+ends on Ctrl-C/SIGTERM, and one longer than ``max_pause_seconds`` stops the run at once instead.
 """
 from __future__ import annotations
 
-import re
+import sys
 import time
 from typing import Mapping, Optional
 
 from aiolimiter import AsyncLimiter
 
 from core.interrupts import sleep_unless_stopped
+from core.llm_api.retry_waits import WaitPastBudget, describe_seconds
+from core.llm_api.wait_headers import parse_reset
 
 RATE_LIMIT_FRACTION = 0.98
 BURST_SECONDS = 0.1
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_reset(value: str) -> Optional[float]:
-    """Seconds in a reset header: "20ms", "1s", "6m0s", or a plain number of seconds."""
-    value = value.strip()
-    try:
-        return float(value)
-    except ValueError:
-        parts = _DURATION_PART.findall(value)
-        return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts) if parts else None
 
 
 class _Bucket:
@@ -48,10 +40,12 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, requests_per_minute: Optional[float], tokens_per_minute: Optional[float]) -> None:
+    def __init__(self, requests_per_minute: Optional[float], tokens_per_minute: Optional[float],
+                 max_pause_seconds: float = 300.0) -> None:
         self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
         self._paused_until = 0.0
+        self.max_pause_seconds = max_pause_seconds  # API_RETRY_SECONDS: a longer pause stops the run instead
         self.waited_for_pauses = 0.0
 
     @property
@@ -77,9 +71,17 @@ class RateLimiter:
         if self._tokens and extra_tokens > 0:
             await self._tokens.acquire(extra_tokens)
 
-    def pause(self, seconds: float) -> None:
-        """Hold every request for ``seconds`` (a 429's Retry-After, or a quota used up until its reset)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
+    def pause(self, seconds: float, reason: str = "", announce: bool = True) -> None:
+        """Hold every request for ``seconds`` (a 429's wait, or a quota used up until its reset). A pause past
+        ``max_pause_seconds`` raises WaitPastBudget; a new one that outlasts the current is announced."""
+        if seconds > self.max_pause_seconds:
+            raise WaitPastBudget(f"the provider asks us to wait {describe_seconds(seconds)} until its quota resets ({reason}), "
+                                 f"more than API_RETRY_SECONDS ({self.max_pause_seconds:.0f} s): resume the run with --resume "
+                                 "once it has reset, or raise API_RETRY_SECONDS")
+        until = time.monotonic() + max(0.0, seconds)
+        if announce and until > self._paused_until + 1.0:
+            print(f"note: pausing every request for {describe_seconds(seconds)} ({reason})", file=sys.stderr, flush=True)
+        self._paused_until = max(self._paused_until, until)
 
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         """Follow the provider's own view: lower a limit it reports as lower, and wait out an empty quota."""
@@ -93,9 +95,10 @@ class RateLimiter:
                 else:
                     self._tokens = _Bucket(limit)
             remaining = _number(lowered.get(f"x-ratelimit-remaining-{kind}"))
-            reset = parse_reset(lowered.get(f"x-ratelimit-reset-{kind}", ""))
+            reset_header = f"x-ratelimit-reset-{kind}"
+            reset = parse_reset(lowered.get(reset_header, ""))
             if remaining is not None and remaining <= 0 and reset:
-                self.pause(reset)
+                self.pause(reset, f"x-ratelimit-remaining-{kind}: 0, {reset_header}: {lowered[reset_header]}")
 
 
 def _number(value: Optional[str]) -> Optional[float]:

@@ -60,6 +60,7 @@ class Settings:
 
 
 KEY_SETTINGS = ("API_KEY", "VLLM_API_KEY")
+MIN_TOP_K = 2  # one True/False comparison needs both label tokens among the returned logprobs
 URL_EXAMPLE = "http://HOST:PORT, e.g. http://127.0.0.1:8000"
 
 
@@ -133,6 +134,11 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
     if "LLAMA_API_BASE" in values:
         check_url("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), where)
 
+    api_top_k = number("API_TOP_K", 5)
+    if api_top_k < MIN_TOP_K:
+        raise SettingsError(f"API_TOP_K={values['API_TOP_K']!r} ({where}) must be at least {MIN_TOP_K}: the label score compares "
+                            "the ' True' and ' False' logprobs, so both must be among those returned (a provider that "
+                            "allows only 1 can't be used)")
     return Settings(
         vllm_base_url=values.get("VLLM_BASE_URL"),
         llama_api_base=values.get("LLAMA_API_BASE"),
@@ -147,7 +153,7 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         vllm_health_poll_seconds=number("VLLM_HEALTH_POLL_SECONDS", 5.0, float),
         api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", None, float),
         api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", None, float),
-        api_top_k=number("API_TOP_K", 5),
+        api_top_k=api_top_k,
         api_concurrency=number("API_CONCURRENCY", 16),
         api_timeout_seconds=number("API_TIMEOUT_SECONDS", 60.0, float),
         api_max_retries=number("API_MAX_RETRIES", 5, zero_ok=True),

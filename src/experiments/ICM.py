@@ -19,6 +19,7 @@ from tqdm import tqdm
 from core.crash_points import maybe_crash
 from core.interrupts import WaitInterrupted
 from core.llm_api.base_llm import ScoringError
+from core.llm_api.faults import PromptTooLong
 from core.llm_api.llm import RouteUnavailable
 from core.llm_api.model_files import ModelFileMissing
 from core.llm_api.redaction import scrub_credentials
@@ -39,6 +40,7 @@ from src.experiments.checkpoint import (
     save_run,
     trim_log,
 )
+from src.experiments.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
 from src.experiments.prompts import PROMPT_LAYOUTS
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import (
@@ -54,7 +56,7 @@ from src.experiments.run_outputs import (
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.experiments.stop_signals import GracefulStop, SearchStopped
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, refuse_claims_longer_than_the_context
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="repair rounds after a proposed flip (default: --consistency_fix_K; the reference hard-codes 10)")
     parser.add_argument("--mp-reduce", default="mean", choices=("mean", "sum"),
                         help="mutual predictability as the mean of the label log-odds (reference code) or their sum (paper)")
+    parser.add_argument("--label-absent", default="stop", choices=LABEL_ABSENT_CHOICES,
+                        help="an answer whose top-k holds neither label token: stop the run (default; it says nothing about "
+                             "the label), or floor: score it 0, as the reference does")
     parser.add_argument("--paper-mode", action="store_true",
                         help="every behaviour of the reference code that changes results; see the README's paper-mode table")
     route = parser.add_mutually_exclusive_group()
@@ -170,11 +175,12 @@ PAPER_MODE = {
     "mp_reduce": "mean",
     "allow_both_false": False,
     "no_gold_consistency": False,
+    "label_absent": "floor",
 }
 # Runs recorded before a setting existed behaved like this; a resume keeps that behaviour.
 SETTINGS_BEFORE_THEY_EXISTED = {
     "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
-    "paper_mode": False, "prompt_layout": "reference",
+    "paper_mode": False, "prompt_layout": "reference", "label_absent": "floor",
 }
 
 
@@ -301,7 +307,7 @@ def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
         model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
         exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
         label_style=args.label_style, token_match=args.token_match, prompt_layout=args.prompt_layout,
-        mp_reduce=args.mp_reduce, external_top_k=20 if args.paper_mode else None,
+        mp_reduce=args.mp_reduce, external_top_k=20 if args.paper_mode else None, label_absent=args.label_absent,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
         cache_dir=None if args.no_cache else (args.cache_dir or out),
     )
@@ -323,6 +329,7 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                 raise stop.stopped() from None
             with pipeline:
                 model_api, scorer = pipeline.model_api, pipeline.scorer
+                refuse_claims_longer_than_the_context(pool, model_api, args.label_style, source)
                 where = model_api.describe().get("endpoint")
                 print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
                       f"pool: {len(pool)} claims from {source}", file=sys.stderr)
@@ -360,10 +367,13 @@ def _write_results(out: Path, args, state, search, model_api, scorer, source, wa
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
     # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
-    final_scores = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
+    model_failed = isinstance(stopped_by, (ScoringError, OutputWriteError))
+    final_scores = scorer.known_pool_scores if model_failed else scorer.pool_scores
+    final_masses = scorer.known_label_masses if model_failed else scorer.pool_label_masses
     files = {
-        "labels.jsonl": lambda: jsonl(label_rows(state.claims, final_scores(state.claims))),
-        "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by), indent=2) + "\n",
+        "labels.jsonl": lambda: jsonl(label_rows(state.claims, final_scores(state.claims), final_masses(state.claims))),
+        "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by),
+                                           indent=2, allow_nan=False) + "\n",
     }
     unwritten: list[str] = []
     failure: Optional[OSError] = None
@@ -398,6 +408,9 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, sto
         if search.state.metric is None:
             search.initialise()
             checkpoint()
+            warning = low_mass_warning(list(search.scorer.known_label_masses(search.state.claims).values()), args.label_style)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         stop.check()
         search.run(on_step)
         return None
@@ -454,7 +467,20 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
         "pool_scores_reused": scorer.pool_scores_reused,
         "single_predictions_computed": scorer.single_predictions_computed,
         "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
+        "label_mass": label_mass_summary(list(scorer.known_label_masses(state.claims).values()), args.label_style),
     }
+
+
+def label_mass_summary(masses: list[float], label_style: str) -> Optional[dict]:
+    """The label mass of the final labelling's leave-one-out answers: median, least, and how many fall below
+    LOW_LABEL_MASS, with the warning (also printed) when the median does."""
+    if not masses:
+        return None
+    warning = low_mass_warning(masses, label_style)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {"median": median(masses), "min": min(masses), "below_threshold": sum(m < LOW_LABEL_MASS for m in masses),
+            "threshold": LOW_LABEL_MASS, "claims": len(masses), "warning": warning}
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -472,6 +498,15 @@ USER_ERRORS = (UsageError, DataError, OutputDirInUse, OutputDirLocked, OutputDir
                RouteUnavailable, ScoringError, SettingsError, CheckpointError, CacheUnusable)
 
 
+def context_advice(args: argparse.Namespace) -> str:
+    """What to change on our side when a prompt doesn't fit the model's context: the pool's size decides a
+    prompt's length (every other claim is a demonstration)."""
+    if args.num_batches is not None:
+        return (f"Each shard's pool must fit in the context: split the data into more shards (--num-batches, now "
+                f"{args.num_batches})")
+    return f"Lower --batch_size (now {args.batch_size}) so that the pool's claims fit in one prompt"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -483,6 +518,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.resume is not None:
                 args = resumed_args(args, passed)
             run(apply_paper_mode(args, passed), out)
+    except PromptTooLong as exc:
+        print(f"error: {scrub_credentials(str(exc))}. {context_advice(args)}, {exc.server_fix}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"error: {scrub_credentials(str(exc))}", file=sys.stderr)
         return 2

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats
 
 from core.llm_api.llm import ModelAPI
-from src.experiments.label_scores import TokenMatch, label_logodds
+from src.experiments.label_scores import TokenMatch, label_evidence, median
 from src.experiments.prompts import LabelStyle, judge_prompt
 
 CONDITIONS = ("zero-shot", "random labels", "gold labels", "ICM labels")
@@ -28,9 +28,13 @@ class ConditionResult:
     ci_low: float
     ci_high: float
     n: int
+    # Answers whose top-k held neither label token: counted as wrong, never as a guess of False.
+    no_label_answers: int = 0
+    label_mass_median: Optional[float] = None  # see src/experiments/label_scores.py
 
     def as_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+        return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,
+                "no_label_answers": self.no_label_answers, "label_mass_median": self.label_mass_median}
 
 
 def bootstrap_accuracy(correct: Sequence[bool], seed: int = 0, resamples: int = 2000) -> ConditionResult:
@@ -77,6 +81,9 @@ def evaluate_conditions(
             continue
         prompts = [judge_prompt(claim, shown, label_style) for claim in test_claims]
         logprobs = model_api.next_token_logprobs(prompts)  # one batched call per condition
-        correct = [(label_logodds(lp, token_match) > 0) == bool(c["label"]) for c, lp in zip(test_claims, logprobs)]
-        results[name] = bootstrap_accuracy(correct, seed)
+        evidence = [label_evidence(lp, token_match) for lp in logprobs]
+        correct = [e.informative and (e.logodds > 0) == bool(c["label"]) for c, e in zip(test_claims, evidence)]
+        result = bootstrap_accuracy(correct, seed)
+        results[name] = replace(result, no_label_answers=sum(not e.informative for e in evidence),
+                                label_mass_median=median([e.mass for e in evidence]))
     return results

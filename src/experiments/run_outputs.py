@@ -102,7 +102,11 @@ def _as_bool(label: Optional[int]) -> Optional[bool]:
     return None if label is None else bool(label)
 
 
-def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> Iterable[dict[str, Any]]:
+def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float],
+               label_masses: Optional[dict[int, float]] = None) -> Iterable[dict[str, Any]]:
+    """One row per claim of the pool. ``label_mass`` is the probability the claim's leave-one-out answer puts on
+    the label tokens (src/experiments/label_scores.py)."""
+    label_masses = label_masses or {}
     for uid in sorted(claims):
         claim = claims[uid]
         row = {"uid": uid, "record": claim.get("record"), "consistency_id": claim["consistency_id"]}
@@ -110,13 +114,14 @@ def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> I
         row.update(
             prompt=claim["prompt"],
             label=_as_bool(claim["label"]), gold_label=_as_bool(claim.get("vanilla_label")),
-            score=scores.get(uid), seed=claim.get("type") == "seed",
+            score=scores.get(uid), label_mass=label_masses.get(uid), seed=claim.get("type") == "seed",
         )
         yield row
 
 
 def jsonl(rows: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    # allow_nan=False: no output may hold NaN or Infinity, which JSON readers other than Python's refuse.
+    return "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
 
 
 class IterationLog:
@@ -127,7 +132,7 @@ class IterationLog:
         self._file = path.open("a", encoding="utf-8")
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -8,11 +8,14 @@ which changes what the engine can reuse but not what the model sees.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Hashable, Mapping, Optional
+from typing import Any, Hashable, Mapping, Optional, Sequence
 
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.faults import PromptsRejected
 from core.llm_api.llm import ModelAPI
+from core.llm_api.logprobs import NextTokenLogprobs
 from src.experiments.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
-from src.experiments.label_scores import TokenMatch, label_logodds
+from src.experiments.label_scores import LabelAbsent, LabelEvidence, TokenMatch, label_evidence
 from src.experiments.prompts import (
     LabelStyle,
     PromptLayout,
@@ -59,6 +62,19 @@ def assignment_key(pool: list[dict[str, Any]]) -> tuple[tuple[int, int], ...]:
     return tuple((c["uid"], c["label"]) for c in pool)
 
 
+class LabelsNotFound(ScoringError):
+    """Answers that hold no label token: no score can be made of them."""
+
+
+def describe_claim(claim: dict[str, Any]) -> str:
+    record = claim.get("record")
+    return f"claim {claim['uid']}" + (f" (record {record})" if record is not None else "")
+
+
+def top_tokens(answer: NextTokenLogprobs, n: int = 5) -> str:
+    return ", ".join(f"{token!r} {logprob:.2f}" for token, logprob in sorted(answer, key=lambda e: -e[1])[:n])
+
+
 class PoolScorer:
     def __init__(
         self,
@@ -68,20 +84,44 @@ class PoolScorer:
         memo_entries: int = DEFAULT_MEMO_ENTRIES,
         prompt_layout: PromptLayout = "reference",
         mp_reduce: str = "mean",
+        label_absent: LabelAbsent = "stop",
     ) -> None:
         self.model_api = model_api
         self.mp_reduce = mp_reduce
         self.label_style = label_style
         self.token_match = token_match
         self.prompt_layout = prompt_layout
-        self._pool_memo = _LRU(memo_entries)
+        self.label_absent = label_absent
+        self._pool_memo = _LRU(memo_entries)  # assignment -> ({uid: score}, {uid: label mass})
         self._single_memo = _LRU(memo_entries)
         self.pool_scores_computed = 0
         self.pool_scores_reused = 0
         self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
 
-    def pool_scores(self, claims: Claims) -> dict[int, float]:
-        """Each labeled claim's score predicted from all the other labeled claims: one batched call."""
+    def _evidence(self, claims: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[LabelEvidence]:
+        """The label evidence of each claim's answer. Raises LabelsNotFound when no answer holds a label token, or
+        (label_absent "stop") when one doesn't; PromptsRejected from the server is re-aimed at the claims."""
+        try:
+            answers = self.model_api.next_token_logprobs(prompts)
+        except PromptsRejected as exc:
+            named = ", ".join(describe_claim(claims[i]) for i in exc.positions[:10])
+            raise ScoringError(f"{exc} The prompts judge {named}: check that text, or drop it from the data") from None
+        evidence = [label_evidence(answer, self.token_match) for answer in answers]
+        blind = [i for i, e in enumerate(evidence) if not e.informative]
+        if blind and (len(blind) == len(evidence) or self.label_absent == "stop"):
+            first = blind[0]
+            everywhere = (f"none of the {len(evidence)} answers holds" if len(blind) == len(evidence) and len(evidence) > 1
+                          else f"the answer for {describe_claim(claims[first])} does not hold")
+            raise LabelsNotFound(
+                f"{everywhere} ' True' or ' False' among its top {self.model_api.returned_top_k} next tokens (it starts "
+                f"{top_tokens(answers[first])}), so it says nothing about the label. Check --label-style (the label token "
+                "must be one the model predicts), that the model is a base model, and on a server that the top-k is wide "
+                "enough (exact label logprobs need vLLM >= 0.32)"
+                + ("; --label-absent floor scores such answers 0 as the reference does" if len(blind) < len(evidence) else ""))
+        return evidence
+
+    def _pool_entry(self, claims: Claims) -> tuple[dict[int, float], dict[int, float]]:
+        """({uid: score}, {uid: label mass}) of the labelled claims, each predicted from all the others: one batched call."""
         pool = labeled_pool(claims)
         key = assignment_key(pool)
         cached = self._pool_memo.get_fresh(key)
@@ -91,16 +131,29 @@ class PoolScorer:
         orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
         prompts = prompts_in_order(pool, self.label_style, orders)
         order = send_order(orders)
-        logprobs = self.model_api.next_token_logprobs([prompts[i] for i in order])
-        by_position = dict(zip(order, logprobs))
-        scores = {c["uid"]: label_logodds(by_position[i], self.token_match) for i, c in enumerate(pool)}
-        self._pool_memo.put(key, scores)
+        evidence = self._evidence([pool[i] for i in order], [prompts[i] for i in order])
+        by_position = dict(zip(order, evidence))
+        entry = ({c["uid"]: by_position[i].logodds for i, c in enumerate(pool)},
+                 {c["uid"]: by_position[i].mass for i, c in enumerate(pool)})
+        self._pool_memo.put(key, entry)
         self.pool_scores_computed += 1
-        return scores
+        return entry
+
+    def pool_scores(self, claims: Claims) -> dict[int, float]:
+        """Each labeled claim's score predicted from all the other labeled claims: one batched call."""
+        return self._pool_entry(claims)[0]
+
+    def pool_label_masses(self, claims: Claims) -> dict[int, float]:
+        """Each labeled claim's label mass in its leave-one-out answer (the same call as its score)."""
+        return self._pool_entry(claims)[1]
 
     def known_pool_scores(self, claims: Claims) -> dict[int, float]:
         """The pool's scores if already computed, else {}; never calls the model."""
-        return self._pool_memo.get(assignment_key(labeled_pool(claims))) or {}
+        return (self._pool_memo.get(assignment_key(labeled_pool(claims))) or ({}, {}))[0]
+
+    def known_label_masses(self, claims: Claims) -> dict[int, float]:
+        """The pool's label masses if already computed, else {}; never calls the model."""
+        return (self._pool_memo.get(assignment_key(labeled_pool(claims))) or ({}, {}))[1]
 
     def predict_score(self, example: dict[str, Any], claims: Claims) -> float:
         """The example's score with every other labeled claim as demonstrations."""
@@ -114,8 +167,8 @@ class PoolScorer:
             return cached
         orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
         demonstrations = [pool[i] for i in full_demo_order(orders)]
-        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
-        score = label_logodds(logprobs, self.token_match)
+        [evidence] = self._evidence([example], [judge_prompt(example, demonstrations, self.label_style)])
+        score = evidence.logodds
         self._single_memo.put(key, score)
         self.single_predictions_computed += 1
         return score

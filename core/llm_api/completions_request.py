@@ -1,0 +1,32 @@
+"""The one place a ``/v1/completions`` request body is built, for every route.
+
+We only ever need the next token's logprobs: ``max_tokens`` 1, greedy, and either the top-k (``logprobs``)
+or the exact logprobs of the label tokens (vLLM's ``logprob_token_ids``, with ``logprobs`` equal to their
+number). Fields a hosted API would refuse as unknown are sent only where the route says the server takes them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: Optional[str]  # None: the server has one model and takes no name (llama.cpp in-process)
+    top_k: int
+    label_token_ids: Optional[tuple[int, ...]] = None  # exact logprobs of these tokens instead of the top-k
+    cache_prompt: Optional[bool] = None  # llama.cpp's prefix-reuse switch; None: don't send the field
+
+    def body(self, prompt: Union[str, Sequence[str]]) -> dict[str, Any]:
+        """The request for one prompt (a string) or several (a list, answered one choice per prompt)."""
+        body: dict[str, Any] = {"prompt": prompt if isinstance(prompt, str) else list(prompt), "max_tokens": 1,
+                                "temperature": 0.0}
+        if self.model is not None:
+            body["model"] = self.model
+        if self.label_token_ids:
+            body.update(logprobs=len(self.label_token_ids), logprob_token_ids=list(self.label_token_ids))
+        else:
+            body["logprobs"] = self.top_k
+        if self.cache_prompt is not None:
+            body["cache_prompt"] = self.cache_prompt
+        return body
