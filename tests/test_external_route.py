@@ -91,7 +91,7 @@ def test_past_the_retry_bound_the_error_names_the_endpoint_and_last_status(forwa
             api.next_token_logprobs(["1, 2, 3,"])
 
 
-@pytest.mark.parametrize("fault", ["truncate_first", "nonjson_first", "drop_choice_first"])
+@pytest.mark.parametrize("fault", ["truncate_first", "nonjson_first"])
 def test_a_200_whose_body_is_cut_short_or_not_json_is_asked_again(forwarding, fault):
     plain = forwarding()
     with hosted(plain.url) as api:
@@ -104,6 +104,16 @@ def test_a_200_whose_body_is_cut_short_or_not_json_is_asked_again(forwarding, fa
     with hosted(always.url, api_max_retries=1) as api:
         with pytest.raises(ScoringError, match="failed 2 times in a row; last: answered 200 with an unusable body"):
             api.next_token_logprobs(["1, 2, 3,"])
+
+
+def test_a_200_that_answers_one_prompt_with_no_choice_stops_at_once(forwarding):
+    # A wrong choice count is a fixed property of the server, not a glitch: asking again can't cure it.
+    garbled = forwarding(drop_choice_first=100)
+    with hosted(garbled.url, api_max_retries=3) as api:
+        with pytest.raises(ScoringError, match="unusable answer .sent 1 prompts but got 0 choices back"):
+            api.next_token_logprobs(["1, 2, 3,"])
+        assert api.describe()["retries"] == 0
+    assert len(garbled.completions()) == 1
 
 
 def test_retries_are_bounded_in_time_with_a_note_while_waiting(forwarding, capsys):

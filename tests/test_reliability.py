@@ -190,9 +190,9 @@ def test_sigterm_while_waiting_for_the_server_at_start_leaves_nothing_behind(tmp
 
 
 def test_the_model_list_probe_at_start_has_a_short_timeout(forwarding, monkeypatch, capsys):
-    from core.llm_api import vllm_llm
+    from core.llm_api import server_probe
 
-    monkeypatch.setattr(vllm_llm, "PROBE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(server_probe, "PROBE_TIMEOUT_SECONDS", 0.5)
     slow = forwarding(stall_model_list_once=8.0)
     started = time.monotonic()
     settings = Settings(vllm_base_url=slow.url, vllm_timeout_seconds=900.0, vllm_backoff_seconds=0.1)
