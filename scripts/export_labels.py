@@ -15,6 +15,7 @@ from pathlib import Path
 
 from src.experiments.prompts import LABEL_WORDS, query_text
 from src.experiments.run_outputs import jsonl, write_atomically
+from src.experiments.run_status import warn_if_partial
 
 HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label")
 
@@ -27,19 +28,6 @@ def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
     # One schema for every record, so that a columnar reader sees consistent columns.
     present = [f for f in HF_FIELDS if any(f in r for r in labelled)]
     return [{f: r.get(f) for f in present} for r in labelled]
-
-
-def warn_if_partial(run_dir: Path) -> None:
-    """Say so when the labels are those of a run that stopped before its last iteration."""
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        return
-    summary = json.loads(summary_file.read_text())
-    done, planned = summary.get("iterations"), (summary.get("settings") or {}).get("K")
-    if summary.get("stopped_early") or (isinstance(done, int) and isinstance(planned, int) and done < planned):
-        print(f"warning: the run in {run_dir} stopped at iteration {done} of {planned} "
-              f"({summary.get('stopped_early') or 'stopped early'}): these are its partial labels. "
-              f"Finish it with: python src/experiments/ICM.py --resume {run_dir}", file=sys.stderr)
 
 
 def main() -> int:

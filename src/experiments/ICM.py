@@ -40,6 +40,7 @@ from src.experiments.checkpoint import (
     save_run,
     trim_log,
 )
+from src.experiments.data_provenance import data_record
 from src.experiments.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
 from src.experiments.prompts import PROMPT_LAYOUTS
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
@@ -225,7 +226,8 @@ def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
 
 def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
     """The settings the run was started with, plus the few that may change on resume."""
-    saved = {**SETTINGS_BEFORE_THEY_EXISTED, **load_run(args.resume)["settings"]}
+    record = load_run(args.resume)
+    saved = {**SETTINGS_BEFORE_THEY_EXISTED, **record["settings"]}
     flags = flag_names()
     for name in sorted(passed - CHANGEABLE_ON_RESUME):
         now = run_settings(args).get(name)
@@ -234,6 +236,11 @@ def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespa
             raise UsageError(f"--resume {args.resume}: the run was started with {flag} {saved[name]!r}, not {now!r}; "
                              f"drop {flag} to resume it, or start a new run with --output-dir")
     merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in passed or k not in CHANGEABLE_ON_RESUME}})
+    # The settings hold paths as typed, relative to where the run started; run.json's "data" has them resolved.
+    resolved = record.get("data") if isinstance(record.get("data"), dict) else {}
+    for name in ("data_dir", "data"):
+        if name not in passed and isinstance(resolved.get(name), str):
+            setattr(merged, name, resolved[name])
     for name in ("data_dir", "data", "cache_dir"):
         value = getattr(merged, name)
         setattr(merged, name, Path(value) if isinstance(value, str) else value)
@@ -272,9 +279,10 @@ def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng
     """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
     fingerprint = pool_fingerprint(state.claims)
     remove_leftover_temporaries(out)
+    data = data_record(args.data_dir, args.data, source)
     if not args.resume:
         prepare_output_dir(out, args.overwrite)
-        return state, rng, save_run(out, run_settings(args), fingerprint, new_run_id())
+        return state, rng, save_run(out, run_settings(args), fingerprint, new_run_id(), data)
     run = load_run(out)
     if run["pool_fingerprint"] != fingerprint:
         raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
@@ -286,8 +294,9 @@ def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng
         raise UsageError(f"--K {args.K} is below the {state.iteration} iterations this run has done: "
                          f"pass --K {state.iteration} or more, or leave --K out")
     trim_log(out / LOG_FILE, state.iteration)
-    if run["settings"].get("K") != args.K:
+    if run["settings"].get("K") != args.K or run.get("data") != data:
         run["settings"]["K"] = args.K  # run.json says how long the run is meant to be
+        run["data"] = data  # and where its data is now (the pool fingerprint has checked it is the same pool)
         write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
     print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
     return state, rng, run

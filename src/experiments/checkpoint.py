@@ -1,7 +1,7 @@
 """The search's full state on disk after every iteration, so a killed run resumes exactly where it was.
 
 ``run.json`` is written once, before any model call: the run's identity (a random id), the settings it was
-started with and a fingerprint of its pool. ``checkpoint.json`` is rewritten after the seeds are scored and
+started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256). ``checkpoint.json`` is rewritten after the seeds are scored and
 after every iteration: the labels, the current metric, the iteration and flip counters and the RNG state,
 with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
 atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
@@ -60,9 +60,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def save_run(out: Path, settings: dict, fingerprint: str, run_id: str) -> dict[str, Any]:
-    """Write run.json and return what it holds."""
-    run = {"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint}
+def save_run(out: Path, settings: dict, fingerprint: str, run_id: str, data: Optional[dict] = None) -> dict[str, Any]:
+    """Write run.json and return what it holds. ``data`` says which data the run read (data_provenance.data_record)."""
+    run = {"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint,
+           **({"data": data} if data is not None else {})}
     write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=json.dumps(run, indent=2))
     return run
 

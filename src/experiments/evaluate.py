@@ -2,25 +2,42 @@
 
     python src/experiments/evaluate.py --run-dir OUT [--testbed truthfulQA --data-dir DIR] [--limit 200]
 
-Writes OUT/eval.json (accuracy, 95% bootstrap interval and n per condition) and OUT/eval.png.
+Writes OUT/eval.json (accuracy, 95% bootstrap interval and n per condition, and what was evaluated: the test
+data and its hash, the model, the labels' iteration and hash) and OUT/eval.png. Scores with the run's own
+route and model, and holds the run's lock meanwhile, so a run can't change its labels under it.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import RouteUnavailable
 from core.llm_api.model_files import ModelFileMissing
 from core.llm_api.settings import SettingsError, load_settings
+from src.experiments.eval_model import (
+    ALLOW_OTHER_MODEL,
+    ModelIdentity,
+    OtherModel,
+    check_model,
+    choose_evaluation_route,
+    model_to_request,
+    recorded_model,
+)
 from src.experiments.evaluation import CHANCE, evaluate_conditions
 from src.experiments.figures import accuracy_chart
+from src.experiments.held_out import POOL_SOURCE_FLAG, HeldOutError, pool_source, test_data_dir, test_split
+from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import write_atomically
-from src.experiments.testbeds import TESTBED_SPECS, DataError, data_file_for, demo_records, normalise_records, read_json_records
+from src.experiments.run_status import warn_if_partial
+from src.experiments.testbeds import DataError
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
 
 
@@ -28,41 +45,73 @@ class EvaluationError(ValueError):
     pass
 
 
-def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """The run's settings and its labels.jsonl rows."""
+@dataclass
+class RunFiles:
+    """What evaluate.py reads from a run directory."""
+    settings: dict  # the run's settings (run.json, else summary.json)
+    rows: list[dict]  # labels.jsonl
+    labels_sha256: str  # of labels.jsonl's bytes, as read
+    data: Optional[dict]  # run.json's "data" (absolute paths, the pool source's hash); None for older runs
+    summary: Optional[dict]  # summary.json; None if the run wrote none
+
+
+def _json_object(path: Path) -> Optional[dict]:
+    """A JSON object file, None if absent; EvaluationError if damaged."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        value = None
+    except OSError as exc:
+        raise EvaluationError(f"{path} can't be read ({exc.strerror}): check its permissions") from None
+    if not isinstance(value, dict):
+        raise EvaluationError(f"{path} is damaged (not a JSON object): restore it, or run ICM.py again")
+    return value
+
+
+def read_run(run_dir: Path) -> RunFiles:
+    """The run's settings, labels and records. Raises EvaluationError for a missing or damaged file."""
     labels_path = run_dir / "labels.jsonl"
     if not labels_path.is_file():
         raise EvaluationError(f"--run-dir {run_dir}: no labels.jsonl there; run ICM.py first (or point at its --output-dir)")
-    for settings_file in ("run.json", "summary.json"):
-        if (run_dir / settings_file).is_file():
-            settings = json.loads((run_dir / settings_file).read_text())["settings"]
-            break
-    else:
-        raise EvaluationError(f"--run-dir {run_dir}: no run.json or summary.json to say how the run was made")
-    rows = [json.loads(line) for line in labels_path.read_text().splitlines() if line.strip()]
-    return settings, rows
+    run_record, summary = _json_object(run_dir / "run.json"), _json_object(run_dir / "summary.json")
+    settings = next((r["settings"] for r in (run_record, summary) if r and isinstance(r.get("settings"), dict)), None)
+    if settings is None:
+        raise EvaluationError(f"--run-dir {run_dir}: no run.json or summary.json with the run's settings to say how the run was made")
+    raw = labels_path.read_bytes()
+    rows = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or "label" not in row or "consistency_id" not in row:
+            raise EvaluationError(f"{labels_path} line {number} is damaged (not a label record): restore the file, or "
+                                  "resume the run to write it again")
+        rows.append(row)
+    data = run_record.get("data") if run_record and isinstance(run_record.get("data"), dict) else None
+    return RunFiles(settings, rows, hashlib.sha256(raw).hexdigest(), data, summary)
 
 
-def test_split(testbed: str, data_dir: Optional[Path], test_file: Optional[Path], pool_source: Optional[str],
-               pool_groups: set, use_gold_consistency: bool) -> tuple[list[dict], str, int]:
-    """Test claims with gold labels, minus the pool's groups when the pool came from the same file."""
-    spec = TESTBED_SPECS[testbed]
-    if testbed == "demo" and test_file is None:
-        records, source = demo_records(), "built-in demo"
-    else:
-        if test_file is None:
-            if testbed == "custom":
-                raise EvaluationError("--testbed custom needs --test-data FILE with gold labels")
-            test_file = data_file_for(spec, data_dir)[0].with_name(f"test_{spec.file_stem}.json")
-        records, source = read_json_records(test_file), str(test_file)
-    claims = normalise_records(records, spec, source, use_gold_consistency)
-    same_file = source == pool_source or (pool_source and Path(pool_source).resolve() == Path(source).resolve())
-    kept = [c for c in claims if not (same_file and c["consistency_id"] in pool_groups)]
-    if any(c["label"] is None for c in kept):
-        raise EvaluationError(f"{source}: every test record needs a gold label to measure accuracy")
-    if not kept:
-        raise EvaluationError(f"{source}: no test claims left once the pool's groups are excluded")
-    return kept, source, len(claims) - len(kept)
+@contextmanager
+def run_lock_for_evaluation(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock while evaluating: a live run is refused at once, and no resume starts meanwhile."""
+    if not run_dir.is_dir():
+        raise EvaluationError(f"--run-dir {run_dir}: no such folder; point it at an ICM.py --output-dir")
+    try:
+        with RunLock(run_dir):
+            yield
+    except OutputDirLocked as exc:
+        raise EvaluationError(f"--run-dir {run_dir} is in use by process {exc.holder} (an ICM run, or another evaluation): "
+                              "its labels may still change. Evaluate once it has finished, or stop it (Ctrl-C keeps "
+                              "its labels so far)") from None
+    except OutputDirUnusable as exc:
+        cause = getattr(exc.__context__, "strerror", None) or "not writable"
+        raise EvaluationError(f"--run-dir {run_dir} can't be written ({cause}), and the run's lock and eval.json go there: "
+                              "make it writable, or evaluate a copy of the run") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -71,67 +120,109 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--testbed", default=None, help="default: the run's")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
     parser.add_argument("--test-data", type=Path, default=None, help="a test JSON file (default: test_<testbed>.json in --data-dir)")
+    parser.add_argument(POOL_SOURCE_FLAG, dest="pool_source", type=Path, default=None, metavar="FILE",
+                        help="the data file the run's pool was drawn from, for runs whose run.json predates its "
+                             "content hash: its claims' groups are left out when it is the test data")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on this many test claims, drawn at random")
     parser.add_argument("--max-demos", type=int, default=None, help="at most this many demonstrations (default: all labelled)")
     parser.add_argument("--model", default=None, help="default: the run's")
+    parser.add_argument(ALLOW_OTHER_MODEL, dest="allow_other_model", action="store_true",
+                        help="score with the route and model this environment gives (and --model), even when they are "
+                             "not the run's; eval.json records both")
     parser.add_argument("--seed", type=int, default=0, help="for --limit, the random labels and the bootstrap")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         evaluate(args)
-    except (EvaluationError, DataError, ScoringError, RouteUnavailable, ModelFileMissing, SettingsError) as exc:
+    except (EvaluationError, HeldOutError, OtherModel, DataError, ScoringError, RouteUnavailable, ModelFileMissing,
+            SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    settings, rows = read_run(args.run_dir)
-    testbed = args.testbed or settings["testbed"]
-    if testbed != settings["testbed"]:
-        raise EvaluationError(f"--testbed {testbed}: the run labelled {settings['testbed']}; evaluate it on that")
-    data_dir = args.data_dir or (Path(settings["data_dir"]) if settings.get("data_dir") else None)
-    summary_path = args.run_dir / "summary.json"
-    pool_source = json.loads(summary_path.read_text()).get("data_source") if summary_path.is_file() else None
-    pool_groups = {r["consistency_id"] for r in rows}
-    claims, source, excluded = test_split(testbed, data_dir, args.test_data, pool_source, pool_groups,
-                                          not settings.get("no_gold_consistency", False))
+    with run_lock_for_evaluation(args.run_dir):
+        return _evaluate_held_run(args)
+
+
+def _evaluate_held_run(args: argparse.Namespace) -> dict:
+    run = read_run(args.run_dir)
+    settings = run.settings
+    progress = warn_if_partial(args.run_dir)
+    testbed = args.testbed or settings.get("testbed")
+    if testbed != settings.get("testbed"):
+        raise EvaluationError(f"--testbed {testbed}: the run labelled {settings.get('testbed')}; evaluate it on that")
+    legacy_source = run.summary.get("data_source") if run.summary else None
+    try:
+        pool = pool_source(run.data, legacy_source if isinstance(legacy_source, str) else None, args.pool_source)
+        needs_dir = args.test_data is None and testbed not in ("demo", "custom")
+        data_dir = test_data_dir(args.data_dir, run.data, settings) if needs_dir else args.data_dir
+        held_out = test_split(testbed, args.test_data, data_dir, pool, run.rows,
+                              not settings.get("no_gold_consistency", False))
+    except OSError as exc:
+        raise EvaluationError(f"{exc.filename or 'the data'} can't be read ({exc.strerror}): check the path and its "
+                              "permissions") from None
+    claims = held_out.claims
+    if held_out.matching_pool_text:
+        print(f"warning: {held_out.matching_pool_text} test claims of {held_out.source.where} have the same text as "
+              f"claims of the run's pool, though that is not the data the pool was drawn from", file=sys.stderr)
     if args.limit is not None:
         if args.limit <= 0:
             raise EvaluationError(f"--limit {args.limit} must be positive")
         claims = random.Random(args.seed).sample(claims, min(args.limit, len(claims)))
-    demos = [r for r in rows if r["label"] is not None][: args.max_demos]
+    demos = [r for r in run.rows if r["label"] is not None][: args.max_demos]
     if not demos:
         raise EvaluationError(f"{args.run_dir}/labels.jsonl has no labelled claims to use as demonstrations")
 
+    run_model = recorded_model(run.summary)
+    route_settings = load_settings()
+    use_vllm, route = choose_evaluation_route(run_model, route_settings, args.allow_other_model)
     options = ScoringOptions(
-        model=args.model or settings.get("model"), use_vllm=settings.get("use_vllm"),
+        model=model_to_request(run_model, route, args.model, settings.get("model")), use_vllm=use_vllm,
         deterministic=settings.get("deterministic", False), show_progress=not args.no_progress,
         exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
         label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
         cache_dir=args.run_dir,
     )
-    with ScoringPipeline(options, load_settings()) as pipeline:
-        print(f"route: {pipeline.route}  model: {pipeline.model_api.model}  test claims: {len(claims)} from {source}"
+    with ScoringPipeline(options, route_settings) as pipeline:
+        api = pipeline.model_api
+        used = ModelIdentity(api.route_name, api.model, api.describe().get("endpoint"))
+        differs = check_model(run_model, used, args.allow_other_model)  # before any test prompt is scored
+        print(f"route: {used.route}  model: {used.model}  test claims: {len(claims)} from {held_out.source.where}"
               f"  demonstrations: {len(demos)}", file=sys.stderr)
-        results = evaluate_conditions(pipeline.model_api, claims, demos, label_style=options.label_style,
+        results = evaluate_conditions(api, claims, demos, label_style=options.label_style,
                                       token_match=options.token_match, seed=args.seed)
-        model = pipeline.model_api.model
-        route = pipeline.route
     gold_rate = sum(c["label"] for c in claims) / len(claims)
     report = {
-        "testbed": testbed, "test_source": source, "excluded_pool_claims": excluded, "n_test": len(claims),
-        "n_demos": len(demos), "route": route, "model": model, "seed": args.seed, "chance": CHANCE,
+        "testbed": testbed,
+        "test_source": held_out.source.where, "test_sha256": held_out.source.sha256,
+        "pool_source": held_out.pool.where, "pool_source_sha256": held_out.pool.sha256,
+        "pool_is_test_data": held_out.source.same_data(held_out.pool),
+        "excluded_pool_claims": held_out.excluded, "test_claims_matching_pool_text": held_out.matching_pool_text,
+        "n_test": len(claims), "n_demos": len(demos),
+        **used.as_dict(),
+        "run_model": run_model.as_dict() if run_model else None, "differs_from_run": differs,
+        "labels_used": {"sha256": run.labels_sha256, "iterations": progress.iterations, "K": progress.planned,
+                        "finished": progress.finished, "stopped_early": progress.stopped_early},
+        "seed": args.seed, "chance": CHANCE,
         "majority_class_rate": max(gold_rate, 1 - gold_rate),
         "conditions": {name: result.as_dict() for name, result in results.items()},
     }
     write_atomically(args.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-    title = f"{testbed} on {model}\n{len(demos)} demonstrations, {len(claims)} test claims, 95% bootstrap CI"
-    accuracy_chart(report["conditions"], title, CHANCE, args.run_dir / "eval.png")
+    accuracy_chart(report["conditions"], eval_title(args.run_dir, settings.get("seed"), report),
+                   report["majority_class_rate"], args.run_dir / "eval.png")
     for name, result in report["conditions"].items():
         print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
     print(f"wrote {args.run_dir}/eval.json and eval.png", file=sys.stderr)
     return report
+
+
+def eval_title(run_dir: Path, run_seed: Optional[int], report: dict) -> str:
+    """eval.png's title: the run (its directory and --seed), the testbed and model, and the counts."""
+    seed = "" if run_seed is None else f" (--seed {run_seed})"
+    return (f"{run_dir.resolve().name}{seed}: {report['testbed']} on {report['model']}\n"
+            f"{report['n_demos']} demonstrations, {report['n_test']} test claims, 95% bootstrap CI")
 
 
 if __name__ == "__main__":

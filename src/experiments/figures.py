@@ -1,19 +1,27 @@
 """The project's figures: test accuracy per condition (the paper's Figure 1 style) and search progress."""
 from __future__ import annotations
 
+import math
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CONDITION_COLOURS = {"zero-shot": "#9e9e9e", "random labels": "#c9a227", "gold labels": "#e8a33d", "ICM labels": "#3b6fb6"}
 
 
-def accuracy_chart(results: dict[str, dict], title: str, chance: float, path: Path) -> None:
+def accuracy_figure(results: dict[str, dict], title: str, majority_rate: float) -> Figure:
+    """Bars of test accuracy per condition with their 95% intervals (``results``: eval.json's conditions,
+    fractions in [0, 1]), and a dashed line at ``majority_rate``: what always answering the commoner test
+    label scores, the bar a labelling must clear on an unbalanced test set (50% chance would flatter it)."""
     names = list(results)
     accuracy = [100 * results[n]["accuracy"] for n in names]
     below = [100 * (results[n]["accuracy"] - results[n]["ci_low"]) for n in names]
@@ -24,7 +32,8 @@ def accuracy_chart(results: dict[str, dict], title: str, chance: float, path: Pa
     for bar, value in zip(bars, accuracy):
         axes.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, 1.5), ha="center", va="bottom",
                       fontsize=9, color="white", fontweight="bold")
-    axes.axhline(100 * chance, linestyle="--", color="black", linewidth=1, label=f"chance ({100 * chance:.0f}%)")
+    axes.axhline(100 * majority_rate, linestyle="--", color="black", linewidth=1,
+                 label=f"majority class ({100 * majority_rate:.1f}%)")
     axes.set_ylim(0, 100)
     axes.set_ylabel("Test accuracy (%)")
     axes.set_xlabel("Many-shot demonstrations labelled by")
@@ -32,29 +41,104 @@ def accuracy_chart(results: dict[str, dict], title: str, chance: float, path: Pa
     axes.legend(loc="upper left", fontsize=8, frameon=False)
     axes.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
 
 
-def progress_chart(runs: Sequence[tuple[str, list[dict]]], path: Path) -> None:
+def accuracy_chart(results: dict[str, dict], title: str, majority_rate: float, path: Path) -> None:
+    """accuracy_figure, saved to ``path`` (PNG)."""
+    _save(accuracy_figure(results, title, majority_rate), path)
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """One run's log.jsonl records, with the name (its directory's) and --seed that label it in a figure."""
+    name: str
+    seed: Optional[int]
+    log: list[dict]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} (--seed {self.seed})"
+
+
+NO_GOLD = "no gold labels"
+GROWING_SET_NOTE = "over the claims labelled so far: the set grows as the search labels more"
+
+
+def progress_figure(runs: Sequence[RunLog]) -> Figure:
     """Energy, agreement with gold and inconsistent pairs per iteration; one line per run."""
-    panels = [("energy", "Energy U(D)", 1), ("train_accuracy", "Agreement with gold (%)", 100),
-              ("inconsistent_num", "Inconsistent pairs", 1)]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(7, 7.5), dpi=150, sharex=True)
-    for name, log in runs:
-        iterations = [r["iter"] for r in log]
-        for axis, (field, label, scale) in zip(axes, panels):
-            values = [None if r.get(field) is None else scale * r[field] for r in log]
-            axis.plot(iterations, [float("nan") if v is None else v for v in values], label=name, linewidth=1.2)
-            axis.set_ylabel(label)
-    axes[-1].yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of pairs
-    axes[-1].set_ylim(bottom=0)
-    axes[-1].set_xlabel("Iteration")
-    axes[0].legend(fontsize=8, frameon=False)
-    for axis in axes:
+    figure, (energy, agreement, inconsistent) = plt.subplots(3, 1, figsize=(7, 7.5), dpi=150, sharex=True)
+    no_gold: list[str] = []
+    agreement_values: list[float] = []
+    for run in runs:
+        iterations = [r["iter"] for r in run.log]
+        energy.plot(iterations, [_value(r.get("energy")) for r in run.log], label=run.label, linewidth=1.2)
+        gold = [_value(r.get("train_accuracy"), 100) for r in run.log]
+        if all(math.isnan(v) for v in gold):
+            no_gold.append(run.label)
+            agreement.plot([], [])  # keeps each run's colour the same in every panel
+        else:
+            agreement.plot(iterations, gold, label=run.label, linewidth=1.2)
+            agreement_values.extend(gold)
+        inconsistent.plot(iterations, [_value(r.get("inconsistent_num")) for r in run.log], label=run.label, linewidth=1.2)
+    energy.set_ylabel("Energy U(D)")
+    agreement.set_ylabel("Agreement with gold (%)")
+    agreement.set_title(GROWING_SET_NOTE, fontsize=8, loc="left", color="#444444")
+    if len(no_gold) == len(runs):
+        agreement.set_yticks([])
+        agreement.text(0.5, 0.5, NO_GOLD, transform=agreement.transAxes, ha="center", va="center", color="#666666")
+    else:
+        _percent_axis(agreement, agreement_values)
+        if no_gold:
+            agreement.text(0.99, 0.97, f"{NO_GOLD}: {', '.join(no_gold)}", transform=agreement.transAxes, fontsize=7,
+                           ha="right", va="top", color="#666666")
+    _count_axis(inconsistent, [r.get("inconsistent_num") for run in runs for r in run.log])
+    inconsistent.set_ylabel("Inconsistent pairs")
+    inconsistent.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole; sharex carries it up
+    inconsistent.set_xlabel("Iteration")
+    energy.legend(fontsize=8, frameon=False)
+    for axis in (energy, agreement, inconsistent):
         axis.grid(alpha=0.3)
         axis.spines[["top", "right"]].set_visible(False)
-    figure.suptitle("ICM search progress", fontsize=11)
+    figure.suptitle(textwrap.fill("ICM search progress: " + ", ".join(run.label for run in runs), 90), fontsize=11)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
+
+
+def progress_chart(runs: Sequence[RunLog], path: Path) -> None:
+    """progress_figure, saved to ``path`` (PNG)."""
+    _save(progress_figure(runs), path)
+
+
+def _value(value: Optional[float], scale: float = 1) -> float:
+    return float("nan") if value is None else scale * value
+
+
+MIN_PERCENT_SPAN = 10.0
+
+
+def _percent_axis(axis: Axes, values: Sequence[float]) -> None:
+    """At least MIN_PERCENT_SPAN points of range within 0-100, so agreement that never moved reads as a flat
+    line at its value rather than noise on a ±0.04% axis."""
+    finite = [v for v in values if not math.isnan(v)]
+    low, high = min(finite), max(finite)
+    if high - low >= MIN_PERCENT_SPAN:
+        return
+    low = max(0.0, (low + high - MIN_PERCENT_SPAN) / 2)
+    high = min(100.0, low + MIN_PERCENT_SPAN)
+    axis.set_ylim(high - MIN_PERCENT_SPAN - 1, high + 1)
+
+
+def _count_axis(axis: Axes, counts: Sequence[Optional[int]]) -> None:
+    """Whole-number ticks, and room below 0 and above the largest count, so a line at 0 is seen, not hidden
+    in the axis."""
+    top = max([1, *(c for c in counts if c is not None)])
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylim(-0.08 * top, 1.12 * top)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    try:
+        figure.savefig(path)
+    finally:
+        plt.close(figure)

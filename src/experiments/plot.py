@@ -10,15 +10,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
-from src.experiments.figures import progress_chart
+from src.experiments.figures import RunLog, progress_chart
 
 
-def main() -> int:
+def run_seed(run_dir: Path) -> Optional[int]:
+    """The run's --seed, from run.json's settings, else summary.json's; None if neither says."""
+    for name in ("run.json", "summary.json"):
+        try:
+            settings = json.loads((run_dir / name).read_text(encoding="utf-8")).get("settings")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+        seed = settings.get("seed") if isinstance(settings, dict) else None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="ICM.py output directories")
     parser.add_argument("--output", type=Path, default=None, help="default: progress.png in the first run directory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = []
     for run in args.runs:
         log = run / "log.jsonl"
@@ -29,7 +43,7 @@ def main() -> int:
         if not records:
             print(f"error: {log} is empty: the run logged no iteration yet", file=sys.stderr)
             return 2
-        runs.append((run.name, records))
+        runs.append(RunLog(run.resolve().name, run_seed(run), records))
     output = args.output or args.runs[0] / "progress.png"
     progress_chart(runs, output)
     print(f"wrote {output}")

@@ -17,7 +17,9 @@ LOCK_FILE = ".lock"
 
 
 class OutputDirLocked(ValueError):
-    pass
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder  # the process id written in the lock file, or "unknown"
 
 
 class OutputDirUnusable(ValueError):
@@ -53,8 +55,9 @@ class RunLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
-                raise OutputDirLocked(f"{self.out} is in use by another ICM run (process {self._holder()}): wait for it "
-                                      "to finish or stop it, or choose another --output-dir") from None
+                holder = self._holder()
+                raise OutputDirLocked(f"{self.out} is in use by another ICM run (process {holder}): wait for it "
+                                      "to finish or stop it, or choose another --output-dir", holder) from None
             # The holder before us may have removed the file as it let go; a lock on a removed file guards nothing.
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break

@@ -37,20 +37,40 @@ class OutputWriteError(ValueError):
 NEVER_STARTED = {"run.json", "log.jsonl"}
 
 
+# What the companion scripts make from a run's labels (evaluate.py, plot.py, export_labels.py). They describe
+# that run alone, so they go when it is replaced: a figure of another run beside new labels gets published.
+DERIVED_FILES = ("eval.json", "eval.png", "progress.png")
+DERIVED_PATTERNS = ("export_*.jsonl",)
+
+
+def derived_files(path: Path) -> list[str]:
+    """The names of the files in ``path`` made from a run's labels (sorted)."""
+    found = {name for name in DERIVED_FILES if (path / name).exists()}
+    found.update(p.name for pattern in DERIVED_PATTERNS for p in path.glob(pattern))
+    return sorted(found)
+
+
 def prepare_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one's files unless told to replace them. A run that never
-    saved a checkpoint (killed during its first scoring) is replaced, since there is nothing to resume."""
+    """Refuse to mix a new run into an old one's files, or into files made from them, unless told to replace
+    them; --overwrite removes both and keeps the response cache. A run that never saved a checkpoint (killed
+    during its first scoring) is replaced, since there is nothing to resume."""
     existing = [name for name in OUTPUT_FILES if (path / name).exists()]
-    if existing and set(existing) <= NEVER_STARTED and not overwrite:
+    derived = derived_files(path) if path.is_dir() else []
+    if existing and set(existing) <= NEVER_STARTED and not derived and not overwrite:
         print(f"note: replacing the run in {path}, which never finished its first scoring", file=sys.stderr)
         overwrite = True
     if existing and not overwrite:
         raise OutputDirInUse(
-            f"--output-dir {path} already holds a run ({', '.join(existing)}): continue it with --resume {path}, "
+            f"--output-dir {path} already holds a run ({', '.join(existing + derived)}): continue it with --resume {path}, "
             "choose a new --output-dir, or pass --overwrite to replace it"
         )
+    if derived and not overwrite:
+        raise OutputDirInUse(
+            f"--output-dir {path} holds files made from an earlier run ({', '.join(derived)}) but not the run itself: "
+            "choose a new --output-dir, or pass --overwrite to remove them"
+        )
     path.mkdir(parents=True, exist_ok=True)
-    for name in existing:
+    for name in existing + derived:
         (path / name).unlink()
 
 

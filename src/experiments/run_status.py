@@ -1,0 +1,65 @@
+"""How far a run got, read from its summary.json: for the companion scripts that use its labels.
+
+A run that stopped early (Ctrl-C, a server that never came back, a full disk) still writes labels.jsonl,
+so a tool that reads labels must say when they are partial rather than pass them off as a finished run's.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """``iterations`` done of ``planned`` (the run's --K); None where summary.json doesn't say.
+
+    ``unknown`` says why the state can't be read (no summary.json, or a damaged one), else None.
+    """
+    iterations: Optional[int]
+    planned: Optional[int]
+    stopped_early: Optional[str]
+    unknown: Optional[str] = None
+
+    @property
+    def finished(self) -> bool:
+        if self.unknown is not None or self.stopped_early:
+            return False
+        return not (isinstance(self.iterations, int) and isinstance(self.planned, int) and self.iterations < self.planned)
+
+
+def _count(value: object) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def run_progress(run_dir: Path) -> RunProgress:
+    """The progress summary.json records. Never raises: a missing or damaged file gives ``unknown``."""
+    summary_file = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return RunProgress(None, None, None, unknown="it has no summary.json")
+    except (OSError, ValueError, RecursionError):
+        return RunProgress(None, None, None, unknown="its summary.json can't be read")
+    if not isinstance(summary, dict):
+        return RunProgress(None, None, None, unknown="its summary.json is not a JSON object")
+    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
+    stopped = summary.get("stopped_early")
+    return RunProgress(_count(summary.get("iterations")), _count(settings.get("K")),
+                       str(stopped) if stopped else None)
+
+
+def warn_if_partial(run_dir: Path) -> RunProgress:
+    """Say on stderr when the labels are those of a run that stopped before its last iteration, or when
+    that can't be told. Returns the progress it read."""
+    progress = run_progress(run_dir)
+    if progress.unknown is not None:
+        print(f"warning: can't tell whether the run in {run_dir} finished ({progress.unknown}): its labels may "
+              "be partial", file=sys.stderr)
+    elif not progress.finished:
+        print(f"warning: the run in {run_dir} stopped at iteration {progress.iterations} of {progress.planned} "
+              f"({progress.stopped_early or 'stopped early'}): these are its partial labels. "
+              f"Finish it with: python src/experiments/ICM.py --resume {run_dir}", file=sys.stderr)
+    return progress
