@@ -21,7 +21,7 @@ from src.experiments.evaluation import CHANCE, evaluate_conditions
 from src.experiments.figures import accuracy_chart
 from src.experiments.run_outputs import write_atomically
 from src.experiments.testbeds import TESTBED_SPECS, DataError, data_file_for, demo_records, normalise_records, read_json_records
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
 
 
 class EvaluationError(ValueError):
@@ -106,7 +106,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     options = ScoringOptions(
         model=args.model or settings.get("model"), use_vllm=settings.get("use_vllm"),
-        deterministic=settings.get("deterministic", False), show_progress=not args.no_progress,
+        deterministic=settings.get("deterministic", False), show_progress=show_progress_bars(args.no_progress),
         exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
         label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
         cache_dir=args.run_dir,

@@ -103,6 +103,8 @@ def _as_bool(label: Optional[int]) -> Optional[bool]:
 
 
 def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> Iterable[dict[str, Any]]:
+    """labels.jsonl's rows. ``scores``: each labelled claim's leave-one-out score under the final labels, and
+    each unlabelled claim's prediction from all labelled ones (missing where not known: null)."""
     for uid in sorted(claims):
         claim = claims[uid]
         row = {"uid": uid, "record": claim.get("record"), "consistency_id": claim["consistency_id"]}
@@ -110,7 +112,8 @@ def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float]) -> I
         row.update(
             prompt=claim["prompt"],
             label=_as_bool(claim["label"]), gold_label=_as_bool(claim.get("vanilla_label")),
-            score=scores.get(uid), seed=claim.get("type") == "seed",
+            score=scores.get(uid), labelled_by_search=claim["label"] is not None,
+            initial_random_label=claim.get("type") == "seed",
         )
         yield row
 

@@ -79,6 +79,7 @@ class PoolScorer:
         self.pool_scores_computed = 0
         self.pool_scores_reused = 0
         self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
+        self.batch_predictions_computed = 0  # predictions of several unlabeled claims in one batched call
 
     def pool_scores(self, claims: Claims) -> dict[int, float]:
         """Each labeled claim's score predicted from all the other labeled claims: one batched call."""
@@ -112,13 +113,39 @@ class PoolScorer:
         cached = self._single_memo.get_fresh(key)
         if cached is not None:
             return cached
-        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
-        demonstrations = [pool[i] for i in full_demo_order(orders)]
-        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
+        [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, self._demonstrations(pool, claims), self.label_style)])
         score = label_logodds(logprobs, self.token_match)
         self._single_memo.put(key, score)
         self.single_predictions_computed += 1
         return score
+
+    def predict_unlabeled(self, claims: Claims) -> dict[int, float]:
+        """Every unlabeled claim's score with all labeled claims as demonstrations, by uid: the prompts
+        predict_score would send, those not already known going out in one batched call."""
+        pool = labeled_pool(claims)
+        assignment = assignment_key(pool)
+        scores = self.known_predictions(claims)
+        missing = [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is None and uid not in scores]
+        if not missing:
+            return scores
+        demonstrations = self._demonstrations(pool, claims)
+        answers = self.model_api.next_token_logprobs([judge_prompt(c, demonstrations, self.label_style) for c in missing])
+        for claim, logprobs in zip(missing, answers):
+            scores[claim["uid"]] = label_logodds(logprobs, self.token_match)
+            self._single_memo.put((claim["uid"], assignment), scores[claim["uid"]])
+        self.batch_predictions_computed += 1
+        return scores
+
+    def known_predictions(self, claims: Claims) -> dict[int, float]:
+        """The unlabeled claims' predictions under this labelling that are already computed; never calls the model."""
+        assignment = assignment_key(labeled_pool(claims))
+        known = {uid: self._single_memo.get((uid, assignment)) for uid in claims if claims[uid]["label"] is None}
+        return {uid: score for uid, score in known.items() if score is not None}
+
+    def _demonstrations(self, pool: list[dict[str, Any]], claims: Claims) -> list[dict[str, Any]]:
+        """The labeled claims in the order a claim outside them is judged from (see prompts.full_demo_order)."""
+        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
+        return [pool[i] for i in full_demo_order(orders)]
 
     def evaluate(self, claims: Claims) -> dict:
         """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
