@@ -350,9 +350,9 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                 checkpoint = Checkpointer(out, run_record, search, rng)
                 stopped_by = _search_with_log(search, out, args, stop, checkpoint)
                 if state.metric is not None:
-                    predictions, stopped_by = _predict_unlabeled(scorer, state, stopped_by, stop)
+                    scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
                     unwritten, failure = _write_results(out, args, state, search, model_api, scorer, source,
-                                                        time.time() - started, stopped_by, predictions)
+                                                        time.time() - started, stopped_by, scores)
                     if failure is not None and not isinstance(stopped_by, OutputWriteError):
                         stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
                     elif unwritten:
@@ -376,34 +376,36 @@ class Checkpointer:
         self.saved_iteration = self.search.state.iteration
 
 
-def _predict_unlabeled(scorer, state: SearchState, stopped_by: Optional[BaseException],
-                       stop: GracefulStop) -> tuple[dict[int, float], Optional[BaseException]]:
-    """The claims the search never labelled, each predicted from all labelled ones (one batched call), so that
-    labels.jsonl has a score for every claim; and what stopped the run, if anything. A stopped run asks the
-    model nothing more: it keeps the predictions already made."""
+def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException],
+                  stop: GracefulStop) -> tuple[dict[int, float], Optional[BaseException]]:
+    """Every claim's score for labels.jsonl, by uid, and what stopped the run, if anything. A labelled claim's is
+    its leave-one-out score under the final labels; a claim the search never labelled is predicted from all
+    labelled ones, the lot in one batched call. A stopped run asks for no new prediction, and after a model
+    failure nothing at all: what isn't known stays out (null)."""
+    claims = state.claims
     if stopped_by is not None:
-        return scorer.known_predictions(state.claims), stopped_by
+        # Otherwise this is a memo or response-cache hit.
+        pool = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
+        return {**pool(claims), **scorer.known_predictions(claims)}, stopped_by
     try:
-        return scorer.predict_unlabeled(state.claims), None
+        return {**scorer.pool_scores(claims), **scorer.predict_unlabeled(claims)}, None
     except WaitInterrupted:
-        return scorer.known_predictions(state.claims), stop.stopped()
+        stopped_by = stop.stopped()
     except KeyboardInterrupt as exc:
-        return scorer.known_predictions(state.claims), exc
+        stopped_by = exc
     except ScoringError as exc:
-        # The search is complete; only these scores are missing, and a resume of the finished run retries them.
+        # The search is complete and only these scores are missing; a resume of the finished run retries them.
         print(f"note: the claims the search never labelled could not be scored ({exc}); their score is null. "
               "Resume the run to try again", file=sys.stderr)
-        return scorer.known_predictions(state.claims), None
+    return {**scorer.known_pool_scores(claims), **scorer.known_predictions(claims)}, stopped_by
 
 
 def _write_results(out: Path, args, state, search, model_api, scorer, source, wall_seconds,
-                   stopped_by, predictions: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
+                   stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
-    # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
-    final_scores = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
     files = {
-        "labels.jsonl": lambda: jsonl(label_rows(state.claims, {**final_scores(state.claims), **predictions})),
+        "labels.jsonl": lambda: jsonl(label_rows(state.claims, scores)),
         "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by), indent=2) + "\n",
     }
     unwritten: list[str] = []
