@@ -17,10 +17,14 @@ from src.experiments.prompts import LABEL_WORDS, query_text
 from src.experiments.run_outputs import jsonl, write_atomically
 from src.experiments.run_status import warn_if_partial
 
-HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label")
+HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label", "score",
+             "initial_random_label")
+# labels.jsonl fields under the names older versions wrote: old name -> name now.
+RENAMED_FIELDS = {"seed": "initial_random_label"}
 
 
 def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
+    rows = [{RENAMED_FIELDS.get(name, name): value for name, value in r.items()} for r in rows]
     labelled = [r for r in rows if r["label"] is not None]
     if fmt == "sft":
         space = "" if label_style == "reference" else " "

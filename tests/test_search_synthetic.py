@@ -63,7 +63,7 @@ def test_log_records_every_iteration_with_the_documented_fields():
     assert [r["iter"] for r in log] == list(range(25))
     for record in log:
         assert {"iter", "flip_cnt", "accepted", "energy", "train_prob", "inconsistent_num",
-                "train_accuracy", "pool_size", "temperature"} <= set(record)
+                "train_accuracy", "labelled", "temperature"} <= set(record)
         assert record["accepted"] in (True, False)
         if not record["proposed"]:
             assert record["accepted"] is False

@@ -60,9 +60,11 @@ def test_an_icm_run_sends_one_request_per_computed_pool_score(measured_run):
     _, summary, delta = measured_run
     assert summary["route"] == "vllm" and summary["stopped_early"] is None
     assert summary["pool_scores_computed"] >= 5  # a real search, not a single scoring
-    # Every request the server saw is a pool score, one unlabeled claim's prediction, or the start-up probe.
+    # Every request the server saw is a pool score, one unlabeled claim's prediction, the end's batch predicting
+    # the claims left unlabelled, or the start-up probe.
     assert delta["http_completions"] == summary["requests"] + PROBE_REQUESTS
-    assert summary["requests"] == summary["pool_scores_computed"] + summary["single_predictions_computed"]
+    assert summary["requests"] == (summary["pool_scores_computed"] + summary["single_predictions_computed"]
+                                   + summary["batch_predictions_computed"])
     # The server counts prompts, one per leave-one-out prompt of each pool score.
     assert delta["prompts"] == summary["prompts_scored"] + PROBE_REQUESTS
     assert summary["prompts_scored"] > summary["requests"]

@@ -30,6 +30,7 @@ from src.experiments.checkpoint import (
     LOG_FILE,
     RUN_FILE,
     CheckpointError,
+    check_resumed_pool,
     load_checkpoint,
     load_run,
     new_run_id,
@@ -43,6 +44,7 @@ from src.experiments.checkpoint import (
 from src.experiments.data_provenance import data_record
 from src.experiments.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
 from src.experiments.prompts import PROMPT_LAYOUTS
+from src.experiments.record_files import parse_columns
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import (
     IterationLog,
@@ -57,7 +59,12 @@ from src.experiments.run_outputs import (
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.experiments.stop_signals import GracefulStop, SearchStopped
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, refuse_claims_longer_than_the_context
+from src.pipeline.pipeline import (
+    ScoringOptions,
+    ScoringPipeline,
+    refuse_claims_longer_than_the_context,
+    show_progress_bars,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default="log", choices=("log", "exp"))
     # Ours.
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the paper's JSON files")
-    parser.add_argument("--data", type=Path, default=None, help="one JSON file of records (needed for --testbed custom)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="one file of records (needed for --testbed custom): a JSON list (.json), JSON Lines (.jsonl), "
+                             "CSV (.csv), Parquet (.parquet) or a folder written by Dataset.save_to_disk")
+    parser.add_argument("--columns", default=None, metavar="FIELD=COLUMN,...",
+                        help="--data's column names for the claim fields, e.g. question=q,choice=answer_text,label=is_true")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: results/<testbed>-K<K>-bs<batch>-seed<seed>")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir (its response cache is kept)")
     parser.add_argument("--deterministic", action="store_true",
@@ -157,6 +168,10 @@ def validate(args: argparse.Namespace) -> None:
     ]
     if (args.num_batches is None) != (args.batch_index is None):
         raise UsageError("--num-batches and --batch-index go together: pass both, or neither")
+    if args.columns is not None:
+        if args.data is None:
+            raise UsageError("--columns names the columns of --data FILE: pass --data, or drop --columns")
+        parse_columns(args.columns)
     if args.num_batches is not None:
         checks = [c for c in checks if "--batch_size" not in c[1]]  # the shard decides the pool size
     for ok, message in checks:
@@ -181,7 +196,7 @@ PAPER_MODE = {
 # Runs recorded before a setting existed behaved like this; a resume keeps that behaviour.
 SETTINGS_BEFORE_THEY_EXISTED = {
     "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
-    "paper_mode": False, "prompt_layout": "reference", "label_absent": "floor",
+    "paper_mode": False, "prompt_layout": "reference", "label_absent": "floor", "columns": None,
 }
 
 
@@ -206,14 +221,21 @@ def apply_paper_mode(args: argparse.Namespace, passed: set[str]) -> argparse.Nam
 
 
 # Flags that may differ when a run is resumed: they don't change what the search computes.
-CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "cache_dir", "no_cache", "resume", "output_dir", "overwrite"}
+CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
+                        "output_dir", "overwrite"}
 # Flags that are about this invocation, not the run, and so are not recorded with it.
 NOT_RECORDED = {"resume", "output_dir", "overwrite", "no_progress", "secrets"}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
-    """The run's settings as JSON values, recorded in the checkpoint and the summary."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECORDED}
+    """The run's settings as JSON values, recorded in the checkpoint and the summary, and whether its
+    consistency key came from the gold labels."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECORDED}
+    return {**settings, "consistency_key_from_gold": consistency_key_from_gold(args)}
+
+
+def consistency_key_from_gold(args: argparse.Namespace) -> bool:
+    return TESTBED_SPECS[args.testbed].key_from_gold and not args.no_gold_consistency
 
 
 def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
@@ -256,7 +278,9 @@ def default_output_dir(args: argparse.Namespace) -> Path:
 
 def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]:
     """The pool this run labels, the RNG the search goes on with, and where the claims came from."""
-    claims, source, from_test = load_testbed_claims(args.testbed, args.data_dir, args.data, not args.no_gold_consistency)
+    columns = parse_columns(args.columns) if args.columns else None
+    claims, source, from_test = load_testbed_claims(args.testbed, args.data_dir, args.data, not args.no_gold_consistency,
+                                                    columns)
     if from_test:
         print(f"note: no train split for {args.testbed}; the pool is drawn from {source}. "
               "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
@@ -277,16 +301,13 @@ def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]
 def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng: random.Random,
                     source: str) -> tuple[SearchState, random.Random, dict]:
     """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
-    fingerprint = pool_fingerprint(state.claims)
     remove_leftover_temporaries(out)
     data = data_record(args.data_dir, args.data, source)
     if not args.resume:
         prepare_output_dir(out, args.overwrite)
-        return state, rng, save_run(out, run_settings(args), fingerprint, new_run_id(), data)
+        return state, rng, save_run(out, run_settings(args), pool_fingerprint(state.claims), new_run_id(), data)
     run = load_run(out)
-    if run["pool_fingerprint"] != fingerprint:
-        raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling "
-                              f"(was {source} changed?); resume with the original data, or start a new run")
+    check_resumed_pool(run, state.claims, out, source)
     saved = load_checkpoint(out, run)
     if saved is not None:
         state, rng = restore_state(saved, state.claims, out / CHECKPOINT_FILE)
@@ -314,7 +335,7 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
 def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
     return ScoringOptions(
         model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
-        exact_label_logprobs=args.label_logprobs == "auto", show_progress=not args.no_progress,
+        exact_label_logprobs=args.label_logprobs == "auto", show_progress=show_progress_bars(args.no_progress),
         label_style=args.label_style, token_match=args.token_match, prompt_layout=args.prompt_layout,
         mp_reduce=args.mp_reduce, external_top_k=20 if args.paper_mode else None, label_absent=args.label_absent,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
@@ -342,12 +363,17 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                 where = model_api.describe().get("endpoint")
                 print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
                       f"pool: {len(pool)} claims from {source}", file=sys.stderr)
+                if consistency_key_from_gold(args):
+                    print(f"note: --testbed {args.testbed} derives its consistency key from the gold labels (as the "
+                          "reference does), so these labels are not unsupervised: don't report them as such. "
+                          "--no-gold-consistency keeps gold out of the search", file=sys.stderr)
                 search = ICMSearch(scorer, search_settings(args), rng, state)
                 checkpoint = Checkpointer(out, run_record, search, rng)
                 stopped_by = _search_with_log(search, out, args, stop, checkpoint)
                 if state.metric is not None:
+                    scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
                     unwritten, failure = _write_results(out, args, state, search, model_api, scorer, source,
-                                                        time.time() - started, stopped_by)
+                                                        time.time() - started, stopped_by, scores)
                     if failure is not None and not isinstance(stopped_by, OutputWriteError):
                         stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
                     elif unwritten:
@@ -371,16 +397,37 @@ class Checkpointer:
         self.saved_iteration = self.search.state.iteration
 
 
+def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException],
+                  stop: GracefulStop) -> tuple[dict[int, float], Optional[BaseException]]:
+    """Every claim's score for labels.jsonl, by uid, and what stopped the run, if anything. A labelled claim's is
+    its leave-one-out score under the final labels; a claim the search never labelled is predicted from all
+    labelled ones, the lot in one batched call. A stopped run asks for no new prediction, and after a model
+    failure nothing at all: what isn't known stays out (null)."""
+    claims = state.claims
+    if stopped_by is not None:
+        # Otherwise this is a memo or response-cache hit.
+        pool = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
+        return {**pool(claims), **scorer.known_predictions(claims)}, stopped_by
+    try:
+        return {**scorer.pool_scores(claims), **scorer.predict_unlabeled(claims)}, None
+    except WaitInterrupted:
+        stopped_by = stop.stopped()
+    except KeyboardInterrupt as exc:
+        stopped_by = exc
+    except ScoringError as exc:
+        # The search is complete and only these scores are missing; a resume of the finished run retries them.
+        print(f"note: the claims the search never labelled could not be scored ({exc}); their score is null. "
+              "Resume the run to try again", file=sys.stderr)
+    return {**scorer.known_pool_scores(claims), **scorer.known_predictions(claims)}, stopped_by
+
+
 def _write_results(out: Path, args, state, search, model_api, scorer, source, wall_seconds,
-                   stopped_by) -> tuple[list[str], Optional[OSError]]:
+                   stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
-    # After a model failure, don't ask the model again; otherwise this is a memo or response-cache hit.
-    model_failed = isinstance(stopped_by, (ScoringError, OutputWriteError))
-    final_scores = scorer.known_pool_scores if model_failed else scorer.pool_scores
-    final_masses = scorer.known_label_masses if model_failed else scorer.pool_label_masses
+    masses = {**scorer.known_label_masses(state.claims), **scorer.known_prediction_masses(state.claims)}
     files = {
-        "labels.jsonl": lambda: jsonl(label_rows(state.claims, final_scores(state.claims), final_masses(state.claims))),
+        "labels.jsonl": lambda: jsonl(label_rows(state.claims, scores, masses)),
         "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by),
                                            indent=2, allow_nan=False) + "\n",
     }
@@ -400,7 +447,8 @@ def _write_results(out: Path, args, state, search, model_api, scorer, source, wa
 def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, stop: GracefulStop,
                      checkpoint: Checkpointer) -> Optional[BaseException]:
     """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
-    bar = tqdm(total=args.K, initial=search.state.iteration, desc="ICM search", unit="iter", disable=args.no_progress)
+    bar = tqdm(total=args.K, initial=search.state.iteration, desc="ICM search", unit="iter",
+               disable=not show_progress_bars(args.no_progress))
     log: Optional[IterationLog] = None
 
     def on_step(record: dict) -> None:
@@ -408,7 +456,7 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, sto
         maybe_crash("after-log")
         checkpoint()
         bar.update(1)
-        bar.set_postfix(energy=f"{record['energy']:.2f}", labeled=record["pool_size"], acc=record["train_accuracy"])
+        bar.set_postfix(energy=f"{record['energy']:.2f}", labelled=record["labelled"], acc=record["train_accuracy"])
         stop.check()
 
     try:
@@ -475,6 +523,7 @@ def _summary(args, state, search, model_api, scorer, source, wall_seconds, stopp
         "pool_scores_computed": scorer.pool_scores_computed,
         "pool_scores_reused": scorer.pool_scores_reused,
         "single_predictions_computed": scorer.single_predictions_computed,
+        "batch_predictions_computed": scorer.batch_predictions_computed,
         "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
         "label_mass": label_mass_summary(list(scorer.known_label_masses(state.claims).values()), args.label_style),
     }

@@ -36,13 +36,76 @@ class CheckpointError(ValueError):
     pass
 
 
+# Every field of a claim that the search, the consistency rules or the monitoring read (search.py, ICM_tools.py,
+# pool_scoring.py, prompts.py), and how a message names it. Labels are the search's own, so they are not here.
+FINGERPRINT_FIELDS = {
+    "prompt": "the claims' text (their prompts)",
+    "consistency_id": "the consistency groups",
+    "consistency_key": "the consistency keys (the consistency rules)",
+    "vanilla_label": "the gold labels",
+}
+FINGERPRINT_VERSION = "v2"
+
+
 def pool_fingerprint(claims: Claims) -> str:
-    """Identifies the pool: which claims, in which order, with which prompts."""
+    """Identifies the pool: which claims, in which order (uid), and every field the search reads of them.
+
+    ``v2 prompt=<hex> consistency_id=<hex> ...``: one 64-bit digest per field over the pool in uid order, so a
+    mismatch can say which kind of field changed.
+    """
+    uids = sorted(claims)
+    parts = []
+    for field in FINGERPRINT_FIELDS:
+        values = json.dumps([[uid, claims[uid].get(field)] for uid in uids])
+        parts.append(f"{field}={hashlib.sha256(values.encode()).hexdigest()[:16]}")
+    return " ".join([FINGERPRINT_VERSION, *parts])
+
+
+def _is_current(fingerprint: str) -> bool:
+    return fingerprint.startswith(FINGERPRINT_VERSION + " ")
+
+
+def _fingerprint_v1(claims: Claims) -> str:
+    """The fingerprint of runs started before version 2: uids, groups and prompts only."""
     digest = hashlib.sha256()
     for uid in sorted(claims):
         claim = claims[uid]
         digest.update(json.dumps([uid, claim["consistency_id"], claim["prompt"]]).encode())
     return digest.hexdigest()
+
+
+def pool_change(saved: str, claims: Claims) -> Optional[str]:
+    """What differs between the pool fingerprinted as ``saved`` and ``claims``, in words; None if nothing does.
+
+    A fingerprint of version 1 (no ``v2`` in front) covers only uids, groups and prompts, and is checked as it
+    was written.
+    """
+    if not _is_current(saved):
+        return None if saved == _fingerprint_v1(claims) else "other claims, groups or prompts"
+    now = pool_fingerprint(claims)
+    if saved == now:
+        return None
+    before, after = dict(p.split("=", 1) for p in saved.split()[1:]), dict(p.split("=", 1) for p in now.split()[1:])
+    changed = [words for field, words in FINGERPRINT_FIELDS.items() if before.get(field) != after.get(field)]
+    if len(changed) == len(FINGERPRINT_FIELDS):
+        return "other claims"
+    return " and ".join(changed) + " changed"
+
+
+def check_resumed_pool(run: dict[str, Any], claims: Claims, out: Path, source: str) -> None:
+    """Refuse to resume over a pool that the data no longer gives; note when the run's fingerprint is of an
+    older kind, which doesn't cover gold labels or consistency keys."""
+    change = pool_change(run["pool_fingerprint"], claims)
+    if change is not None:
+        hint = ""
+        if not _is_current(run["pool_fingerprint"]) and any("choice_2" in c for c in claims.values()):
+            hint = (" If it is custom data with choice_2: this version shows choice_2 to the model and earlier ones "
+                    "did not, so its prompts differ.")
+        raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling ({change}; "
+                              f"was {source} changed?): resume with the original data, or start a new run.{hint}")
+    if not _is_current(run["pool_fingerprint"]):
+        print(f"note: {out} was started by an older icm, whose check of the data covers claims, groups and prompts "
+              "but not gold labels or consistency keys: make sure those are as they were", file=sys.stderr)
 
 
 def rng_to_json(rng: random.Random) -> list:

@@ -38,7 +38,7 @@ from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import write_atomically
 from src.experiments.run_status import warn_if_partial
 from src.experiments.testbeds import DataError
-from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
+from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
 
 
 class EvaluationError(ValueError):
@@ -180,7 +180,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
     use_vllm, route = choose_evaluation_route(run_model, route_settings, args.allow_other_model)
     options = ScoringOptions(
         model=model_to_request(run_model, route, args.model, settings.get("model")), use_vllm=use_vllm,
-        deterministic=settings.get("deterministic", False), show_progress=not args.no_progress,
+        deterministic=settings.get("deterministic", False), show_progress=show_progress_bars(args.no_progress),
         exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
         label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
         cache_dir=args.run_dir,

@@ -124,8 +124,9 @@ def _as_bool(label: Optional[int]) -> Optional[bool]:
 
 def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float],
                label_masses: Optional[dict[int, float]] = None) -> Iterable[dict[str, Any]]:
-    """One row per claim of the pool. ``label_mass`` is the probability the claim's leave-one-out answer puts on
-    the label tokens (src/experiments/label_scores.py)."""
+    """labels.jsonl's rows. ``scores``: each labelled claim's leave-one-out score under the final labels, and
+    each unlabelled claim's prediction from all labelled ones (missing where not known: null). ``label_masses``:
+    the probability each of those answers puts on the label tokens (src/experiments/label_scores.py)."""
     label_masses = label_masses or {}
     for uid in sorted(claims):
         claim = claims[uid]
@@ -134,7 +135,8 @@ def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float],
         row.update(
             prompt=claim["prompt"],
             label=_as_bool(claim["label"]), gold_label=_as_bool(claim.get("vanilla_label")),
-            score=scores.get(uid), label_mass=label_masses.get(uid), seed=claim.get("type") == "seed",
+            score=scores.get(uid), label_mass=label_masses.get(uid), labelled_by_search=claim["label"] is not None,
+            initial_random_label=claim.get("type") == "seed",
         )
         yield row
 

@@ -193,7 +193,7 @@ class ICMSearch:
         record.update(
             flip_cnt=state.flip_cnt, energy=self.energy(metric), train_prob=metric["train_prob"],
             inconsistent_num=metric["inconsistent_num"], train_accuracy=metric["train_accuracy"],
-            pool_size=metric["train_size"], temperature=temperature,
+            labelled=metric["train_size"], temperature=temperature,
         )
         return record
 

@@ -5,13 +5,16 @@ token (see prompts.py).
 """
 from __future__ import annotations
 
-import json
+import math
 import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
+
+# DataError and read_json_records live in record_files; callers import them from here as well.
+from src.experiments.record_files import DataError, Record, read_json_records, read_records
 
 CLAIM_STEM = "I think this claim is"
 TESTBEDS = ("truthfulQA", "gsm8k", "alpaca", "truthfulQA-preference", "custom", "demo")
@@ -20,15 +23,8 @@ DATA_RELEASE_HINT = (
 )
 
 
-class DataError(ValueError):
-    """Input data that can't be used; the message names the file, record or field and the fix."""
-
-
 # Half of a UTF-16 pair with no other half ("\ud800" in the JSON): Python reads it, but no file can hold it.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -40,6 +36,9 @@ class Testbed:
     render: Callable[[Record], str]
     # (record, use_gold) -> key; with use_gold False the key must not be derived from the gold label
     key: Callable[[Record, bool], Optional[str]]
+    key_from_gold: bool = False  # with use_gold, the key is the gold label's (the reference's TruthfulQA and preferences)
+    # The text fields the model is shown, which must hold text (GSM8K shows `cot` in place of `choice`).
+    shown_fields: tuple[str, ...] = ("question", "choice")
 
 
 def _claim_prompt(record: Record) -> str:
@@ -61,6 +60,22 @@ def _preference_prompt(record: Record) -> str:
     )
 
 
+def _custom_prompt(record: Record) -> str:
+    if "choice_2" not in record:
+        return _claim_prompt(record)
+    # Two responses, as the preference testbeds show them, under a claim that names no quality.
+    return (
+        f"Question: {record['question']}\nAnswer 1: {record['choice']}\nAnswer 2: {record['choice_2']}\n"
+        f"Claim: Answer 1 is better than Answer 2.\n{CLAIM_STEM}"
+    )
+
+
+def _gsm8k_key(record: Record, use_gold: bool) -> str:
+    # One record of the release has an empty final answer (""); a table reader gives an empty cell as null.
+    answer = record["answer"]
+    return "" if answer is None or (isinstance(answer, float) and math.isnan(answer)) else str(answer)
+
+
 def _comparative_key(record: Record, use_gold: bool) -> str:
     if use_gold:
         return "A>B" if record["label"] else "B>A"
@@ -79,15 +94,18 @@ def _custom_key(record: Record, use_gold: bool) -> Optional[str]:
     return None if key is None else str(key)
 
 
+PAIR_FIELDS = ("question", "choice", "choice_2")
 TESTBED_SPECS: dict[str, Testbed] = {
-    "truthfulQA": Testbed("truthfulQA", "truthfulqa", 4, ("question", "choice", "label"), _claim_prompt, _truthfulqa_key),
-    "gsm8k": Testbed("gsm8k", "gsm8k", 4, ("question", "answer", "label"), _claim_prompt, lambda r, g: str(r["answer"])),
-    "alpaca": Testbed("alpaca", "alpaca", 2, ("question", "choice", "choice_2", "label"), _alpaca_prompt, _comparative_key),
+    "truthfulQA": Testbed("truthfulQA", "truthfulqa", 4, ("question", "choice", "label"), _claim_prompt, _truthfulqa_key,
+                          key_from_gold=True),
+    "gsm8k": Testbed("gsm8k", "gsm8k", 4, ("question", "answer", "label"), _claim_prompt, _gsm8k_key),
+    "alpaca": Testbed("alpaca", "alpaca", 2, ("question", "choice", "choice_2", "label"), _alpaca_prompt, _comparative_key,
+                      key_from_gold=True, shown_fields=PAIR_FIELDS),
     "truthfulQA-preference": Testbed(
         "truthfulQA-preference", "truthfulqa_preference", 2, ("question", "choice", "choice_2", "label"),
-        _preference_prompt, _comparative_key,
+        _preference_prompt, _comparative_key, key_from_gold=True, shown_fields=PAIR_FIELDS,
     ),
-    "custom": Testbed("custom", None, None, ("question", "choice"), _claim_prompt, _custom_key),
+    "custom": Testbed("custom", None, None, ("question", "choice"), _custom_prompt, _custom_key, shown_fields=PAIR_FIELDS),
     "demo": Testbed("demo", None, 4, ("question", "choice", "label"), _claim_prompt, lambda r, g: str(r["consistency_key"])),
 }
 
@@ -127,24 +145,6 @@ def data_file_for(testbed: Testbed, data_dir: Optional[Path]) -> tuple[Path, boo
     raise DataError(f"{data_dir} has neither {train.name} nor {test.name} for --testbed {testbed.name}: {DATA_RELEASE_HINT}")
 
 
-def read_json_records(path: Path) -> list[Record]:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check --data / --data-dir")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8 JSON") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to read; a record is a flat object of text fields") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records, found a {type(records).__name__}")
-    if not records:
-        raise DataError(f"{path}: the list of records is empty")
-    return records
-
-
 def normalise_label(value: Any, where: str) -> Optional[int]:
     """Gold labels come as true/false or 1/0 (GSM8K mixes both); anything else is an error."""
     if value is None:
@@ -153,7 +153,33 @@ def normalise_label(value: Any, where: str) -> Optional[int]:
         return int(value)
     if isinstance(value, int) and value in (0, 1):
         return value
+    if isinstance(value, float) and math.isnan(value):
+        raise DataError(f"{where}: label is NaN, which is how an empty table cell reads: give true/false or 1/0, "
+                        "or null where the gold label is unknown")
     raise DataError(f"{where}: label {value!r} must be true/false or 1/0")
+
+
+TEXT_NEEDED = "every claim needs its text"
+SECOND_RESPONSE = "a pair needs its second response (keep single claims in a file without choice_2)"
+
+
+def text_problem(value: Any, needed: str = TEXT_NEEDED) -> Optional[str]:
+    """What is wrong with ``value`` as a text the model is shown, to follow "field 'x' " in a message; None if
+    nothing is. A boolean, an empty cell (a table reader gives null or NaN), a number that is not finite and
+    blank text are refused; ``needed`` says why an empty one can't be."""
+    if isinstance(value, bool):
+        return f"is {str(value).lower()}, a boolean, not text"
+    if value is None:
+        return f"is empty (null, as an empty cell of a CSV or table reads): {needed}"
+    if isinstance(value, float) and math.isnan(value):
+        return f"is empty (NaN, as an empty cell of a CSV or table reads): {needed}"
+    if isinstance(value, float) and math.isinf(value):
+        return f"is {value}, not text"
+    if isinstance(value, str) and not value.strip():
+        return f"is empty: {needed}"
+    if not isinstance(value, (str, int, float)):
+        return "must be text"
+    return None
 
 
 def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold_consistency: bool) -> list[Record]:
@@ -166,9 +192,20 @@ def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold
         missing = [f for f in (*testbed.required_fields, "consistency_id") if f not in record]
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        shown = [f for f in testbed.shown_fields if f in record]
+        if testbed.name == "gsm8k":  # the claim is the solution in `cot`, else `choice`
+            shown = ["question", *[f for f in ("cot", "choice") if f in record][:1]]
+        for text_field in shown:
+            problem = text_problem(record[text_field], SECOND_RESPONSE if text_field == "choice_2" else TEXT_NEEDED)
+            if problem is not None:
+                raise DataError(f"{where}: field {text_field!r} {problem}")
         for text_field in ("question", "choice", "choice_2", "answer", "cot"):
-            if text_field in record and not isinstance(record[text_field], (str, int, float)):
+            # Fields the model isn't shown may be empty (a table has every column in every row); not objects.
+            value = record.get(text_field)
+            if value is not None and not isinstance(value, (str, int, float)):
                 raise DataError(f"{where}: field {text_field!r} must be text")
+        if testbed.name == "gsm8k" and isinstance(record["answer"], bool):
+            raise DataError(f"{where}: field 'answer' is {str(record['answer']).lower()}, a boolean, not the final answer")
         try:
             broken = next((name for name, value in record.items() if _has_lone_surrogate(name) or _has_lone_surrogate(value)), None)
         except RecursionError:
@@ -182,6 +219,9 @@ def normalise_records(raw: list[Record], testbed: Testbed, source: str, use_gold
         claim = dict(record)
         claim["record"] = position  # where it sits in its source file: identifies it across shards
         claim["label"] = normalise_label(record.get("label"), where)
+        if testbed.key_from_gold and use_gold_consistency and claim["label"] is None:
+            raise DataError(f"{where}: no gold label, but --testbed {testbed.name} derives its consistency key from it: "
+                            "give the label, or pass --no-gold-consistency")
         if testbed.name == "gsm8k":
             if "cot" not in record and "choice" not in record:
                 raise DataError(f"{where}: a GSM8K record needs the solution in 'cot' (or 'choice')")
@@ -274,9 +314,14 @@ def shard_pool(claims: list[Record], testbed: Testbed, num_batches: int, batch_i
 
 
 def load_testbed_claims(
-    name: str, data_dir: Optional[Path], data_file: Optional[Path], use_gold_consistency: bool
+    name: str, data_dir: Optional[Path], data_file: Optional[Path], use_gold_consistency: bool,
+    columns: Optional[Mapping[str, str]] = None,
 ) -> tuple[list[Record], str, bool]:
-    """(claims, source description, whether a test split stands in for train)."""
+    """(claims, source description, whether a test split stands in for train).
+
+    ``data_file`` is in any format record_files.read_records reads; ``columns`` ({field: column}) renames its
+    columns to the claim fields.
+    """
     if name not in TESTBED_SPECS:
         raise DataError(f"--testbed {name!r} is unknown: choose one of {', '.join(TESTBEDS)}")
     testbed = TESTBED_SPECS[name]
@@ -285,7 +330,10 @@ def load_testbed_claims(
     if data_file is not None:
         path, from_test = data_file, False
     elif name == "custom":
-        raise DataError("--testbed custom needs --data FILE: a JSON list of {question, choice, consistency_id[, label, consistency_key]}")
+        raise DataError("--testbed custom needs --data FILE: records with question, choice and consistency_id "
+                        "(optional: label, consistency_key, choice_2) as a JSON list, JSON Lines, CSV, Parquet or a "
+                        "saved Hugging Face dataset")
     else:
         path, from_test = data_file_for(testbed, data_dir)
-    return normalise_records(read_json_records(path), testbed, str(path), use_gold_consistency), str(path), from_test
+    records = read_records(path, columns) if data_file is not None else read_json_records(path)
+    return normalise_records(records, testbed, str(path), use_gold_consistency), str(path), from_test

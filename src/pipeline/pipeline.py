@@ -5,6 +5,7 @@ so they are never throttled.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,6 +17,12 @@ from src.experiments.label_scores import LabelAbsent, TokenMatch, holds_a_label
 from src.experiments.prompts import LabelStyle, PromptLayout, query_text
 from src.experiments.testbeds import DataError
 from src.pipeline.pool_scoring import PoolScorer
+
+
+def show_progress_bars(no_progress: bool) -> bool:
+    """Progress bars only where someone watches them: a bar's carriage returns and escape codes would fill a
+    log file or a cluster job's output."""
+    return not no_progress and sys.stderr.isatty()
 
 
 @dataclass(frozen=True)

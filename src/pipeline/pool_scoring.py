@@ -97,6 +97,7 @@ class PoolScorer:
         self.pool_scores_computed = 0
         self.pool_scores_reused = 0
         self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
+        self.batch_predictions_computed = 0  # predictions of several unlabeled claims in one batched call
 
     def _evidence(self, claims: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[LabelEvidence]:
         """The label evidence of each claim's answer. Raises LabelsNotFound when no answer holds a label token, or
@@ -164,14 +165,46 @@ class PoolScorer:
         key = (example["uid"], assignment_key(pool))
         cached = self._single_memo.get_fresh(key)
         if cached is not None:
-            return cached
-        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
-        demonstrations = [pool[i] for i in full_demo_order(orders)]
-        [evidence] = self._evidence([example], [judge_prompt(example, demonstrations, self.label_style)])
-        score = evidence.logodds
-        self._single_memo.put(key, score)
+            return cached[0]
+        [evidence] = self._evidence([example], [judge_prompt(example, self._demonstrations(pool, claims), self.label_style)])
+        self._single_memo.put(key, (evidence.logodds, evidence.mass))
         self.single_predictions_computed += 1
-        return score
+        return evidence.logodds
+
+    def predict_unlabeled(self, claims: Claims) -> dict[int, float]:
+        """Every unlabeled claim's score with all labeled claims as demonstrations, by uid: the prompts
+        predict_score would send, those not already known going out in one batched call."""
+        pool = labeled_pool(claims)
+        assignment = assignment_key(pool)
+        scores = self.known_predictions(claims)
+        missing = [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is None and uid not in scores]
+        if not missing:
+            return scores
+        demonstrations = self._demonstrations(pool, claims)
+        evidence = self._evidence(missing, [judge_prompt(c, demonstrations, self.label_style) for c in missing])
+        for claim, found in zip(missing, evidence):
+            scores[claim["uid"]] = found.logodds
+            self._single_memo.put((claim["uid"], assignment), (found.logodds, found.mass))
+        self.batch_predictions_computed += 1
+        return scores
+
+    def _known_singles(self, claims: Claims) -> dict[int, tuple[float, float]]:
+        assignment = assignment_key(labeled_pool(claims))
+        known = {uid: self._single_memo.get((uid, assignment)) for uid in claims if claims[uid]["label"] is None}
+        return {uid: entry for uid, entry in known.items() if entry is not None}
+
+    def known_predictions(self, claims: Claims) -> dict[int, float]:
+        """The unlabeled claims' predictions under this labelling that are already computed; never calls the model."""
+        return {uid: score for uid, (score, _) in self._known_singles(claims).items()}
+
+    def known_prediction_masses(self, claims: Claims) -> dict[int, float]:
+        """The label mass of each known prediction of an unlabeled claim; never calls the model."""
+        return {uid: mass for uid, (_, mass) in self._known_singles(claims).items()}
+
+    def _demonstrations(self, pool: list[dict[str, Any]], claims: Claims) -> list[dict[str, Any]]:
+        """The labeled claims in the order a claim outside them is judged from (see prompts.full_demo_order)."""
+        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
+        return [pool[i] for i in full_demo_order(orders)]
 
     def evaluate(self, claims: Claims) -> dict:
         """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
