@@ -70,7 +70,7 @@ def test_a_pool_too_long_for_the_context_stops_with_what_to_change(tmp_path):
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2
-    assert "does not fit the embedded model's 256-token context: lower --batch_size" in result.stderr
+    assert "does not fit the embedded model's 256-token context. Lower --batch_size (now 16)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "log.jsonl").exists()  # nothing left to block the next attempt
 

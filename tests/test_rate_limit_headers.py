@@ -4,8 +4,8 @@ import asyncio
 import random
 import threading
 import time
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 import pytest
 
