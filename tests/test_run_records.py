@@ -179,7 +179,7 @@ def test_evaluation_draws_no_progress_bar_into_a_log_either(stand_in, tmp_path, 
     _, out, _ = start(tmp_path, capsys, "custom", TQA, K=2)
     test = write(tmp_path / "test.json", [{**r, "consistency_id": r["consistency_id"] + 10} for r in TQA])
     monkeypatch.setattr(evaluate, "ScoringPipeline", stand_in)
-    code = evaluate.main(["--run-dir", str(out), "--test-data", str(test)])
+    code = evaluate.main(["--run-dir", str(out), "--test-data", str(test), "--allow-other-model"])  # the stand-in route
     err = capsys.readouterr().err
     assert code == 0, err
     assert stand_in.instances[-1].options.show_progress is False
