@@ -13,18 +13,21 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.llm_api.base_llm import ScoringError
-from core.llm_api.llm import RouteUnavailable
-from core.llm_api.model_files import ModelFileMissing
-from core.llm_api.settings import SettingsError, load_settings
+from core.llm_api.response_cache import CACHE_FILE
+from core.llm_api.settings import load_settings
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
 from src.experiments.evaluation import CHANCE, evaluate_conditions
 from src.experiments.figures import accuracy_chart
-from src.experiments.run_outputs import write_atomically
-from src.experiments.testbeds import TESTBED_SPECS, DataError, data_file_for, demo_records, normalise_records, read_json_records
+from src.experiments.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
+from src.experiments.run_outputs import atomic_path, write_atomically
+from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings
+from src.experiments.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_json_records
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     pass
 
 
@@ -33,13 +36,12 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     labels_path = run_dir / "labels.jsonl"
     if not labels_path.is_file():
         raise EvaluationError(f"--run-dir {run_dir}: no labels.jsonl there; run ICM.py first (or point at its --output-dir)")
-    for settings_file in ("run.json", "summary.json"):
-        if (run_dir / settings_file).is_file():
-            settings = json.loads((run_dir / settings_file).read_text())["settings"]
-            break
-    else:
-        raise EvaluationError(f"--run-dir {run_dir}: no run.json or summary.json to say how the run was made")
-    rows = [json.loads(line) for line in labels_path.read_text().splitlines() if line.strip()]
+    settings = run_settings(run_dir, required=True)
+    if settings.get("testbed") not in TESTBED_SPECS:
+        raise EvaluationError(f"{run_dir}: its recorded settings name no known testbed ({settings.get('testbed')!r}); "
+                              "restore run.json from a copy")
+    rows = read_json_lines(labels_path, f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}",
+                           check=label_row_problem)
     return settings, rows
 
 
@@ -65,24 +67,32 @@ def test_split(testbed: str, data_dir: Optional[Path], test_file: Optional[Path]
     return kept, source, len(claims) - len(kept)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="an ICM.py --output-dir")
     parser.add_argument("--testbed", default=None, help="default: the run's")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
     parser.add_argument("--test-data", type=Path, default=None, help="a test JSON file (default: test_<testbed>.json in --data-dir)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate on this many test claims, drawn at random")
-    parser.add_argument("--max-demos", type=int, default=None, help="at most this many demonstrations (default: all labelled)")
+    parser.add_argument("--limit", type=int, default=None, action=Bounded, at_least=1,
+                        help="evaluate on this many test claims, drawn at random (default: all)")
+    parser.add_argument("--max-demos", type=int, default=None, action=Bounded, at_least=1,
+                        help="at most this many demonstrations (default: all labelled)")
     parser.add_argument("--model", default=None, help="default: the run's")
-    parser.add_argument("--seed", type=int, default=0, help="for --limit, the random labels and the bootstrap")
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0,
+                        help="for --limit, the random labels and the bootstrap (0 or more)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the response cache lives (default: the run directory, whose cache the run filled)")
+    parser.add_argument("--no-cache", action="store_true", help="no response cache")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        evaluate(args)
-    except (EvaluationError, DataError, ScoringError, RouteUnavailable, ModelFileMissing, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    def body() -> int:
+        evaluate(build_parser().parse_args(argv))
+        return 0
+
+    return run_main(body)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -92,13 +102,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise EvaluationError(f"--testbed {testbed}: the run labelled {settings['testbed']}; evaluate it on that")
     data_dir = args.data_dir or (Path(settings["data_dir"]) if settings.get("data_dir") else None)
     summary_path = args.run_dir / "summary.json"
-    pool_source = json.loads(summary_path.read_text()).get("data_source") if summary_path.is_file() else None
+    pool_source = read_json_object(summary_path, f"restore it, or write it again with python src/experiments/ICM.py "
+                                                 f"--resume {args.run_dir}").get("data_source") if summary_path.is_file() else None
+    refuse_writing_over_inputs(args, settings)
     pool_groups = {r["consistency_id"] for r in rows}
     claims, source, excluded = test_split(testbed, data_dir, args.test_data, pool_source, pool_groups,
                                           not settings.get("no_gold_consistency", False))
     if args.limit is not None:
-        if args.limit <= 0:
-            raise EvaluationError(f"--limit {args.limit} must be positive")
         claims = random.Random(args.seed).sample(claims, min(args.limit, len(claims)))
     demos = [r for r in rows if r["label"] is not None][: args.max_demos]
     if not demos:
@@ -109,7 +119,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         deterministic=settings.get("deterministic", False), show_progress=not args.no_progress,
         exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
         label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
-        cache_dir=args.run_dir,
+        cache_dir=None if args.no_cache else (args.cache_dir or args.run_dir),
     )
     with ScoringPipeline(options, load_settings()) as pipeline:
         print(f"route: {pipeline.route}  model: {pipeline.model_api.model}  test claims: {len(claims)} from {source}"
@@ -127,12 +137,25 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     write_atomically(args.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     title = f"{testbed} on {model}\n{len(demos)} demonstrations, {len(claims)} test claims, 95% bootstrap CI"
-    accuracy_chart(report["conditions"], title, CHANCE, args.run_dir / "eval.png")
+    with atomic_path(args.run_dir / "eval.png") as temporary:
+        accuracy_chart(report["conditions"], title, CHANCE, temporary)
     for name, result in report["conditions"].items():
         print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
     print(f"wrote {args.run_dir}/eval.json and eval.png", file=sys.stderr)
     return report
 
 
+def refuse_writing_over_inputs(args: argparse.Namespace, settings: dict) -> None:
+    """eval.json, eval.png and the response cache must not land on the test data, the run's data or its files."""
+    reads = ([("the --test-data file", args.test_data)] if args.test_data else []) + recorded_data_files(settings) + \
+        data_files(args.data_dir)
+    for name in ("eval.json", "eval.png"):
+        refuse_writing_over(args.run_dir / name, "--run-dir", reads, folder=False)
+    if not args.no_cache and args.cache_dir is not None:
+        own = [(f"the run's {name}", args.run_dir / name) for name in (*RUN_OWN_FILES, "eval.json", "eval.png")
+               if name != CACHE_FILE]
+        refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
