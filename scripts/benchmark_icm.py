@@ -31,14 +31,18 @@ import numpy as np
 from tqdm import tqdm
 
 from core.llm_api.llm import ModelAPI
-from core.llm_api.settings import load_settings
+from core.llm_api.settings import check_url, load_settings, split_url_list
+from core.process_exit import exit_process
 from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
 from src.benchmarks.prefix_trie import trie_size
 from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
 from src.benchmarks.reference_pattern import ReferencePatternScorer, ReferencePatternSearch
 from src.experiments.checkpoint import pool_fingerprint, save_checkpoint
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
+from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.experiments.prompts import PROMPT_LAYOUTS
-from src.experiments.run_outputs import IterationLog
+from src.experiments.run_outputs import IterationLog, write_atomically
 from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
@@ -58,18 +62,22 @@ TARGETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--testbed", default="truthfulQA", choices=[t for t in TESTBEDS if t != "custom"])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--pool", type=int, default=16, help="claims in the searched pool")
-    parser.add_argument("--num-seed", type=int, default=8, help="claims that start labeled")
-    parser.add_argument("--K", type=int, default=10, help="iterations each mode runs for the table")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=16, action=Bounded, at_least=1,
+                        help="claims in the searched pool (a multiple of the testbed's group size)")
+    parser.add_argument("--num-seed", type=int, default=8, action=Bounded, at_least=0,
+                        help="claims that start labeled (even, at most --pool; 0: none)")
+    parser.add_argument("--K", type=int, default=10, action=Bounded, at_least=1, help="iterations each mode runs for the table")
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
     parser.add_argument("--layout", default="tree", choices=PROMPT_LAYOUTS, help="ours' prompt layout")
     parser.add_argument("--modes", default="ours,reference", help="comma-separated: ours, reference")
-    parser.add_argument("--rss-K", type=int, default=200,
-                        help=f"run ours on to this many iterations and compare peak RSS with iteration {RSS_EARLY_ITERATION} (0: skip)")
-    parser.add_argument("--layout-pool", type=int, default=64, help="pool size of the layout comparison (0: skip)")
+    parser.add_argument("--rss-K", type=int, default=200, action=Bounded, at_least=0,
+                        help=f"run ours on to this many iterations and compare peak RSS with iteration {RSS_EARLY_ITERATION} "
+                             f"(above --K, and above {RSS_EARLY_ITERATION} for the comparison; 0: skip)")
+    parser.add_argument("--layout-pool", type=int, default=64, action=Bounded, at_least=0,
+                        help="pool size of the layout comparison (0: skip)")
     parser.add_argument("--base-url", default=None, help="a vLLM or llama.cpp server instead of the embedded engine")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: results/benchmark/<testbed>-pool<P>-K<K>-seed<S>.json")
@@ -305,23 +313,32 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_main(lambda: benchmark(build_parser().parse_args(argv), argv))
+
+
+def benchmark(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"ours", "reference"}
     if unknown or not modes:
-        print(f"error: --modes {args.modes!r}: use ours, reference or both", file=sys.stderr)
-        return 2
+        raise UserError(f"--modes {args.modes!r}: use ours, reference or both")
+    for url in split_url_list(args.base_url or ""):
+        check_url("--base-url", url, "on the command line")  # a SettingsError: one error line
     if not args.data_dir.is_dir() and args.testbed != "demo":
-        print(f"error: --data-dir {args.data_dir} is not a folder: point it at the paper's JSON files", file=sys.stderr)
-        return 2
+        raise UserError(f"--data-dir {args.data_dir} is not a folder: point it at the paper's JSON files")
     group = TESTBED_SPECS[args.testbed].group_size or 1
     for flag, size in (("--pool", args.pool), ("--layout-pool", args.layout_pool)):
         if size < (group if flag == "--pool" else 0) or size % group:
-            print(f"error: {flag} {size} must be a positive multiple of {args.testbed}'s group size {group}", file=sys.stderr)
-            return 2
+            raise UserError(f"{flag} {size} must be a positive multiple of {args.testbed}'s group size {group}")
     if not 0 <= args.num_seed <= args.pool or args.num_seed % 2:
-        print(f"error: --num-seed {args.num_seed} must be even and at most --pool {args.pool}", file=sys.stderr)
-        return 2
+        raise UserError(f"--num-seed {args.num_seed} must be even and at most --pool {args.pool}")
+    if args.rss_K and args.rss_K <= args.K:
+        raise UserError(f"--rss-K {args.rss_K} must be above --K {args.K} (ours runs on from K to it), or 0 to skip the memory check")
+    if args.rss_K and args.rss_K <= RSS_EARLY_ITERATION:
+        print(f"note: --rss-K {args.rss_K} is not above {RSS_EARLY_ITERATION}: peak memory is reported, but not compared "
+              f"with iteration {RSS_EARLY_ITERATION}'s", file=sys.stderr)
+    out = args.json or REPO_ROOT / "results" / "benchmark" / f"{args.testbed}-pool{args.pool}-K{args.K}-seed{args.seed}.json"
+    refuse_writing_over(out, "--json", data_files(args.data_dir), folder=False)
+    refuse_run_file(out, "--json")
     command = "python scripts/benchmark_icm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"command": command.strip(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                               "modes": {}, "ratios": {}}
@@ -335,13 +352,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.layout_pool:
         report["layouts"] = compare_layouts(args)
     report["targets"] = [{"target": n, "measured": v, "wanted": w, "met": m} for n, v, w, m in targets(report)]
-    out = args.json or REPO_ROOT / "results" / "benchmark" / f"{args.testbed}-pool{args.pool}-K{args.K}-seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(out, json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"\nwrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -9,12 +9,15 @@ and the completion is the label token in the run's label style (" True" / " Fals
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
 from src.experiments.prompts import LABEL_WORDS, query_text
 from src.experiments.run_outputs import jsonl, write_atomically
+from src.experiments.run_reading import label_row_problem, read_json_lines, run_settings, run_summary
 from src.experiments.run_status import warn_if_partial
 
 HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label", "score",
@@ -34,29 +37,37 @@ def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
     return [{f: r.get(f) for f in present} for r in labelled]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--format", choices=("sft", "hf"), required=True)
     parser.add_argument("--output", type=Path, default=None, help="default: OUT/export_<format>.jsonl")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(lambda: export(build_parser().parse_args(argv)))
+
+
+def export(args: argparse.Namespace) -> int:
     labels = args.run_dir / "labels.jsonl"
     if not labels.is_file():
-        print(f"error: {args.run_dir} has no labels.jsonl; pass an ICM.py output directory", file=sys.stderr)
-        return 2
-    rows = [json.loads(line) for line in labels.read_text().splitlines() if line.strip()]
-    run_file = args.run_dir / "run.json"
-    style = json.loads(run_file.read_text())["settings"].get("label_style", "space-in-label") if run_file.is_file() else "space-in-label"
-    exported = export_rows(rows, args.format, style)
-    if not exported:
-        print(f"error: {labels} has no labelled claims to export", file=sys.stderr)
-        return 2
-    warn_if_partial(args.run_dir)
+        raise UserError(f"{args.run_dir} has no labels.jsonl; pass an ICM.py output directory")
+    settings = run_settings(args.run_dir)
     output = args.output or args.run_dir / f"export_{args.format}.jsonl"
+    refuse_writing_over(output, "--output", run_files(args.run_dir) + recorded_data_files(settings), folder=False)
+    refuse_run_file(output, "--output")
+    rows = read_json_lines(labels, f"restore it, or write it again with python src/experiments/ICM.py --resume {args.run_dir}",
+                           check=label_row_problem)
+    exported = export_rows(rows, args.format, settings.get("label_style", "space-in-label"))
+    if not exported:
+        raise UserError(f"{labels} has no labelled claims to export")
+    run_summary(args.run_dir)  # damage is refused; warn_if_partial only warns
+    warn_if_partial(args.run_dir)
     write_atomically(output, jsonl(exported))
     print(f"wrote {len(exported)} records to {output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

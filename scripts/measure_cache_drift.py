@@ -10,25 +10,38 @@ from __future__ import annotations
 import argparse
 import random
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
 from src.experiments.label_scores import label_logodds
 from src.experiments.prompts import leave_one_out_prompts
 from src.experiments.search import seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
+from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--testbed", default="demo")
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--testbed", default="demo", choices=[t for t in TESTBEDS if t != "custom"])
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--pool", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--pool", type=int, default=8, action=Bounded, at_least=2,
+                        help="claims in the pool, all labelled (even: half True, half False)")
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
+    return parser
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(lambda: measure(build_parser().parse_args(argv)))
+
+
+def measure(args: argparse.Namespace) -> int:
+    if args.pool % 2:
+        raise UserError(f"--pool {args.pool} must be even: its claims get random labels, half True and half False")
     claims, source, _ = load_testbed_claims(args.testbed, args.data_dir, None, True)
     rng = random.Random(args.seed)
     pool = list(seed_claims(sample_pool(claims, TESTBED_SPECS[args.testbed], args.pool, rng, source), args.pool, rng).values())
@@ -51,7 +64,8 @@ def main() -> None:
     print(f"  top-20 logprobs |cached - deterministic|: max {max(logprob_gaps):.4f}  mean {np.mean(logprob_gaps):.4f} nats")
     print(f"  labels that flip sign: {sum((label_logodds(e) > 0) != (label_logodds(c) > 0) for e, c in zip(exact, cached))}")
     print(f"  tokens computed with the cache on, after the neighbour: {computed} (of {sent // 2} per pool score)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    exit_process(main())

@@ -24,7 +24,12 @@ from typing import Optional
 import numpy as np
 
 from core.llm_api.llm import ModelAPI
-from core.llm_api.settings import load_settings
+from core.llm_api.settings import check_url, load_settings, split_url_list
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
+from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
+from src.experiments.run_outputs import write_atomically
 from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 
@@ -87,6 +92,8 @@ def print_table(results: dict) -> None:
 
 
 def verdict(results: dict) -> str:
+    if not all(entry["permutations"] for entry in results["pools"].values()):
+        return "no verdict: no random pool order was measured (--permutations 0) to compare the tree with"
     moved_more = [size for size, entry in results["pools"].items()
                   if entry["permutations"] and entry["tree"]["mean_abs_change"] > max(p["mean_abs_change"] for p in entry["permutations"])]
     if moved_more:
@@ -95,24 +102,35 @@ def verdict(results: dict) -> str:
     return "the tree moves scores no more than a random pool order does: it is another valid order"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--pools", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--permutations", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pools", type=int, nargs="+", default=[32, 64], action=Bounded, at_least=1,
+                        help="pool sizes in claims (multiples of 4, TruthfulQA's group size)")
+    parser.add_argument("--permutations", type=int, default=5, action=Bounded, at_least=0,
+                        help="random pool orders to compare the tree with (0: the tree against the reference layout only)")
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
     parser.add_argument("--base-url", default=None, help="a vLLM or llama.cpp server instead of the embedded model")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: results/order_sensitivity/<engine>.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(lambda: measure(build_parser().parse_args(argv), argv))
+
+
+def measure(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
+    for url in split_url_list(args.base_url or ""):
+        check_url("--base-url", url, "on the command line")  # a SettingsError: one error line
     if not args.data_dir.is_dir():
-        print(f"error: --data-dir {args.data_dir} is not a folder: point it at the paper's JSON files", file=sys.stderr)
-        return 2
-    bad = [size for size in args.pools if size <= 0 or size % 4]
-    if bad or args.permutations < 0:
-        print("error: pools must be positive multiples of 4 (TruthfulQA's group size) and --permutations not negative",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"--data-dir {args.data_dir} is not a folder: point it at the paper's JSON files")
+    bad = [size for size in args.pools if size % 4]
+    if bad:
+        raise UserError(f"--pools {bad[0]} must be a multiple of 4 (TruthfulQA's group size)")
+    out = args.json or REPO_ROOT / "results" / "order_sensitivity" / f"{'vllm' if args.base_url else 'embedded'}.json"
+    refuse_writing_over(out, "--json", data_files(args.data_dir), folder=False)
+    refuse_run_file(out, "--json")
     settings = dataclasses.replace(load_settings(), vllm_base_url=args.base_url, llama_api_base=None)
     results: dict = {"command": "python scripts/measure_order_sensitivity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                      "pools": {}}
@@ -124,12 +142,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print_table(results)
     results["verdict"] = verdict(results)
     print(results["verdict"])
-    out = args.json or REPO_ROOT / "results" / "order_sensitivity" / f"{'vllm' if args.base_url else 'embedded'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.output_paths import refuse_run_folder, refuse_writing_over
 from src.experiments.run_outputs import jsonl, write_atomically
+from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object
 
 # Settings that differ between the jobs of one sharded run, or don't change what was computed.
 PER_JOB = {"batch_index", "cache_dir", "no_cache", "data_dir", "data"}
 
 
-class MergeError(ValueError):
+class MergeError(UserError):
     pass
 
 
@@ -26,11 +30,16 @@ def read_shard(run: Path) -> tuple[dict, dict, list[dict]]:
     for name in ("run.json", "summary.json", "labels.jsonl"):
         if not (run / name).is_file():
             raise MergeError(f"{run}: no {name}; pass the output directories of finished ICM.py runs")
-    settings = json.loads((run / "run.json").read_text())["settings"]
-    summary = json.loads((run / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run / "labels.jsonl").read_text().splitlines() if line.strip()]
+    resume = f"restore it, or write it again with python src/experiments/ICM.py --resume {run}"
+    settings = read_json_object(run / "run.json", "restore it from a copy; it records how the shard was made").get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("K"), int):
+        raise MergeError(f"{run / 'run.json'} is damaged (no settings or K): restore it from a copy")
+    summary = read_json_object(run / "summary.json", resume)
+    rows = read_json_lines(run / "labels.jsonl", resume, check=label_row_problem)
     if settings.get("num_batches") is None:
         raise MergeError(f"{run}: not a sharded run (it was started without --num-batches)")
+    if not isinstance(settings.get("num_batches"), int) or not isinstance(settings.get("batch_index"), int):
+        raise MergeError(f"{run / 'run.json'} is damaged (num_batches or batch_index is not a number): restore it from a copy")
     if summary.get("stopped_early") or summary.get("iterations") != settings["K"]:
         raise MergeError(f"{run}: the run did not finish ({summary.get('iterations')} of {settings['K']} iterations); "
                          f"finish it with ICM.py --resume {run}")
@@ -67,24 +76,30 @@ def merge(runs: list[Path]) -> tuple[list[dict], dict]:
     with_gold = [r for r in labelled if r.get("gold_label") is not None]
     summary = {
         "testbed": first["testbed"], "num_batches": first["num_batches"], "seed": first["seed"],
-        "shards": [{"batch_index": s["batch_index"], "run": str(run), "claims": len(rows), "final": summ["final"]}
+        "shards": [{"batch_index": s["batch_index"], "run": str(run), "claims": len(rows), "final": summ.get("final")}
                    for run, s, summ, rows in sorted(shards, key=lambda shard: shard[1]["batch_index"])],
-        "claims": len(merged), "labelled": len(labelled),
+        "settings": common, "claims": len(merged), "labelled": len(labelled),
         "agreement_with_gold": sum(r["label"] == r["gold_label"] for r in with_gold) / len(with_gold) if with_gold else None,
     }
     return merged, summary
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="the output directories of the shards")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the merged labels.jsonl and summary.json")
-    args = parser.parse_args()
-    try:
-        rows, summary = merge(args.runs)
-    except MergeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    parser.add_argument("--output", type=Path, required=True,
+                        help="folder for the merged labels.jsonl and summary.json: not a shard, nor inside or around one")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(lambda: write_merge(build_parser().parse_args(argv)))
+
+
+def write_merge(args: argparse.Namespace) -> int:
+    refuse_writing_over(args.output, "--output", [("the shard", run) for run in args.runs], folder=True)
+    refuse_run_folder(args.output, "--output")
+    rows, summary = merge(args.runs)
     args.output.mkdir(parents=True, exist_ok=True)
     write_atomically(args.output / "labels.jsonl", jsonl(rows))
     write_atomically(args.output / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -93,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

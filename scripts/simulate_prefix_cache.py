@@ -20,8 +20,12 @@ from typing import Optional
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
+from core.process_exit import exit_process
 from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCache
 from src.benchmarks.prefix_trie import trie_size
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
+from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.experiments.prompts import (
     DEMO_SEPARATOR,
     demo_orders,
@@ -30,6 +34,7 @@ from src.experiments.prompts import (
     query_text,
     send_order,
 )
+from src.experiments.run_outputs import write_atomically
 from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,24 +102,36 @@ def check_concatenation(pool: list[dict], tokens: ClaimTokens, api: ModelAPI, la
     return sum(w == pieces.prompt(orders[i], labels, i) for i, w in enumerate(whole)) / len(whole)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--pools", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--pools", type=int, nargs="+", default=[64, 128, 256], action=Bounded, at_least=1,
+                        help=f"pool sizes in claims (multiples of TruthfulQA's group size, {TESTBED_SPECS['truthfulQA'].group_size})")
     parser.add_argument("--capacities", type=int, nargs="+", default=[100_000, 250_000, 500_000, 1_000_000, 2_000_000],
-                        help="KV cache sizes in tokens (vLLM logs its size as 'GPU KV cache size: N tokens')")
-    parser.add_argument("--iterations", type=int, default=8, help="pool scores replayed per cell")
-    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                        action=Bounded, at_least=1,
+                        help="KV cache sizes in tokens (vLLM logs its size as 'GPU KV cache size: N tokens'; at least one block)")
+    parser.add_argument("--iterations", type=int, default=8, action=Bounded, at_least=1, help="pool scores replayed per cell")
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, action=Bounded, at_least=1,
                         help=f"the cache block in tokens: vLLM's default is {BLOCK_SIZE} on GPUs, {CPU_BLOCK_SIZE} on CPUs "
                              "(which take multiples of 32)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(lambda: simulate_all(build_parser().parse_args(argv)))
+
+
+def simulate_all(args: argparse.Namespace) -> int:
+    group = TESTBED_SPECS["truthfulQA"].group_size
+    bad = [size for size in args.pools if size % group]
+    if bad:
+        raise UserError(f"--pools {bad[0]} must be a multiple of TruthfulQA's group size {group}")
+    if args.json:
+        refuse_writing_over(args.json, "--json", data_files(args.data_dir), folder=False)
+        refuse_run_file(args.json, "--json")
     claims, source, _ = load_testbed_claims("truthfulQA", args.data_dir, None, True)
-    if args.block_size < 1:
-        print(f"error: --block-size {args.block_size} must be a positive number of tokens", file=sys.stderr)
-        return 2
     results: dict = {"block_size": args.block_size, "iterations": args.iterations, "pools": {}}
     with ModelAPI(settings=Settings(), use_vllm=None, show_progress=False) as api:
         print(f"tokenizer: {api.model}; claims from {source}; {args.iterations} pool scores per cell; "
@@ -130,10 +147,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 entry["trie_tokens"][name] = trie_size(prompts)
                 entry.setdefault("concatenation_exact", {})[name] = check_concatenation(pool, tokens, api, layout)
             for capacity in args.capacities:
-                entry["capacities"][capacity] = {
-                    name: simulate(pool, tokens, layout, capacity, args.iterations, args.seed, args.block_size)
-                    for name, layout in LAYOUTS.items()
-                }
+                try:
+                    entry["capacities"][capacity] = {
+                        name: simulate(pool, tokens, layout, capacity, args.iterations, args.seed, args.block_size)
+                        for name, layout in LAYOUTS.items()
+                    }
+                except ValueError as exc:  # a prompt longer than the whole cache
+                    raise UserError(f"--capacities {capacity} at pool {size}: {exc}; give a larger capacity") from None
             results["pools"][size] = entry
             print_pool(size, entry)
             if min(entry["concatenation_exact"].values()) < 1:
@@ -141,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -160,4 +180,4 @@ def print_pool(size: int, entry: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -48,7 +48,7 @@ CASES = {
     "gguf that is not there": (["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--model", "/nope/m.gguf"], "needs a .gguf file path"),
     "final temperature above the initial": (["--testbed", "demo", "--initial_T", "1", "--final_T", "5"], "--final_T 5.0 is above --initial_T 1.0"),
     "negative request limit": (["--testbed", "demo", "--requests-per-minute", "-5"], "--requests-per-minute -5.0 must be a positive number"),
-    "token limit not a number": (["--testbed", "demo", "--tokens-per-minute", "nan"], "--tokens-per-minute nan must be a positive number"),
+    "token limit not a number": (["--testbed", "demo", "--tokens-per-minute", "nan"], "--tokens-per-minute nan must be a finite number"),
     "alpha not a number": (["--testbed", "demo", "--alpha", "nan"], "--alpha nan must be a finite number"),
     "negative repair rounds": (["--testbed", "demo", "--consistency_fix_K", "-1"], "--consistency_fix_K -1 must not be negative"),
     "negative post-flip rounds": (["--testbed", "demo", "--post-flip-fix-K", "-2"], "--post-flip-fix-K -2 must not be negative"),

@@ -121,3 +121,48 @@ def test_icm_command_runs_on_the_embedded_model_and_writes_its_three_files(tmp_p
     assert summary["route"] == "embedded" and summary["model"].startswith("SmolLM2-135M")
     assert summary["iterations"] == 3 and summary["requests"] >= 1 and summary["prompt_tokens"] > 0
     assert summary["final"]["labeled"] == sum(row["label"] is not None for row in labels)
+
+
+def test_a_second_ctrl_c_during_a_batch_exits_130_at_once_with_the_files_written(tmp_path):
+    # The second SIGINT lands while llama.cpp computes a batch in a worker thread. It once segfaulted (exit 139 in 8 of
+    # 11 tries): Python 3.11 marks a thread whose join() a Ctrl-C interrupts as stopped though it runs on, so the model
+    # was freed, and exit() tore llama.cpp down, under the batch. Each pool score here is one batch of a few seconds
+    # (6 claims, all labelled, no prompt-cache reuse). Three runs are stopped in their first scoring (right after the
+    # route line, nothing to write yet), one mid-search (after its first log line, with files to write); repeated,
+    # as the crash came most of the time, not always.
+    data = tmp_path / "claims.json"
+    data.write_text(json.dumps([{"question": f"Story {i}: a traveller walks from the mill past the river to the village. "
+                                             "How many bridges?", "choice": f"{i % 3 + 1} bridges.", "consistency_id": i}
+                                for i in range(6)]))
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")}
+    env.update(ICM_SECRETS_FILE=str(tmp_path / "none"), EMBEDDED_SLOTS="1")
+    abandoned = 0
+    for attempt, when in enumerate(["first scoring"] * 3 + ["mid-search"]):
+        out = tmp_path / f"run{attempt}"
+        process = subprocess.Popen(
+            [sys.executable, "src/experiments/ICM.py", "--testbed", "custom", "--data", str(data), "--batch_size", "6",
+             "--num_seed", "6", "--K", "1000", "--deterministic", "--no-progress", "--output-dir", str(out)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        if when == "first scoring":
+            assert "route: embedded" in process.stderr.readline()  # the first pool score starts now
+            time.sleep(0.5)
+        else:
+            deadline = time.time() + 300
+            while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()):
+                assert process.poll() is None and time.time() < deadline, process.communicate()
+                time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 130, f"attempt {attempt} ({when}): exit {process.returncode}\n{stderr}"
+        assert "Traceback" not in stderr
+        abandoned += "not waiting for the llama.cpp batch that was interrupted" in stderr
+        if when == "mid-search":
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["stopped_early"] and summary["iterations"] >= 1
+            assert len((out / "labels.jsonl").read_text().splitlines()) == 6
+        else:
+            assert not (out / "run.json").exists()  # nothing was scored: nothing left that blocks a re-run
+    assert abandoned, "no second Ctrl-C landed during a batch: the test did not test what it is for"

@@ -535,4 +535,6 @@ def test_plot_names_each_run_by_its_directory_and_seed(tmp_path, monkeypatch, ca
     monkeypatch.setattr(plot, "progress_chart", lambda runs, path: drawn.append((runs, path)))
     assert plot.main([str(out)]) == 0
     [(runs, path)] = drawn
-    assert [(r.name, r.seed) for r in runs] == [("seed-run", 7)] and path == out / "progress.png"
+    # Drawn to a temporary file beside progress.png, then moved into place.
+    assert [(r.name, r.seed) for r in runs] == [("seed-run", 7)] and path.parent == out
+    assert f"wrote {out / 'progress.png'}" in capsys.readouterr().out

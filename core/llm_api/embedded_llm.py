@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +22,7 @@ from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.faults import PromptTooLong, ServerFault
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+from core.process_exit import keep_until_done
 
 # Batches that take longer than this get a token-progress bar.
 PROGRESS_DELAY_SECONDS = 3.0
@@ -64,7 +66,7 @@ class EmbeddedLlamaCpp(ScoringRoute):
         self.ctx_per_slot = ctx_per_slot
         self.context_tokens = ctx_per_slot
         self._server = xllamacpp.Server(params)
-        self._in_flight: Optional[threading.Thread] = None
+        self._batch_done: Optional[threading.Event] = None  # set when the last batch sent has ended
         self.one_prompt_per_request = False  # the reference code's pattern, for benchmarks
 
     def send_prompts_singly(self) -> None:
@@ -105,25 +107,30 @@ class EmbeddedLlamaCpp(ScoringRoute):
     def _call_with_progress(self, request: dict) -> dict:
         """Run the blocking call in a worker thread and show prompt tokens done while it runs."""
         result: dict = {}
+        done = threading.Event()
 
         def call() -> None:
             try:
                 result["response"] = self._server.handle_completions(request)
             except BaseException as exc:  # re-raised in the caller's thread
                 result["exception"] = exc
+            finally:
+                done.set()
 
+        # The batch's end is this Event, never the thread's own state: on Python 3.11 a Ctrl-C that interrupts
+        # Thread.join() marks a thread that is still running as stopped (CPython gh-90882), which made close()
+        # free the model, and exit() tear down llama.cpp, while the batch was still computing (SIGSEGV).
+        self._batch_done = done
         worker = threading.Thread(target=call, daemon=True)
-        self._in_flight = worker
         worker.start()
         maybe_crash("batch")
-        worker.join(PROGRESS_DELAY_SECONDS)
-        if worker.is_alive() and self.show_progress:
+        done.wait(PROGRESS_DELAY_SECONDS)
+        if not done.is_set() and self.show_progress:
             start = self._tokens_seen()
             with tqdm(desc=f"scoring {len(request['prompt'])} prompts", unit="tok", leave=False) as bar:
-                while worker.is_alive():
-                    worker.join(0.5)
+                while not done.wait(0.5):
                     bar.update(self._tokens_seen() - start - bar.n)
-        worker.join()
+        done.wait()
         if "exception" in result:
             raise result["exception"]
         return result["response"]
@@ -144,9 +151,11 @@ class EmbeddedLlamaCpp(ScoringRoute):
         return int(self.prompt_tokens_so_far()[0])
 
     def close(self) -> None:
-        # A Ctrl-C leaves the worker inside llama.cpp; freeing the server under it would crash the process,
-        # so let the batch finish first.
-        if self._in_flight is not None:
-            self._in_flight.join()
+        # A second Ctrl-C abandons a batch that llama.cpp goes on computing (nothing cancels it). Freeing the
+        # server under it would crash the process: keep it until the batch ends (core/process_exit.py).
+        if self._batch_done is not None and not self._batch_done.is_set():
+            print("note: not waiting for the llama.cpp batch that was interrupted; it ends with the process",
+                  file=sys.stderr)
+            keep_until_done(self._server, self._batch_done)
         # Dropping the last reference stops llama.cpp's threads and frees the model.
         self._server = None  # type: ignore[assignment]

@@ -36,20 +36,28 @@ class ResponseCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, logprobs TEXT NOT NULL)")
             self._db.execute("SELECT key, logprobs FROM answers LIMIT 1").fetchall()
         except (OSError, sqlite3.Error) as exc:
-            raise CacheUnusable(f"the response cache {self.path} can't be used ({exc}): move it aside (a new cache "
-                                "starts empty), choose another --cache-dir, or pass --no-cache") from None
+            raise self._unusable(exc) from None
         self.hits = 0
         self.misses = 0
+
+    def _unusable(self, exc: BaseException) -> CacheUnusable:
+        return CacheUnusable(f"the response cache {self.path} can't be used ({exc}): move it aside (a new cache "
+                             "starts empty), choose another --cache-dir, or pass --no-cache")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, NextTokenLogprobs]:
         found: dict[str, NextTokenLogprobs] = {}
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
-            chunk = unique[start:start + 500]
-            rows = self._db.execute(
-                f"SELECT key, logprobs FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
-            found.update({key: [tuple(pair) for pair in json.loads(value)] for key, value in rows})
+        try:
+            for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
+                chunk = unique[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, logprobs FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                found.update({key: [tuple(pair) for pair in json.loads(value)] for key, value in rows})
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            # A file damaged past its first page opens, and fails here ("database disk image is malformed"); a
+            # row that is not this cache's JSON fails here too.
+            raise self._unusable(exc) from None
         return found
 
     def put_many(self, answers: dict[str, NextTokenLogprobs]) -> None:
@@ -63,6 +71,8 @@ class ResponseCache:
         except sqlite3.OperationalError as exc:
             # A full disk or a folder made read-only: the same fault as any other file the run writes.
             raise OSError(errno.EIO, str(exc), str(self.path)) from None
+        except sqlite3.DatabaseError as exc:  # a damaged file
+            raise self._unusable(exc) from None
 
     def close(self) -> None:
         self._db.close()

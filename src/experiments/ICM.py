@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -23,8 +22,9 @@ from core.llm_api.faults import PromptTooLong
 from core.llm_api.llm import RouteUnavailable
 from core.llm_api.model_files import ModelFileMissing
 from core.llm_api.redaction import scrub_credentials
-from core.llm_api.response_cache import CacheUnusable
+from core.llm_api.response_cache import CACHE_FILE, CacheUnusable
 from core.llm_api.settings import SettingsError, load_settings
+from core.process_exit import exit_process
 from src.experiments.checkpoint import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -41,8 +41,11 @@ from src.experiments.checkpoint import (
     save_run,
     trim_log,
 )
+from src.experiments.cli_errors import OneLineParser, UserError, network_error_line
+from src.experiments.cli_numbers import Bounded, check_bounds
 from src.experiments.data_provenance import data_record
 from src.experiments.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
+from src.experiments.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
 from src.experiments.prompts import PROMPT_LAYOUTS
 from src.experiments.record_files import parse_columns
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
@@ -74,21 +77,29 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Label a dataset with ICM, without human labels.")
+    parser = OneLineParser(description="Label a dataset with ICM, without human labels.")
     # The reference code's flags and defaults.
-    parser.add_argument("--alpha", type=float, default=30.0, help="weight of mutual predictability in the energy")
-    parser.add_argument("--seed", type=int, default=27565976)
+    parser.add_argument("--alpha", type=float, default=30.0, action=Bounded, above=0,
+                        help="weight of mutual predictability in the energy (above 0: at 0 the model is ignored, below it "
+                             "the search rewards labels the model disagrees with)")
+    parser.add_argument("--seed", type=int, default=27565976, action=Bounded, at_least=0,
+                        help="random seed (0 or more: Python seeds -n and n alike)")
     parser.add_argument("--testbed", default="gsm8k", choices=TESTBEDS)
     parser.add_argument("--model", default=None,
                         help="model name on a server route, or a .gguf path on the embedded route "
                              "(default: the server's model, or the bundled SmolLM2-135M)")
-    parser.add_argument("--batch_size", type=int, default=256, help="claims in the pool to label")
-    parser.add_argument("--num_seed", type=int, default=8, help="claims that start with random labels (even)")
-    parser.add_argument("--K", type=int, default=3000, help="search iterations")
-    parser.add_argument("--consistency_fix_K", type=int, default=10, help="rounds of the consistency repair")
-    parser.add_argument("--decay", type=float, default=0.99, help="decay rate of the exp schedule")
-    parser.add_argument("--initial_T", type=float, default=10.0)
-    parser.add_argument("--final_T", type=float, default=0.01)
+    parser.add_argument("--batch_size", type=int, default=256, action=Bounded, above=0, help="claims in the pool to label")
+    parser.add_argument("--num_seed", type=int, default=8, action=Bounded, at_least=0,
+                        help="claims that start with random labels (even; 0: the search starts with none labelled)")
+    parser.add_argument("--K", type=int, default=3000, action=Bounded, at_least=0,
+                        help="search iterations (0: only score and repair the seed labels)")
+    parser.add_argument("--consistency_fix_K", type=int, default=10, action=Bounded, at_least=0,
+                        help="rounds of the consistency repair (0: no repair)")
+    parser.add_argument("--decay", type=float, default=0.99, action=Bounded, above=0, at_most=1,
+                        help="decay rate of the exp schedule, in (0, 1] (1: the temperature stays at --initial_T)")
+    parser.add_argument("--initial_T", type=float, default=10.0, action=Bounded, above=0, help="starting temperature (above 0)")
+    parser.add_argument("--final_T", type=float, default=0.01, action=Bounded, above=0,
+                        help="lowest temperature (above 0, at most --initial_T)")
     parser.add_argument("--scheduler", default="log", choices=("log", "exp"))
     # Ours.
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the paper's JSON files")
@@ -121,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair-loop", default="reference", choices=("reference", "stop-at-first-failure"),
                         help="reference: once a repair round has helped, keep trying rounds until --consistency_fix_K "
                              "(the reference never resets its flag); stop-at-first-failure: stop at the first round that doesn't help")
-    parser.add_argument("--post-flip-fix-K", type=int, default=None,
-                        help="repair rounds after a proposed flip (default: --consistency_fix_K; the reference hard-codes 10)")
+    parser.add_argument("--post-flip-fix-K", type=int, default=None, action=Bounded, at_least=0,
+                        help="repair rounds after a proposed flip (default: --consistency_fix_K; the reference hard-codes 10; "
+                             "0: none)")
     parser.add_argument("--mp-reduce", default="mean", choices=("mean", "sum"),
                         help="mutual predictability as the mean of the label log-odds (reference code) or their sum (paper)")
     parser.add_argument("--label-absent", default="stop", choices=LABEL_ABSENT_CHOICES,
@@ -135,11 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score on the vLLM server at VLLM_BASE_URL (the default when it is set)")
     route.add_argument("--no-vllm", dest="use_vllm", action="store_const", const=False,
                        help="rollback: score on the hosted API at LLAMA_API_BASE even when VLLM_BASE_URL is set")
-    parser.add_argument("--requests-per-minute", type=float, default=None, help="hosted API request limit (API_REQUESTS_PER_MINUTE)")
-    parser.add_argument("--tokens-per-minute", type=float, default=None, help="hosted API prompt-token limit (API_TOKENS_PER_MINUTE)")
-    parser.add_argument("--num-batches", type=int, default=None,
-                        help="split the data into this many disjoint pools of whole groups (one job each); --batch_size is then unused")
-    parser.add_argument("--batch-index", type=int, default=None, help="which of the --num-batches pools this job labels (0-based)")
+    parser.add_argument("--requests-per-minute", type=float, default=None, action=Bounded, above=0,
+                        help="hosted API request limit (API_REQUESTS_PER_MINUTE; above 0)")
+    parser.add_argument("--tokens-per-minute", type=float, default=None, action=Bounded, above=0,
+                        help="hosted API prompt-token limit (API_TOKENS_PER_MINUTE; above 0)")
+    parser.add_argument("--num-batches", type=int, default=None, action=Bounded, at_least=1,
+                        help="split the data into this many disjoint pools of whole groups (one job each; 1: the whole data "
+                             "as one pool); --batch_size is then unused")
+    parser.add_argument("--batch-index", type=int, default=None, action=Bounded, at_least=0,
+                        help="which of the --num-batches pools this job labels (0-based)")
     parser.add_argument("--resume", type=Path, default=None, metavar="OUT",
                         help="continue the run in OUT from its checkpoint, with the settings it was started with")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -151,20 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
+    check_bounds(build_parser(), args)  # each number's own range, also for the settings a resumed run read back
     checks = [
-        (args.batch_size > 0, f"--batch_size {args.batch_size} must be positive"),
-        (args.num_seed >= 0 and args.num_seed % 2 == 0, f"--num_seed {args.num_seed} must be even and not negative (half True, half False)"),
+        (args.num_seed % 2 == 0, f"--num_seed {args.num_seed} must be even and not negative (half True, half False)"),
         (args.num_seed <= args.batch_size, f"--num_seed {args.num_seed} is larger than --batch_size {args.batch_size}"),
-        (args.K >= 0, f"--K {args.K} must not be negative"),
-        (args.consistency_fix_K >= 0, f"--consistency_fix_K {args.consistency_fix_K} must not be negative"),
-        (args.initial_T > 0 and math.isfinite(args.initial_T), f"--initial_T {args.initial_T} must be a positive number"),
-        (args.final_T > 0 and math.isfinite(args.final_T), f"--final_T {args.final_T} must be a positive number"),
-        (0 < args.decay <= 1, f"--decay {args.decay} must be in (0, 1]"),
-        (math.isfinite(args.alpha), f"--alpha {args.alpha} must be a finite number"),
         (args.final_T <= args.initial_T, f"--final_T {args.final_T} is above --initial_T {args.initial_T}: the temperature falls from the first to the second"),
-        (args.post_flip_fix_K is None or args.post_flip_fix_K >= 0, f"--post-flip-fix-K {args.post_flip_fix_K} must not be negative"),
-        *[(value is None or (value > 0 and math.isfinite(value)), f"{flag} {value} must be a positive number")
-          for flag, value in (("--requests-per-minute", args.requests_per_minute), ("--tokens-per-minute", args.tokens_per_minute))],
     ]
     if (args.num_batches is None) != (args.batch_index is None):
         raise UsageError("--num-batches and --batch-index go together: pass both, or neither")
@@ -343,9 +350,20 @@ def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
     )
 
 
+def refuse_writing_over_data(args: argparse.Namespace, out: Path) -> None:
+    """The run's folder must not hold its data (--overwrite would replace a data file named like a run file), and
+    the response cache must land neither on the data nor on one of the run's own files."""
+    reads = data_files(args.data_dir, args.data)
+    refuse_writing_over(out, "--resume" if args.resume else "--output-dir", reads, folder=True)
+    if not args.no_cache and args.cache_dir is not None:
+        own = [(f"the run's {name}", out / name) for name in RUN_OWN_FILES if name != CACHE_FILE]
+        refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
+
+
 def run(args: argparse.Namespace, out: Path) -> Path:
     """The search in ``out``, whose RunLock the caller holds."""
     validate(args)
+    refuse_writing_over_data(args, out)  # again with a resumed run's own data
     pool, rng, source = draw_pool(args)
     route_settings = _settings(args)
     started = time.time()
@@ -405,8 +423,10 @@ def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException
     failure nothing at all: what isn't known stays out (null)."""
     claims = state.claims
     if stopped_by is not None:
-        # Otherwise this is a memo or response-cache hit.
-        pool = scorer.known_pool_scores if isinstance(stopped_by, (ScoringError, OutputWriteError)) else scorer.pool_scores
+        # After a model failure or a second Ctrl-C, don't ask the model again; otherwise this is a memo or
+        # response-cache hit.
+        asks_nothing = (ScoringError, OutputWriteError, KeyboardInterrupt)
+        pool = scorer.known_pool_scores if isinstance(stopped_by, asks_nothing) else scorer.pool_scores
         return {**pool(claims), **scorer.known_predictions(claims)}, stopped_by
     try:
         return {**scorer.pool_scores(claims), **scorer.predict_unlabeled(claims)}, None
@@ -552,7 +572,7 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 
 # Errors that are the user's to fix: one line, exit code 2.
-USER_ERRORS = (UsageError, DataError, OutputDirInUse, OutputDirLocked, OutputDirUnusable, OutputWriteError, ModelFileMissing,
+USER_ERRORS = (UsageError, UserError, DataError, OutputDirInUse, OutputDirLocked, OutputDirUnusable, OutputWriteError, ModelFileMissing,
                RouteUnavailable, ScoringError, SettingsError, CheckpointError, CacheUnusable)
 
 
@@ -566,12 +586,13 @@ def context_advice(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         passed = passed_flags(argv if argv is not None else sys.argv[1:])
         if args.resume is None:
             validate(args)  # before the lock, so a mistyped flag leaves no folder behind
         out = output_dir(args)
+        refuse_writing_over_data(args, out)
         with RunLock(out):
             if args.resume is not None:
                 args = resumed_args(args, passed)
@@ -589,10 +610,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except SearchStopped as stopped:
         return stopped.exit_code
+    except Exception as exc:  # a network error a model route let through
+        if network_error_line(exc) is None:
+            raise
+        print(f"error: {scrub_credentials(network_error_line(exc))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

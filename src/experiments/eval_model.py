@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from src.experiments.cli_errors import UserError
 from core.llm_api.llm import RouteUnavailable, choose_route
 from core.llm_api.settings import Settings
 
@@ -23,7 +24,7 @@ WHAT_EACH_ROUTE_NEEDS = {
 }
 
 
-class OtherModel(ValueError):
+class OtherModel(UserError):
     """Evaluation would score with another route or model than the run's."""
 
 

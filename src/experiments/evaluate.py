@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from core.llm_api.base_llm import ScoringError
-from core.llm_api.llm import RouteUnavailable
-from core.llm_api.model_files import ModelFileMissing
-from core.llm_api.settings import SettingsError, load_settings
+from core.llm_api.response_cache import CACHE_FILE
+from core.llm_api.settings import load_settings
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.experiments.cli_numbers import Bounded
 from src.experiments.eval_model import (
     ALLOW_OTHER_MODEL,
     ModelIdentity,
-    OtherModel,
     check_model,
     choose_evaluation_route,
     model_to_request,
@@ -33,15 +33,17 @@ from src.experiments.eval_model import (
 )
 from src.experiments.evaluation import CHANCE, evaluate_conditions
 from src.experiments.figures import accuracy_chart
-from src.experiments.held_out import POOL_SOURCE_FLAG, HeldOutError, pool_source, test_data_dir, test_split
+from src.experiments.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
+from src.experiments.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
-from src.experiments.run_outputs import write_atomically
+from src.experiments.run_outputs import atomic_path, write_atomically
+from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings, run_summary
 from src.experiments.run_status import warn_if_partial
-from src.experiments.testbeds import DataError
+from src.experiments.testbeds import TESTBED_SPECS
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     pass
 
 
@@ -55,43 +57,25 @@ class RunFiles:
     summary: Optional[dict]  # summary.json; None if the run wrote none
 
 
-def _json_object(path: Path) -> Optional[dict]:
-    """A JSON object file, None if absent; EvaluationError if damaged."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):
-        value = None
-    except OSError as exc:
-        raise EvaluationError(f"{path} can't be read ({exc.strerror}): check its permissions") from None
-    if not isinstance(value, dict):
-        raise EvaluationError(f"{path} is damaged (not a JSON object): restore it, or run ICM.py again")
-    return value
+def _json_object(path: Path, advice: str) -> Optional[dict]:
+    """A JSON object file, None if absent; UserError (naming the damage) if damaged."""
+    return read_json_object(path, advice) if path.is_file() else None
 
 
 def read_run(run_dir: Path) -> RunFiles:
-    """The run's settings, labels and records. Raises EvaluationError for a missing or damaged file."""
+    """The run's settings, labels and records. Raises UserError for a missing or damaged file."""
     labels_path = run_dir / "labels.jsonl"
     if not labels_path.is_file():
         raise EvaluationError(f"--run-dir {run_dir}: no labels.jsonl there; run ICM.py first (or point at its --output-dir)")
-    run_record, summary = _json_object(run_dir / "run.json"), _json_object(run_dir / "summary.json")
-    settings = next((r["settings"] for r in (run_record, summary) if r and isinstance(r.get("settings"), dict)), None)
-    if settings is None:
-        raise EvaluationError(f"--run-dir {run_dir}: no run.json or summary.json with the run's settings to say how the run was made")
-    raw = labels_path.read_bytes()
-    rows = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            row = None
-        if not isinstance(row, dict) or "label" not in row or "consistency_id" not in row:
-            raise EvaluationError(f"{labels_path} line {number} is damaged (not a label record): restore the file, or "
-                                  "resume the run to write it again")
-        rows.append(row)
+    rewrite = f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}"
+    settings = run_settings(run_dir, required=True)
+    if settings.get("testbed") not in TESTBED_SPECS:
+        raise EvaluationError(f"{run_dir}: its recorded settings name no known testbed ({settings.get('testbed')!r}); "
+                              "restore run.json from a copy")
+    run_record = _json_object(run_dir / "run.json", "restore it from a copy; it records how the run was made")
+    summary = run_summary(run_dir)
+    rows = read_json_lines(labels_path, rewrite, check=label_row_problem)
+    raw = labels_path.read_bytes()  # the run's lock is held: these are the bytes just parsed
     data = run_record.get("data") if run_record and isinstance(run_record.get("data"), dict) else None
     return RunFiles(settings, rows, hashlib.sha256(raw).hexdigest(), data, summary)
 
@@ -114,8 +98,8 @@ def run_lock_for_evaluation(run_dir: Path) -> Iterator[None]:
                               "make it writable, or evaluate a copy of the run") from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="an ICM.py --output-dir")
     parser.add_argument("--testbed", default=None, help="default: the run's")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
@@ -123,22 +107,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(POOL_SOURCE_FLAG, dest="pool_source", type=Path, default=None, metavar="FILE",
                         help="the data file the run's pool was drawn from, for runs whose run.json predates its "
                              "content hash: its claims' groups are left out when it is the test data")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate on this many test claims, drawn at random")
-    parser.add_argument("--max-demos", type=int, default=None, help="at most this many demonstrations (default: all labelled)")
+    parser.add_argument("--limit", type=int, default=None, action=Bounded, at_least=1,
+                        help="evaluate on this many test claims, drawn at random (default: all)")
+    parser.add_argument("--max-demos", type=int, default=None, action=Bounded, at_least=1,
+                        help="at most this many demonstrations (default: all labelled)")
     parser.add_argument("--model", default=None, help="default: the run's")
     parser.add_argument(ALLOW_OTHER_MODEL, dest="allow_other_model", action="store_true",
                         help="score with the route and model this environment gives (and --model), even when they are "
                              "not the run's; eval.json records both")
-    parser.add_argument("--seed", type=int, default=0, help="for --limit, the random labels and the bootstrap")
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0,
+                        help="for --limit, the random labels and the bootstrap (0 or more)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the response cache lives (default: the run directory, whose cache the run filled)")
+    parser.add_argument("--no-cache", action="store_true", help="no response cache")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        evaluate(args)
-    except (EvaluationError, HeldOutError, OtherModel, DataError, ScoringError, RouteUnavailable, ModelFileMissing,
-            SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    def body() -> int:
+        evaluate(build_parser().parse_args(argv))
+        return 0
+
+    return run_main(body)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -153,6 +144,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
     testbed = args.testbed or settings.get("testbed")
     if testbed != settings.get("testbed"):
         raise EvaluationError(f"--testbed {testbed}: the run labelled {settings.get('testbed')}; evaluate it on that")
+    refuse_writing_over_inputs(args, settings)
     legacy_source = run.summary.get("data_source") if run.summary else None
     try:
         pool = pool_source(run.data, legacy_source if isinstance(legacy_source, str) else None, args.pool_source)
@@ -168,8 +160,6 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         print(f"warning: {held_out.matching_pool_text} test claims of {held_out.source.where} have the same text as "
               f"claims of the run's pool, though that is not the data the pool was drawn from", file=sys.stderr)
     if args.limit is not None:
-        if args.limit <= 0:
-            raise EvaluationError(f"--limit {args.limit} must be positive")
         claims = random.Random(args.seed).sample(claims, min(args.limit, len(claims)))
     demos = [r for r in run.rows if r["label"] is not None][: args.max_demos]
     if not demos:
@@ -183,7 +173,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         deterministic=settings.get("deterministic", False), show_progress=show_progress_bars(args.no_progress),
         exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
         label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
-        cache_dir=args.run_dir,
+        cache_dir=None if args.no_cache else (args.cache_dir or args.run_dir),
     )
     with ScoringPipeline(options, route_settings) as pipeline:
         api = pipeline.model_api
@@ -210,8 +200,9 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         "conditions": {name: result.as_dict() for name, result in results.items()},
     }
     write_atomically(args.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-    accuracy_chart(report["conditions"], eval_title(args.run_dir, settings.get("seed"), report),
-                   report["majority_class_rate"], args.run_dir / "eval.png")
+    with atomic_path(args.run_dir / "eval.png") as temporary:
+        accuracy_chart(report["conditions"], eval_title(args.run_dir, settings.get("seed"), report),
+                       report["majority_class_rate"], temporary)
     for name, result in report["conditions"].items():
         print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
     print(f"wrote {args.run_dir}/eval.json and eval.png", file=sys.stderr)
@@ -225,5 +216,18 @@ def eval_title(run_dir: Path, run_seed: Optional[int], report: dict) -> str:
             f"{report['n_demos']} demonstrations, {report['n_test']} test claims, 95% bootstrap CI")
 
 
+def refuse_writing_over_inputs(args: argparse.Namespace, settings: dict) -> None:
+    """eval.json, eval.png and the response cache must not land on the test data, the run's data or its files."""
+    given = [("the --test-data file", args.test_data)] if args.test_data else []
+    given += [("the --pool-source file", args.pool_source)] if args.pool_source else []
+    reads = given + recorded_data_files(settings) + data_files(args.data_dir)
+    for name in ("eval.json", "eval.png"):
+        refuse_writing_over(args.run_dir / name, "--run-dir", reads, folder=False)
+    if not args.no_cache and args.cache_dir is not None:
+        own = [(f"the run's {name}", args.run_dir / name) for name in (*RUN_OWN_FILES, "eval.json", "eval.png")
+               if name != CACHE_FILE]
+        refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

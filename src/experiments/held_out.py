@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from src.experiments.cli_errors import UserError
 from src.experiments.data_provenance import BUILT_IN_DEMO, content_hash
 from src.experiments.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_json_records
 
 POOL_SOURCE_FLAG = "--pool-source"
 
 
-class HeldOutError(ValueError):
+class HeldOutError(UserError):
     pass
 
 

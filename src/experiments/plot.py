@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from core.process_exit import exit_process
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
 from src.experiments.figures import RunLog, progress_chart
+from src.experiments.output_paths import refuse_run_file, refuse_writing_over, run_files
+from src.experiments.run_outputs import atomic_path
+from src.experiments.run_reading import read_json_lines
 
 
 def run_seed(run_dir: Path) -> Optional[int]:
@@ -28,27 +32,49 @@ def run_seed(run_dir: Path) -> Optional[int]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="ICM.py output directories")
     parser.add_argument("--output", type=Path, default=None, help="default: progress.png in the first run directory")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(lambda: plot(build_parser().parse_args(argv)))
+
+
+def log_line_problem(record: dict) -> str:
+    """What keeps a log.jsonl record from being drawn, or "" if nothing does."""
+    at = record.get("iter")
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        return f"its iter is {at!r}, not an iteration number"
+    for field in ("energy", "train_accuracy", "inconsistent_num"):
+        value = record.get(field)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"its {field} is {value!r}, not a number"
+    return ""
+
+
+def plot(args: argparse.Namespace) -> int:
+    output = args.output or args.runs[0] / "progress.png"
+    for run in args.runs:
+        refuse_writing_over(output, "--output", run_files(run), folder=False)
+    refuse_run_file(output, "--output")
     runs = []
     for run in args.runs:
         log = run / "log.jsonl"
         if not log.is_file():
-            print(f"error: {run} has no log.jsonl; pass ICM.py output directories", file=sys.stderr)
-            return 2
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            raise UserError(f"{run} has no log.jsonl; pass ICM.py output directories")
+        records = read_json_lines(log, f"repair or delete that line, or resume the run (ICM.py --resume {run}), "
+                                       "which checks its log", cut_last_line_ok=True, check=log_line_problem)
         if not records:
-            print(f"error: {log} is empty: the run logged no iteration yet", file=sys.stderr)
-            return 2
+            raise UserError(f"{log} is empty: the run logged no iteration yet")
         runs.append(RunLog(run.resolve().name, run_seed(run), records))
-    output = args.output or args.runs[0] / "progress.png"
-    progress_chart(runs, output)
+    with atomic_path(output) as temporary:  # a stop mid-write leaves the old figure, not half a new one
+        progress_chart(runs, temporary)
     print(f"wrote {output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -5,8 +5,9 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from core.crash_points import maybe_crash
 
@@ -116,6 +117,24 @@ def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so a writer that goes by it, like matplotlib, still can) for
+    the caller to write; renamed over ``path`` when the block ends, removed if it raises. For files written by
+    name rather than as text (figures); ``write_atomically`` is the same for text."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with temporary.open("rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _as_bool(label: Optional[int]) -> Optional[bool]:
