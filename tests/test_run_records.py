@@ -210,3 +210,13 @@ def test_the_hf_export_carries_the_renamed_fields_for_new_and_old_runs(stand_in,
                 for r in rows(out / "labels.jsonl")]
     (out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old_rows))
     assert exported() == new
+
+
+def test_a_run_on_data_without_gold_labels_resumes(stand_in, tmp_path, capsys):
+    # With no gold label anywhere, agreement with gold is null in the checkpoint's metric: that is no damage.
+    unlabelled = [{k: v for k, v in r.items() if k != "label"} for r in TQA]
+    _, out, _ = start(tmp_path, capsys, "custom", unlabelled)
+    assert json.loads((out / "checkpoint.json").read_text())["metric"]["train_accuracy"] is None
+    code, err = run_icm(capsys, "--resume", str(out), "--K", "4")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 4

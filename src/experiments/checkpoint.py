@@ -29,6 +29,14 @@ LOG_FILE = "log.jsonl"
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 (no run id) was written before run identities existed
 METRIC_FIELDS = ("train_prob", "inconsistent_num", "train_accuracy", "train_size")
+# Agreement with gold is null when no claim of the pool has a gold label (custom data without labels).
+METRIC_FIELDS_MAY_BE_NULL = ("train_accuracy",)
+
+
+def _metric_value(field: str, value: object) -> bool:
+    if value is None:
+        return field in METRIC_FIELDS_MAY_BE_NULL
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 START_AGAIN = "start the run again with the same flags and --overwrite"
 
 
@@ -223,7 +231,7 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
         raise _damaged(path, f"iteration {iteration!r} is not a whole number")
     if not _count(flip_cnt) or flip_cnt > iteration:
         raise _damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to the iteration")
-    if not isinstance(metric, dict) or any(not isinstance(metric.get(f), (int, float)) for f in METRIC_FIELDS):
+    if not isinstance(metric, dict) or any(not _metric_value(f, metric.get(f)) for f in METRIC_FIELDS):
         raise _damaged(path, f"the metric lacks one of {', '.join(METRIC_FIELDS)}")
     try:
         rng = rng_from_json(saved.get("rng"))
