@@ -105,6 +105,16 @@ stop_server() {
     kill -KILL -- "-$server" 2> /dev/null || true
   fi
   wait "$server" 2> /dev/null || true
+  # vLLM's helpers (its engine, multiprocessing's resource tracker) can outlive the API process by a moment:
+  # "stopped" means no process of the group is left, waited for within the same bound.
+  kill -KILL -- "-$server" 2> /dev/null || true
+  for ((waited = 0; waited < 10 * stop_timeout; waited++)); do
+    kill -0 -- "-$server" 2> /dev/null || break
+    sleep 0.1
+  done
+  if kill -0 -- "-$server" 2> /dev/null; then
+    echo "warning: process group $server still has processes ${stop_timeout} s after SIGKILL" >&2
+  fi
   echo "server stopped" >&2
   exit 143
 }

@@ -18,6 +18,7 @@ from typing import Optional
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "scripts" / "launch_vllm_server.sh"
 START_TIMEOUT_SECONDS = float(os.environ.get("VLLM_START_TIMEOUT", "900"))
+GROUP_EXIT_SECONDS = 30.0
 # .ci/run names a file here; every process group the tier starts is written to it, so that CI can check, by id,
 # that none outlived the tier (and stop exactly those if one did).
 PROCESS_GROUPS_FILE = os.environ.get("ICM_VLLM_PROCESS_GROUPS_FILE")
@@ -97,6 +98,7 @@ class CPUVLLMServer:
 
     def stop(self) -> None:
         """Stop through the launcher (SIGTERM, then SIGKILL after its own bound), then make sure nothing is left."""
+        launcher_group = self.launcher.pid if self.launcher is not None else None
         if self.launcher is not None and self.launcher.poll() is None:
             self.launcher.send_signal(signal.SIGTERM)
             try:
@@ -106,12 +108,26 @@ class CPUVLLMServer:
                 self.launcher.wait(30)
         if self.server_pid is not None:
             _signal_group(self.server_pid, signal.SIGKILL)
+        for group in (launcher_group, self.server_pid):
+            _wait_until_group_is_gone(group, GROUP_EXIT_SECONDS)
         self.launcher = None
 
     def metrics(self) -> str:
         status, text = get(self.url + "/metrics")
         assert status == 200, f"/metrics answered {status}"
         return text
+
+
+def _wait_until_group_is_gone(pgid: Optional[int], seconds: float) -> None:
+    """Wait until no process of group ``pgid`` is left (a killed process lingers until it is reaped), at most
+    ``seconds``; CI fails the tier if one outlives it."""
+    deadline = time.monotonic() + seconds
+    while pgid is not None and time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
