@@ -64,6 +64,11 @@ FAULTS = {
                                          ["labels.jsonl line", "is damaged (not JSON", "(the last line)"]),
     "labels.jsonl label of 7": (damage_line("labels.jsonl", 0, json.dumps({"uid": 0, "consistency_id": 1, "prompt": "p", "label": 7})),
                                 ["labels.jsonl line 1 is damaged (its label is 7"]),
+    # Python's json reads NaN and Infinity; the hf export then failed writing them back (a traceback).
+    "labels.jsonl score NaN": (damage_line("labels.jsonl", 0, '{"uid": 0, "consistency_id": 1, "prompt": "p", "label": true, "score": NaN}'),
+                               ["labels.jsonl line 1 is damaged (its score is NaN, not a finite number or null)"]),
+    "labels.jsonl label_mass Infinity": (damage_line("labels.jsonl", 0, '{"uid": 0, "consistency_id": 1, "prompt": "p", "label": true, "label_mass": Infinity}'),
+                                         ["labels.jsonl line 1 is damaged (its label_mass is Infinity"]),
     "labels.jsonl not UTF-8": (lambda folder: (folder / "labels.jsonl").write_bytes(b'{"uid": "caf\xe9"}\n'),
                                ["labels.jsonl is damaged (not UTF-8 text"]),
 }
@@ -243,10 +248,20 @@ def test_export_and_plot_refuse_an_output_onto_a_run_file_or_the_data(tmp_path, 
     before = snapshot(tmp_path)
     outputs = {(run / "labels.jsonl", "is the run's labels.jsonl"), (run / "summary.json", "is the run's summary.json"),
                (run / "log.jsonl", "is the run's log.jsonl"), (other / "labels.jsonl", "would replace a run's own labels.jsonl")}
-    for script, argv, more in ((export_labels, [run, "--format", "hf"], {(data, "is the data file")}), (plot, [run], set())):
+    on_data = {(data, "is the data file")}
+    for script, argv, more in ((export_labels, [run, "--format", "hf"], on_data), (plot, [run], on_data)):
         for output, message in outputs | more:
             code, err = call(script, [*argv, "--output", output], capsys)
             refused(code, err, message)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["progress.txt", "progress", "progress.jsonl"])
+def test_plot_refuses_an_output_name_that_names_no_figure_format(run, tmp_path, name, capsys):
+    # matplotlib picks the format by the ending, and raised a traceback for one it doesn't know.
+    before = snapshot(tmp_path)
+    code, err = call(plot, [run, "--output", tmp_path / name], capsys)
+    refused(code, err, f"--output {tmp_path / name}: a figure's name must end in one of", ".png", ".pdf")
     assert snapshot(tmp_path) == before
 
 

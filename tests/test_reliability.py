@@ -16,7 +16,7 @@ import pytest
 from core.interrupts import WaitInterrupted, ask_to_stop, clear_stop
 from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
-from core.llm_api.settings import Settings, load_settings
+from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.experiments.run_outputs import OUTPUT_FILES
 from tests.conftest import REPO_ROOT, closed_port_url
 from tests.conftest import run_outcome as outcome
@@ -384,3 +384,21 @@ def test_a_settings_file_with_a_key_that_others_can_read_is_warned_about(tmp_pat
     secrets.chmod(0o600)
     load_settings(secrets)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("url_name, key_name", [("VLLM_BASE_URL", "VLLM_API_KEY"), ("LLAMA_API_BASE", "API_KEY")])
+def test_a_url_with_credentials_and_a_key_is_refused_at_start_without_showing_either(url_name, key_name, tmp_path,
+                                                                                   monkeypatch):
+    # Both become the Authorization header; aiohttp refused the pair at the first request, with a traceback.
+    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    secrets = tmp_path / "SECRETS"
+    secrets.write_text(f"{url_name}=http://u:pw-77@127.0.0.1:9\n{key_name}=sk-key-77\n")
+    secrets.chmod(0o600)
+    with pytest.raises(SettingsError) as refused:
+        load_settings(secrets)
+    message = str(refused.value)
+    assert f"holds a user:password@ and {key_name} is set too" in message
+    assert "pw-77" not in message and "sk-key-77" not in message
+    secrets.write_text(f"{url_name}=http://u:pw-77@127.0.0.1:9\n")
+    assert load_settings(secrets) is not None  # the URL's credentials alone are fine

@@ -220,3 +220,16 @@ def test_a_run_on_data_without_gold_labels_resumes(stand_in, tmp_path, capsys):
     code, err = run_icm(capsys, "--resume", str(out), "--K", "4")
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["iterations"] == 4
+
+
+def test_a_refused_start_leaves_a_run_without_a_checkpoint_as_it_was(stand_in, tmp_path, capsys):
+    # A folder holding run.json, log.jsonl, labels.jsonl and summary.json but no checkpoint.json: a new run there
+    # without --overwrite is refused, and must not delete the run's files on its way out.
+    data, out, _ = start(tmp_path, capsys)
+    (out / "checkpoint.json").unlink()
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file() and path.name != ".lock"}
+    code, err = run_icm(capsys, "--testbed", "truthfulQA", "--data", str(data), "--batch_size", "8", "--num_seed", "2",
+                        "--K", "2", "--output-dir", str(out))
+    assert code == 2 and "already holds a run" in err
+    after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file() and path.name != ".lock"}
+    assert after == before

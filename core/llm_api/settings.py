@@ -86,6 +86,15 @@ def check_url(name: str, url: str, where: str) -> None:
         raise SettingsError(f"{name}={redact_url(url)!r} ({where}) is not a server URL: {problem}. Write it as {URL_EXAMPLE}")
 
 
+def refuse_two_credentials(name: str, url: str, key_name: str, values: dict[str, str], where: str) -> None:
+    """A ``user:password@`` in the URL and a key both become the Authorization header, which holds one of them
+    (aiohttp refuses the pair): say which to keep rather than fail at the first request."""
+    if key_name in values and (urlsplit(url).username or urlsplit(url).password):
+        raise SettingsError(f"{name}={redact_url(url)!r} ({where}) holds a user:password@ and {key_name} is set too: "
+                            f"a request carries one Authorization header. Remove the user:password@ from {name}, "
+                            f"or unset {key_name}")
+
+
 def _read_secrets_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
@@ -131,8 +140,10 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
                                 f"Write it as {URL_EXAMPLE} (several: comma-separated), or unset it")
         for url in urls:
             check_url("VLLM_BASE_URL", url, where)
+            refuse_two_credentials("VLLM_BASE_URL", url, "VLLM_API_KEY", values, where)
     if "LLAMA_API_BASE" in values:
         check_url("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), where)
+        refuse_two_credentials("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), "API_KEY", values, where)
 
     api_top_k = number("API_TOP_K", 5)
     if api_top_k < MIN_TOP_K:

@@ -367,9 +367,11 @@ def run(args: argparse.Namespace, out: Path) -> Path:
     pool, rng, source = draw_pool(args)
     route_settings = _settings(args)
     started = time.time()
+    owns_the_folder = False  # a refused start or resume leaves the folder as it found it
     with GracefulStop() as stop:
         try:
             state, rng, run_record = start_or_resume(args, out, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
+            owns_the_folder = True
             try:
                 pipeline = ScoringPipeline(scoring_options(args, out), route_settings)
             except WaitInterrupted:
@@ -397,7 +399,8 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                     elif unwritten:
                         stopped_by = OutputWriteError(f"{stopped_by} ({', '.join(unwritten)} could not be written either)")
         finally:
-            discard_unstarted_run(out)
+            if owns_the_folder:
+                discard_unstarted_run(out)
     if stopped_by is not None:
         raise stopped_by
     return out

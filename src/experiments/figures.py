@@ -18,6 +18,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 CONDITION_COLOURS = {"zero-shot": "#9e9e9e", "random labels": "#c9a227", "gold labels": "#e8a33d", "ICM labels": "#3b6fb6"}
 
 
+def figure_formats() -> set[str]:
+    """The file name endings (without the dot) matplotlib can save a figure as: png, pdf, svg, ..."""
+    return set(Figure().canvas.get_supported_filetypes())
+
+
 def accuracy_figure(results: dict[str, dict], title: str, majority_rate: float) -> Figure:
     """Bars of test accuracy per condition with their 95% intervals (``results``: eval.json's conditions,
     fractions in [0, 1]), and a dashed line at ``majority_rate``: what always answering the commoner test

@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 from core.process_exit import exit_process
 from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.figures import RunLog, progress_chart
-from src.experiments.output_paths import refuse_run_file, refuse_writing_over, run_files
+from src.experiments.figures import RunLog, figure_formats, progress_chart
+from src.experiments.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
 from src.experiments.run_outputs import atomic_path
-from src.experiments.run_reading import read_json_lines
+from src.experiments.run_reading import read_json_lines, run_settings
 
 
 def run_seed(run_dir: Path) -> Optional[int]:
@@ -58,8 +58,12 @@ def log_line_problem(record: dict) -> str:
 def plot(args: argparse.Namespace) -> int:
     output = args.output or args.runs[0] / "progress.png"
     for run in args.runs:
-        refuse_writing_over(output, "--output", run_files(run), folder=False)
+        refuse_writing_over(output, "--output", run_files(run) + recorded_data_files(run_settings(run)), folder=False)
     refuse_run_file(output, "--output")
+    formats = figure_formats()
+    if output.suffix.lstrip(".").lower() not in formats:
+        raise UserError(f"--output {output}: a figure's name must end in one of {', '.join('.' + f for f in sorted(formats))} "
+                        "(matplotlib picks the format by it)")
     runs = []
     for run in args.runs:
         log = run / "log.jsonl"

@@ -8,6 +8,7 @@ atomically (labels.jsonl, summary.json, run.json), so any damage there is refuse
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -77,6 +78,11 @@ def label_row_problem(row: dict[str, Any]) -> str:
     consistency_id = row.get("consistency_id")
     if not isinstance(consistency_id, (int, str)) or isinstance(consistency_id, bool):
         return f"its consistency_id is {consistency_id!r}"
+    for field in ("score", "label_mass"):
+        value = row.get(field)
+        # Python's json reads NaN and Infinity, which no JSON output of ours may hold.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            return f"its {field} is {json.dumps(value)}, not a finite number or null"
     return ""
 
 
