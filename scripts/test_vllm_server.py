@@ -9,6 +9,7 @@ Each ✗ line gives the diagnosis: what the server does wrong and what to change
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import math
@@ -16,13 +17,14 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Optional
-from urllib.parse import urlsplit
+from typing import Any, Optional, Sequence
+from urllib.parse import unquote, urlsplit
 
 from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 from core.llm_api.redaction import redact_url
-from core.llm_api.settings import SettingsError, check_url, load_settings
+from core.llm_api.settings import check_url, load_settings, split_url_list
+from src.experiments.cli_errors import OneLineParser, UserError, run_main
 
 TOP_K = 20
 # A claim as ICM shows it, after two demonstrations in the default label style: a base model ready for ICM
@@ -71,9 +73,17 @@ class Check:
 
 
 class Server:
-    def __init__(self, base_url: str, api_key: Optional[str], timeout: float) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    def __init__(self, base_url: str, api_key: Optional[str], timeout: float, url_from: str = "VLLM_BASE_URL") -> None:
+        self.url_from = url_from  # where the URL was given: named in the advice
+        parts = urlsplit(base_url)
+        # urllib sends no user:password@ of a URL (it takes it for part of the host): send it as a header, as ICM does.
+        self.base_url = redact_url(base_url).rstrip("/")
+        if parts.username or parts.password:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            authorization = "Basic " + base64.b64encode(pair).decode()
+        else:
+            authorization = f"Bearer {api_key}" if api_key else None
+        self.headers = {"Content-Type": "application/json", **({"Authorization": authorization} if authorization else {})}
         self.timeout = timeout
 
     def call(self, path: str, body: Optional[dict] = None) -> tuple[int, Any]:
@@ -90,7 +100,7 @@ class Server:
             except (OSError, http.client.HTTPException):
                 text, status = "", exc.code
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise Unreachable(connection_diagnosis(self.base_url, exc)) from None
+            raise Unreachable(connection_diagnosis(self.base_url, exc, self.url_from)) from None
         try:
             return status, json.loads(text) if text.strip() else None
         except json.JSONDecodeError:
@@ -101,14 +111,14 @@ class Server:
                                              "temperature": 0, "logprobs": logprobs})
 
 
-def connection_diagnosis(base_url: str, error: BaseException) -> str:
+def connection_diagnosis(base_url: str, error: BaseException, url_from: str = "VLLM_BASE_URL") -> str:
     parts = urlsplit(base_url)
     reason = getattr(error, "reason", error)
     if isinstance(reason, ConnectionRefusedError):
         return (f"nothing listens on {parts.hostname}:{parts.port}: start the server "
-                "(scripts/launch_vllm_server.sh, or scripts/serve_local.py), or fix the port in VLLM_BASE_URL")
+                f"(scripts/launch_vllm_server.sh, or scripts/serve_local.py), or fix the port in {url_from}")
     if isinstance(reason, socket.gaierror):
-        return f"the host name {parts.hostname!r} does not resolve: check VLLM_BASE_URL"
+        return f"the host name {parts.hostname!r} does not resolve: check {url_from}"
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return f"{parts.hostname}:{parts.port} did not answer in time: is a firewall in the way, or the server still loading?"
     if "SSL" in type(reason).__name__ or "ssl" in str(reason).lower():
@@ -280,30 +290,35 @@ def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
     return check
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default=None, help="server root (default: VLLM_BASE_URL)")
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default=None, help="server root (default: VLLM_BASE_URL; each of a comma-separated list)")
     parser.add_argument("--model", default=None, help="the model you will pass to ICM.py")
-    parser.add_argument("--timeout", type=float, default=120)
-    args = parser.parse_args()
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per request (above 0)")
+    return parser
+
+
+def check_servers(args: argparse.Namespace) -> int:
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
-        print(f"error: --timeout {args.timeout} must be a positive number of seconds", file=sys.stderr)
-        return 2
-    try:
-        settings = load_settings()
-        base_url = args.base_url or settings.vllm_base_url
-        if base_url:
-            base_url = base_url.split(",")[0].strip()
-            check_url("--base-url" if args.base_url else "VLLM_BASE_URL", base_url, "given")
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not base_url:
-        print("✗ no server to check: pass --base-url or set VLLM_BASE_URL")
-        return 1
-    check = run_checks(Server(base_url, settings.vllm_api_key, args.timeout), args.model)
-    print("all checks passed" if not check.failed else f"{check.failed} check(s) failed")
-    return 1 if check.failed else 0
+        raise UserError(f"--timeout {args.timeout} must be a positive number of seconds")
+    settings = load_settings()
+    url_from = "--base-url" if args.base_url else "VLLM_BASE_URL"
+    urls = split_url_list(args.base_url or settings.vllm_base_url or "")
+    if not urls:
+        raise UserError("no server to check: pass --base-url or set VLLM_BASE_URL")
+    for url in urls:
+        check_url(url_from, url, "given")
+    failed = 0
+    for url in urls:
+        if len(urls) > 1:
+            print(f"-- {redact_url(url)}")
+        failed += run_checks(Server(url, settings.vllm_api_key, args.timeout, url_from), args.model).failed
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(lambda: check_servers(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

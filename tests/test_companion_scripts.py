@@ -351,3 +351,16 @@ def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path):
     with atomic_path(figure) as temporary:
         temporary.write_bytes(b"the new figure")
     assert figure.read_bytes() == b"the new figure" and [p.name for p in tmp_path.iterdir()] == ["progress.png"]
+
+
+def test_an_output_of_the_wrong_kind_gets_advice_that_fits(tmp_path, capsys):
+    # "File exists" and "Is a directory" were told to check that the path exists.
+    shards = make_shards(tmp_path)
+    taken = tmp_path / "merged"
+    taken.write_text("someone's file\n")
+    code, err = call(merge_labels, [*shards, "--output", taken], capsys)
+    refused(code, err, "a file is where a folder is needed")
+    assert taken.read_text() == "someone's file\n"
+    run = make_run(tmp_path / "run")
+    code, err = call(export_labels, [run, "--format", "sft", "--output", tmp_path], capsys)
+    refused(code, err, "a folder is where a file is needed")

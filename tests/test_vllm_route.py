@@ -28,8 +28,10 @@ def demo_prompts():
     return leave_one_out_prompts(list(seed_claims(claims, 4, random.Random(0)).values())[:4], "space-in-label")
 
 
-def health_check(*args: str) -> subprocess.CompletedProcess:
+def health_check(*args: str, secrets=None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "VLLM_API_KEY")}
+    if secrets is not None:
+        env["ICM_SECRETS_FILE"] = str(secrets)
     return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "test_vllm_server.py"), *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
@@ -64,6 +66,29 @@ def test_health_check_refuses_a_url_without_a_scheme_in_one_line():
     result = health_check("--base-url", "127.0.0.1:8000")
     assert result.returncode == 2 and result.stderr.startswith("error: --base-url") and "http://HOST:PORT" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--timeout", "abc"), "argument --timeout: invalid float value: 'abc'"),
+    (("--bogus",), "unrecognized arguments: --bogus"),
+    ((), "no server to check: pass --base-url or set VLLM_BASE_URL"),
+])
+def test_health_check_refuses_bad_flags_and_no_url_in_one_line(args, words, tmp_path):
+    result = health_check(*args, secrets=tmp_path / "none")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_health_check_checks_every_server_of_a_list_and_sends_a_urls_credentials(local_server):
+    closed = f"http://127.0.0.1:{free_port()}"
+    both = health_check("--base-url", f"{local_server},{closed}")
+    # The advice names where the URL came from; each server is checked under its own heading.
+    assert both.returncode == 1 and both.stdout.count("-- http://127.0.0.1") == 2
+    assert both.stdout.count("✓") == 7 and "nothing listens on 127.0.0.1" in both.stdout and "fix the port in --base-url" in both.stdout
+    # urllib took user:pw@host for a host name; the credentials now go as a header and never into the output.
+    with_credentials = health_check("--base-url", local_server.replace("http://", "http://user:s3cret-9@"))
+    assert with_credentials.returncode == 0, with_credentials.stdout
+    assert "s3cret-9" not in with_credentials.stdout + with_credentials.stderr
 
 
 def test_health_check_diagnoses_a_closed_port_and_a_wrong_model(local_server):

@@ -122,7 +122,7 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         try:
             value = kind(raw)
         except ValueError:
-            raise SettingsError(f"{name}={raw!r} ({where}) must be a {kind.__name__} number") from None
+            raise SettingsError(f"{name}={raw!r} ({where}) must be {'a whole' if kind is int else 'a'} number") from None
         if not math.isfinite(value):
             raise SettingsError(f"{name}={raw!r} ({where}) must be a finite number")
         if value < 0 or (value == 0 and not zero_ok):

@@ -58,6 +58,10 @@ def project_user_errors() -> tuple[type[BaseException], ...]:
 def os_error_line(exc: OSError) -> str:
     """What to say when the system refuses a path (permissions, a full disk, a missing folder)."""
     where = f" ({exc.filename})" if exc.filename else ""
+    if isinstance(exc, FileExistsError):
+        return f"{exc.strerror or exc}{where}: a file is where a folder is needed; choose another path, or move the file"
+    if isinstance(exc, IsADirectoryError):
+        return f"{exc.strerror or exc}{where}: a folder is where a file is needed; name a file, not a folder"
     return f"{exc.strerror or exc}{where}: check that the path exists, and that this user may read and write it"
 
 
