@@ -243,6 +243,7 @@ RESUME_CASES = {
     "log cut short": (replace_log_line(1, ""), [], "holds 1 of the 2 iterations the checkpoint has done"),
     "K below the iterations done": (lambda out: None, ["--K", "1"], "--K 1 is below the 2 iterations this run has done"),
     "another output dir": (lambda out: None, ["--output-dir", "{dir}/elsewhere"], "would be ignored: drop --output-dir"),
+    "--overwrite with --resume": (lambda out: None, ["--overwrite"], "continues the run, and --overwrite would replace it"),
     "changed settings": (lambda out: None, ["--alpha", "3"], "the run was started with --alpha 30.0, not 3.0"),
 }
 

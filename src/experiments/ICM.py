@@ -571,6 +571,9 @@ def output_dir(args: argparse.Namespace) -> Path:
     if args.output_dir is not None and args.output_dir.resolve() != args.resume.resolve():
         raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; --output-dir {args.output_dir} "
                          "would be ignored: drop --output-dir")
+    if args.overwrite:
+        raise UsageError(f"--resume {args.resume} continues the run, and --overwrite would replace it: drop one of them "
+                         f"(to start again in that folder: the run's flags with --output-dir {args.resume} --overwrite)")
     return args.resume
 
 
