@@ -233,3 +233,29 @@ def test_a_refused_start_leaves_a_run_without_a_checkpoint_as_it_was(stand_in, t
     assert code == 2 and "already holds a run" in err
     after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file() and path.name != ".lock"}
     assert after == before
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_custom_run_is_evaluated_on_test_data_in_its_own_format_and_columns(suffix, stand_in, tmp_path, monkeypatch,
+                                                                               capsys):
+    # evaluate.py read only a JSON list and ignored the run's --columns: such a run couldn't be evaluated as it was.
+    from src.experiments import evaluate
+
+    renamed = [{"q": r["question"], "a": r["choice"], "gold": r["label"], "qid": r["consistency_id"]} for r in TQA]
+    columns = "question=q,choice=a,label=gold,consistency_id=qid"
+    data = write(tmp_path / "data.json", renamed)
+    out = tmp_path / "run"
+    code, err = run_icm(capsys, "--testbed", "custom", "--data", str(data), "--columns", columns, "--batch_size", "8",
+                        "--num_seed", "2", "--K", "2", "--output-dir", str(out))
+    assert code == 0, err
+    test_rows = [{**r, "qid": r["qid"] + 10} for r in renamed]
+    test = tmp_path / f"test{suffix}"
+    if suffix == ".jsonl":
+        test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    else:
+        test.write_text("q,a,gold,qid\n" + "".join(f"{r['q']},{r['a']},{str(r['gold']).lower()},{r['qid']}\n" for r in test_rows))
+    monkeypatch.setattr(evaluate, "ScoringPipeline", stand_in)
+    code = evaluate.main(["--run-dir", str(out), "--test-data", str(test), "--allow-other-model", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert json.loads((out / "eval.json").read_text())["n_test"] == len(TQA)

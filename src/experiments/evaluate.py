@@ -35,6 +35,7 @@ from src.experiments.evaluation import CHANCE, evaluate_conditions
 from src.experiments.figures import accuracy_chart
 from src.experiments.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
 from src.experiments.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
+from src.experiments.record_files import parse_columns
 from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
 from src.experiments.run_outputs import atomic_path, write_atomically
 from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings, run_summary
@@ -150,8 +151,9 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         pool = pool_source(run.data, legacy_source if isinstance(legacy_source, str) else None, args.pool_source)
         needs_dir = args.test_data is None and testbed not in ("demo", "custom")
         data_dir = test_data_dir(args.data_dir, run.data, settings) if needs_dir else args.data_dir
+        columns = parse_columns(settings["columns"]) if settings.get("columns") else None  # the run's --columns
         held_out = test_split(testbed, args.test_data, data_dir, pool, run.rows,
-                              not settings.get("no_gold_consistency", False))
+                              not settings.get("no_gold_consistency", False), columns)
     except OSError as exc:
         raise EvaluationError(f"{exc.filename or 'the data'} can't be read ({exc.strerror}): check the path and its "
                               "permissions") from None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from src.experiments.cli_errors import UserError
 from src.experiments.data_provenance import BUILT_IN_DEMO, content_hash
-from src.experiments.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_json_records
+from src.experiments.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_records
 
 POOL_SOURCE_FLAG = "--pool-source"
 
@@ -106,9 +106,11 @@ class HeldOut:
 
 
 def test_split(testbed: str, test_file: Optional[Path], data_dir: Optional[Path], pool: DataIdentity,
-               pool_rows: list[dict], use_gold_consistency: bool) -> HeldOut:
+               pool_rows: list[dict], use_gold_consistency: bool,
+               columns: Optional[Mapping[str, str]] = None) -> HeldOut:
     """The held-out claims of ``testbed``: ``test_file``, else test_<testbed>.json in ``data_dir`` (the built-in
-    demo for the demo testbed), minus the groups of ``pool_rows`` (labels.jsonl) when that data is the pool's."""
+    demo for the demo testbed), minus the groups of ``pool_rows`` (labels.jsonl) when that data is the pool's.
+    ``test_file`` is in any format ``--data`` reads, with the run's ``columns`` ({field: column}) renamed."""
     spec = TESTBED_SPECS[testbed]
     if testbed == "demo" and test_file is None:
         source, records = identify(None), demo_records()
@@ -117,7 +119,7 @@ def test_split(testbed: str, test_file: Optional[Path], data_dir: Optional[Path]
             if testbed == "custom":
                 raise HeldOutError("--testbed custom needs --test-data FILE with gold labels")
             test_file = data_file_for(spec, data_dir)[0].with_name(f"test_{spec.file_stem}.json")
-        records = read_json_records(test_file)
+        records = read_records(test_file, columns)
         source = identify(test_file)
     claims = normalise_records(records, spec, source.where, use_gold_consistency)
     same_data = source.same_data(pool)
