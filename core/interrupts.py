@@ -1,6 +1,6 @@
 """A stop asked for by Ctrl-C or SIGTERM, seen by the waits deep inside the model routes.
 
-The run's signal handler (src/experiments/stop_signals.py) only records the request, so that an iteration in
+The run's signal handler (src/cli/stop_signals.py) only records the request, so that an iteration in
 progress can finish. A wait between retries, or for a rate-limit pause, has nothing in progress to finish: it
 ends within ``POLL_SECONDS`` by raising WaitInterrupted, and the run stops with its last checkpoint.
 """

@@ -37,14 +37,14 @@ from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
 from src.benchmarks.prefix_trie import trie_size
 from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
 from src.benchmarks.reference_pattern import ReferencePatternScorer, ReferencePatternSearch
-from src.experiments.checkpoint import pool_fingerprint, save_checkpoint
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
-from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
-from src.experiments.prompts import PROMPT_LAYOUTS
-from src.experiments.run_outputs import IterationLog, write_atomically
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
+from src.run_directory.checkpoint import pool_fingerprint, save_checkpoint
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
+from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
+from src.prompts.prompts import PROMPT_LAYOUTS
+from src.run_directory.run_outputs import IterationLog, write_atomically
+from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.data.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

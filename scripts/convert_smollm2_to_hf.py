@@ -38,7 +38,7 @@ def bundled_gguf() -> Path:
 
 def refusal(gguf: Path, out: Path) -> str:
     """Why --out can't be written, or "". This script runs in .venv-vllm, which lacks the project's own package, so
-    it can't use src/experiments/output_paths.py; these are its two rules for this one case."""
+    it can't use src/run_directory/output_paths.py; these are its two rules for this one case."""
     gguf_real, out_real = gguf.resolve(), out.resolve()
     if out_real == gguf_real or out_real in gguf_real.parents:
         return f"--out {out} holds the input --gguf {gguf}: writing there would delete it. Choose another --out"

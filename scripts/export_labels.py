@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
-from src.experiments.prompts import LABEL_WORDS, query_text
-from src.experiments.run_outputs import jsonl, write_atomically
-from src.experiments.run_reading import label_row_problem, read_json_lines, run_settings, run_summary
-from src.experiments.run_status import warn_if_partial
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.run_directory.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
+from src.prompts.prompts import LABEL_WORDS, query_text
+from src.run_directory.run_outputs import jsonl, write_atomically
+from src.run_directory.run_reading import label_row_problem, read_json_lines, run_settings, run_summary
+from src.run_directory.run_status import warn_if_partial
 
 HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label", "score",
              "initial_random_label")

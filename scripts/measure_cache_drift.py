@@ -17,12 +17,12 @@ import numpy as np
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
-from src.experiments.label_scores import label_logodds
-from src.experiments.prompts import leave_one_out_prompts
-from src.experiments.search import seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
+from src.pipeline.label_scores import label_logodds
+from src.prompts.prompts import leave_one_out_prompts
+from src.search.annealing import seed_claims
+from src.data.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
 
 
 def build_parser() -> OneLineParser:

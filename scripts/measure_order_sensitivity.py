@@ -26,11 +26,11 @@ import numpy as np
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import check_url, load_settings, split_url_list
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
-from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
-from src.experiments.run_outputs import write_atomically
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
+from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
+from src.run_directory.run_outputs import write_atomically
+from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

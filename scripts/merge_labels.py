@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.output_paths import refuse_run_folder, refuse_writing_over
-from src.experiments.run_outputs import jsonl, write_atomically
-from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.run_directory.output_paths import refuse_run_folder, refuse_writing_over
+from src.run_directory.run_outputs import jsonl, write_atomically
+from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object
 
 # Settings that differ between the jobs of one sharded run, or don't change what was computed.
 PER_JOB = {"batch_index", "cache_dir", "no_cache", "data_dir", "data"}

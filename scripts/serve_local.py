@@ -18,8 +18,8 @@ import threading
 from typing import Optional, Sequence
 
 from core.llm_api.model_files import resolve_embedded_model
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
 
 # llama.cpp refuses a smaller context.
 LEAST_CONTEXT = 256

@@ -23,10 +23,10 @@ from core.llm_api.settings import Settings
 from core.process_exit import exit_process
 from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCache
 from src.benchmarks.prefix_trie import trie_size
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
-from src.experiments.output_paths import data_files, refuse_run_file, refuse_writing_over
-from src.experiments.prompts import (
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
+from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
+from src.prompts.prompts import (
     DEMO_SEPARATOR,
     demo_orders,
     demonstration_text,
@@ -34,8 +34,8 @@ from src.experiments.prompts import (
     query_text,
     send_order,
 )
-from src.experiments.run_outputs import write_atomically
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
+from src.run_directory.run_outputs import write_atomically
+from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, 
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 from core.llm_api.redaction import redact_url
 from core.llm_api.settings import check_url, load_settings, split_url_list
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_errors import OneLineParser, UserError, run_main
 
 TOP_K = 20
 # A claim as ICM shows it, after two demonstrations in the default label style: a base model ready for ICM

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from src.experiments import ICM
-from src.experiments.run_outputs import jsonl, label_rows
-from src.experiments.search import seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
+from src.run_directory.run_outputs import jsonl, label_rows
+from src.search.annealing import seed_claims
+from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
 
 DEMO_FLAGS = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "8", "--K", "2"]
 

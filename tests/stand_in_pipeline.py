@@ -11,7 +11,7 @@ from typing import ClassVar, Optional, Sequence
 
 from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
 from core.llm_api.llm import ModelAPI
-from src.experiments.prompts import DEMO_SEPARATOR
+from src.prompts.prompts import DEMO_SEPARATOR
 from src.pipeline.pool_scoring import PoolScorer
 
 

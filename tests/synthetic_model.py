@@ -11,7 +11,7 @@ import random
 from typing import Sequence
 
 from core.llm_api.base_llm import RouteStats, ScoringRoute
-from src.experiments.prompts import DEMO_SEPARATOR
+from src.prompts.prompts import DEMO_SEPARATOR
 
 
 class SyntheticModel(ScoringRoute):

@@ -13,8 +13,8 @@ import pytest
 from core.llm_api.faults import ServerFault
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, SettingsError, load_settings
-from src.experiments.label_scores import LOW_LABEL_MASS, holds_a_label, low_mass_warning
-from src.experiments.run_outputs import label_rows
+from src.pipeline.label_scores import LOW_LABEL_MASS, holds_a_label, low_mass_warning
+from src.run_directory.run_outputs import label_rows
 from src.pipeline.pool_scoring import LabelsNotFound, PoolScorer
 from tests.synthetic_model import SyntheticModel
 

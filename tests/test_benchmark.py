@@ -11,9 +11,9 @@ import sys
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.benchmarks.prefix_trie import trie_size
-from src.experiments.prompts import leave_one_out_prompts
-from src.experiments.search import seed_claims
-from src.experiments.testbeds import load_testbed_claims
+from src.prompts.prompts import leave_one_out_prompts
+from src.search.annealing import seed_claims
+from src.data.testbeds import load_testbed_claims
 from tests.conftest import REPO_ROOT
 
 SMALL = Settings(embedded_ctx_per_slot=2048)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.experiments.run_outputs import OUTPUT_FILES
+from src.run_directory.run_outputs import OUTPUT_FILES
 from tests.conftest import REPO_ROOT, closed_port_url
 
 ICM = [sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py")]

@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from src.experiments import ICM
-from src.experiments.run_outputs import OUTPUT_FILES
-from src.experiments.testbeds import TESTBED_SPECS, DataError, load_testbed_claims, normalise_records
+from src.run_directory.run_outputs import OUTPUT_FILES
+from src.data.testbeds import TESTBED_SPECS, DataError, load_testbed_claims, normalise_records
 from tests.conftest import REPO_ROOT
 from tests.stand_in_pipeline import use_stand_in
 
@@ -77,7 +77,7 @@ def test_columns_map_a_files_own_names_onto_the_claim_fields(tmp_path, isolated_
     csv = tmp_path / "mine.csv"
     csv.write_text("qid,q,answer_text,is_true,question\n"
                    "7,What is 2 + 2?,4,1,ignored\n7,What is 2 + 2?,5,0,ignored\n8,Capital of France?,Paris,1,ignored\n")
-    from src.experiments.record_files import parse_columns
+    from src.data.record_files import parse_columns
 
     columns = parse_columns("question=q, choice=answer_text,label=is_true,consistency_id=qid")
     claims, _, _ = load_testbed_claims("custom", None, csv, True, columns)

@@ -10,10 +10,10 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.label_scores import token_label
-from src.experiments.prompts import leave_one_out_prompts
-from src.experiments.search import seed_claims
-from src.experiments.testbeds import load_testbed_claims
+from src.pipeline.label_scores import token_label
+from src.prompts.prompts import leave_one_out_prompts
+from src.search.annealing import seed_claims
+from src.data.testbeds import load_testbed_claims
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 

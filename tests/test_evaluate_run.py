@@ -17,7 +17,7 @@ import pytest
 from core.llm_api.base_llm import RouteStats, ScoringRoute
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 
@@ -165,7 +165,7 @@ def test_a_copy_of_the_pool_source_elsewhere_is_the_same_data(gsm8k_tree, monkey
 
 
 def test_content_hash_of_a_file_and_of_a_saved_dataset_folder(tmp_path):
-    from src.experiments.data_provenance import content_hash
+    from src.data.data_provenance import content_hash
 
     file = tmp_path / "records.json"
     file.write_bytes(b'[{"question": "q"}]')
@@ -344,7 +344,7 @@ def test_a_vllm_run_is_scored_by_its_own_model_and_eval_json_says_where(tmp_path
 
 def test_a_live_run_is_refused_at_once_naming_its_process(tmp_path, monkeypatch, capsys):
     from src.experiments import evaluate
-    from src.experiments.run_lock import RunLock
+    from src.run_directory.run_lock import RunLock
 
     out = write_run(tmp_path / "run", iterations=5, K=6)
     opened = fake_pipeline(monkeypatch, evaluate)
@@ -357,7 +357,7 @@ def test_a_live_run_is_refused_at_once_naming_its_process(tmp_path, monkeypatch,
 
 def test_evaluation_holds_the_runs_lock_while_it_scores(tmp_path, monkeypatch, capsys):
     from src.experiments import evaluate
-    from src.experiments.run_lock import OutputDirLocked, RunLock
+    from src.run_directory.run_lock import OutputDirLocked, RunLock
 
     out = write_run(tmp_path / "run")
     refused = []
@@ -407,7 +407,7 @@ def test_export_and_evaluate_warn_alike_on_a_stopped_run(tmp_path):
 
 
 def test_partial_run_warning_survives_a_damaged_summary(tmp_path, capsys):
-    from src.experiments.run_status import warn_if_partial
+    from src.run_directory.run_status import warn_if_partial
 
     (tmp_path / "summary.json").write_text('{"iterations": 3, "sett')
     assert warn_if_partial(tmp_path).finished is False
@@ -461,7 +461,7 @@ RESULTS = {name: {"accuracy": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 40}
 
 
 def test_eval_png_draws_the_majority_class_rate_not_chance():
-    from src.experiments.figures import accuracy_figure
+    from src.evaluation.figures import accuracy_figure
 
     figure = accuracy_figure(RESULTS, "title", 0.575)
     [line] = [line for line in figure.axes[0].get_lines() if not line.get_label().startswith("_")]  # not error bars
@@ -491,7 +491,7 @@ def progress_log(iterations: int, gold: bool) -> list[dict]:
 
 
 def test_progress_figure_counts_in_whole_numbers_and_keeps_a_zero_line_off_the_axis():
-    from src.experiments.figures import RunLog, progress_figure
+    from src.evaluation.figures import RunLog, progress_figure
 
     figure = progress_figure([RunLog("tqa", 7, progress_log(3, gold=True))])
     energy, agreement, inconsistent = figure.axes
@@ -510,7 +510,7 @@ def test_progress_figure_counts_in_whole_numbers_and_keeps_a_zero_line_off_the_a
 
 
 def test_agreement_that_never_moves_is_drawn_on_a_readable_axis():
-    from src.experiments.figures import RunLog, progress_figure
+    from src.evaluation.figures import RunLog, progress_figure
 
     log = [{**r, "train_accuracy": 1.0} for r in progress_log(4, gold=True)]
     low, high = progress_figure([RunLog("flat", 1, log)]).axes[1].get_ylim()
@@ -518,7 +518,7 @@ def test_agreement_that_never_moves_is_drawn_on_a_readable_axis():
 
 
 def test_progress_figure_says_no_gold_labels_instead_of_a_blank_panel():
-    from src.experiments.figures import RunLog, progress_figure
+    from src.evaluation.figures import RunLog, progress_figure
 
     figure = progress_figure([RunLog("custom-run", 3, progress_log(4, gold=False))])
     agreement = figure.axes[1]

@@ -8,8 +8,8 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.evaluation import CHANCE, bootstrap_accuracy, demonstration_sets, evaluate_conditions
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from src.evaluation.evaluation import CHANCE, bootstrap_accuracy, demonstration_sets, evaluate_conditions
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel
 

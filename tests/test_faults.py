@@ -248,7 +248,7 @@ def test_a_poisoned_prompt_is_found_and_named(forwarding, tmp_path, monkeypatch,
     import random
 
     from src.experiments import ICM
-    from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+    from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 
     claims = normalise_records(demo_records(), TESTBED_SPECS["demo"], "demo", True)
     pool = sample_pool(claims, TESTBED_SPECS["demo"], 8, random.Random(1), "demo")

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from src.experiments.ICM_tools import (
+from src.search.ICM_tools import (
     calculate_accuracy, decision_options, get_energy, get_temperature, metropolis_accept,
     pick_two_inconsistent_claims, update_assign_based_on_decision,
 )

@@ -101,7 +101,7 @@ ZERO_IS_ORDINARY = {"--seed", "--batch-index"}
 @pytest.mark.parametrize("entry", ["ICM", "benchmark_icm", "evaluate", "measure_cache_drift", "measure_order_sensitivity",
                                    "serve_local", "simulate_prefix_cache"])
 def test_help_says_what_0_means_wherever_0_is_allowed(entry):
-    from src.experiments.cli_numbers import Bounded
+    from src.cli.cli_numbers import Bounded
 
     parser = ENTRY_POINTS[entry].build_parser()
     numeric = [action for action in parser._actions if isinstance(action, Bounded)]
@@ -112,7 +112,7 @@ def test_help_says_what_0_means_wherever_0_is_allowed(entry):
 
 
 def test_every_numeric_flag_is_checked():
-    from src.experiments.cli_numbers import Bounded
+    from src.cli.cli_numbers import Bounded
 
     for entry, module in ENTRY_POINTS.items():
         for action in module.build_parser()._actions:

@@ -16,9 +16,9 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.ICM_tools import get_energy, get_temperature, pick_two_inconsistent_claims
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.search.ICM_tools import get_energy, get_temperature, pick_two_inconsistent_claims
+from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel

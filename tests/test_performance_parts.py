@@ -12,7 +12,7 @@ from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
 from src.benchmarks.prefix_trie import common_prefix_length, trie_size
 from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
 from src.benchmarks.reference_pattern import DECISION_PROMPT, ReferencePatternScorer, ReferencePatternSearch
-from src.experiments.prompts import (
+from src.prompts.prompts import (
     DEMO_SEPARATOR,
     demo_orders,
     full_demo_order,
@@ -20,8 +20,8 @@ from src.experiments.prompts import (
     leave_one_out_prompts,
     send_order,
 )
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 from tests.synthetic_model import SyntheticModel
 

@@ -17,7 +17,7 @@ from core.interrupts import WaitInterrupted, ask_to_stop, clear_stop
 from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
 from core.llm_api.settings import Settings, SettingsError, load_settings
-from src.experiments.run_outputs import OUTPUT_FILES
+from src.run_directory.run_outputs import OUTPUT_FILES
 from tests.conftest import REPO_ROOT, closed_port_url
 from tests.conftest import run_outcome as outcome
 

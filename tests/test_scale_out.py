@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from src.experiments.testbeds import TESTBED_SPECS, DataError, load_testbed_claims, shard_pool
+from src.data.testbeds import TESTBED_SPECS, DataError, load_testbed_claims, shard_pool
 from tests.conftest import REPO_ROOT, start_local_server
 from tests.http_test_server import ForwardingTestServer
 

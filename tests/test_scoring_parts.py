@@ -4,8 +4,8 @@ import random
 import pytest
 
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
-from src.experiments.label_scores import PROB_FLOOR, label_logodds, token_label
-from src.experiments.prompts import DEMO_SEPARATOR, judge_prompt, leave_one_out_prompts
+from src.pipeline.label_scores import PROB_FLOOR, label_logodds, token_label
+from src.prompts.prompts import DEMO_SEPARATOR, judge_prompt, leave_one_out_prompts
 
 
 def test_whole_token_matching_does_not_count_untrue_as_true():

@@ -2,8 +2,8 @@ import random
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 from tests.synthetic_model import SyntheticModel
 

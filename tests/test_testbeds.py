@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from src.experiments.testbeds import (
+from src.data.testbeds import (
     TESTBED_SPECS, DataError, demo_records, load_testbed_claims, normalise_records, sample_pool,
 )
 

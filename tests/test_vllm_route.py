@@ -9,10 +9,10 @@ import pytest
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.experiments.label_scores import label_logodds
-from src.experiments.prompts import leave_one_out_prompts
-from src.experiments.search import seed_claims
-from src.experiments.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from src.pipeline.label_scores import label_logodds
+from src.prompts.prompts import leave_one_out_prompts
+from src.search.annealing import seed_claims
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from tests.conftest import CTX, REPO_ROOT, SLOTS, free_port, start_local_server
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from core.llm_api.llm import ModelAPI
-from src.experiments.label_scores import TokenMatch, label_logodds
-from src.experiments.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
-from src.experiments.search import Claims, ICMSearch
+from src.pipeline.label_scores import TokenMatch, label_logodds
+from src.prompts.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
+from src.search.annealing import Claims, ICMSearch
 from src.pipeline.pool_scoring import labeled_pool, labelling_metric
 
 # What the reference's decision query sends (its get_decision_prompt).

@@ -25,7 +25,7 @@ from core.llm_api.redaction import scrub_credentials
 from core.llm_api.response_cache import CACHE_FILE, CacheUnusable
 from core.llm_api.settings import SettingsError, load_settings
 from core.process_exit import exit_process
-from src.experiments.checkpoint import (
+from src.run_directory.checkpoint import (
     CHECKPOINT_FILE,
     LOG_FILE,
     RUN_FILE,
@@ -41,15 +41,15 @@ from src.experiments.checkpoint import (
     save_run,
     trim_log,
 )
-from src.experiments.cli_errors import OneLineParser, UserError, network_error_line
-from src.experiments.cli_numbers import Bounded, check_bounds
-from src.experiments.data_provenance import data_record
-from src.experiments.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
-from src.experiments.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
-from src.experiments.prompts import PROMPT_LAYOUTS
-from src.experiments.record_files import parse_columns
-from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
-from src.experiments.run_outputs import (
+from src.cli.cli_errors import OneLineParser, UserError, network_error_line
+from src.cli.cli_numbers import Bounded, check_bounds
+from src.data.data_provenance import data_record
+from src.pipeline.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
+from src.run_directory.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
+from src.prompts.prompts import PROMPT_LAYOUTS
+from src.data.record_files import parse_columns
+from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
+from src.run_directory.run_outputs import (
     IterationLog,
     OutputDirInUse,
     OutputWriteError,
@@ -59,9 +59,9 @@ from src.experiments.run_outputs import (
     prepare_output_dir,
     write_atomically,
 )
-from src.experiments.search import ICMSearch, SearchSettings, SearchState, seed_claims
-from src.experiments.stop_signals import GracefulStop, SearchStopped
-from src.experiments.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool
+from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.cli.stop_signals import GracefulStop, SearchStopped
+from src.data.testbeds import TESTBED_SPECS, TESTBEDS, DataError, load_testbed_claims, sample_pool, shard_pool
 from src.pipeline.pipeline import (
     ScoringOptions,
     ScoringPipeline,

@@ -21,9 +21,9 @@ from typing import Iterator, Optional, Sequence
 from core.llm_api.response_cache import CACHE_FILE
 from core.llm_api.settings import load_settings
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.cli_numbers import Bounded
-from src.experiments.eval_model import (
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.cli.cli_numbers import Bounded
+from src.evaluation.eval_model import (
     ALLOW_OTHER_MODEL,
     ModelIdentity,
     check_model,
@@ -31,16 +31,16 @@ from src.experiments.eval_model import (
     model_to_request,
     recorded_model,
 )
-from src.experiments.evaluation import CHANCE, evaluate_conditions
-from src.experiments.figures import accuracy_chart
-from src.experiments.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
-from src.experiments.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
-from src.experiments.record_files import parse_columns
-from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
-from src.experiments.run_outputs import atomic_path, write_atomically
-from src.experiments.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings, run_summary
-from src.experiments.run_status import warn_if_partial
-from src.experiments.testbeds import TESTBED_SPECS
+from src.evaluation.evaluation import CHANCE, evaluate_conditions
+from src.evaluation.figures import accuracy_chart
+from src.data.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
+from src.run_directory.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
+from src.data.record_files import parse_columns
+from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
+from src.run_directory.run_outputs import atomic_path, write_atomically
+from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings, run_summary
+from src.run_directory.run_status import warn_if_partial
+from src.data.testbeds import TESTBED_SPECS
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
 
 

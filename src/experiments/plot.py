@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.process_exit import exit_process
-from src.experiments.cli_errors import OneLineParser, UserError, run_main
-from src.experiments.figures import RunLog, figure_formats, progress_chart
-from src.experiments.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
-from src.experiments.run_outputs import atomic_path
-from src.experiments.run_reading import read_json_lines, run_settings
+from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.evaluation.figures import RunLog, figure_formats, progress_chart
+from src.run_directory.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
+from src.run_directory.run_outputs import atomic_path
+from src.run_directory.run_reading import read_json_lines, run_settings
 
 
 def run_seed(run_dir: Path) -> Optional[int]:

@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 from core.llm_api.llm import ModelAPI, choose_route
 from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.settings import Settings
-from src.experiments.label_scores import LabelAbsent, TokenMatch, holds_a_label
-from src.experiments.prompts import LabelStyle, PromptLayout, query_text
-from src.experiments.testbeds import DataError
+from src.pipeline.label_scores import LabelAbsent, TokenMatch, holds_a_label
+from src.prompts.prompts import LabelStyle, PromptLayout, query_text
+from src.data.testbeds import DataError
 from src.pipeline.pool_scoring import PoolScorer
 
 

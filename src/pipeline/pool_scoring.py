@@ -14,9 +14,9 @@ from core.llm_api.base_llm import ScoringError
 from core.llm_api.faults import PromptsRejected
 from core.llm_api.llm import ModelAPI
 from core.llm_api.logprobs import NextTokenLogprobs
-from src.experiments.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
-from src.experiments.label_scores import LabelAbsent, LabelEvidence, TokenMatch, label_evidence
-from src.experiments.prompts import (
+from src.search.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
+from src.pipeline.label_scores import LabelAbsent, LabelEvidence, TokenMatch, label_evidence
+from src.prompts.prompts import (
     LabelStyle,
     PromptLayout,
     demo_orders,

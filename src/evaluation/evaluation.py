@@ -15,8 +15,8 @@ import numpy as np
 from scipy import stats
 
 from core.llm_api.llm import ModelAPI
-from src.experiments.label_scores import TokenMatch, label_evidence, median
-from src.experiments.prompts import LabelStyle, judge_prompt
+from src.pipeline.label_scores import TokenMatch, label_evidence, median
+from src.prompts.prompts import LabelStyle, judge_prompt
 
 CONDITIONS = ("zero-shot", "random labels", "gold labels", "ICM labels")
 CHANCE = 0.5
@@ -30,7 +30,7 @@ class ConditionResult:
     n: int
     # Answers whose top-k held neither label token: counted as wrong, never as a guess of False.
     no_label_answers: int = 0
-    label_mass_median: Optional[float] = None  # see src/experiments/label_scores.py
+    label_mass_median: Optional[float] = None  # see src/pipeline/label_scores.py
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,

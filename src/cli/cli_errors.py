@@ -46,10 +46,10 @@ def project_user_errors() -> tuple[type[BaseException], ...]:
     from core.llm_api.model_files import ModelFileMissing
     from core.llm_api.response_cache import CacheUnusable
     from core.llm_api.settings import SettingsError
-    from src.experiments.checkpoint import CheckpointError
-    from src.experiments.run_lock import OutputDirLocked, OutputDirUnusable
-    from src.experiments.run_outputs import OutputDirInUse, OutputWriteError
-    from src.experiments.testbeds import DataError
+    from src.run_directory.checkpoint import CheckpointError
+    from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable
+    from src.run_directory.run_outputs import OutputDirInUse, OutputWriteError
+    from src.data.testbeds import DataError
 
     return (UserError, ScoringError, RouteUnavailable, ModelFileMissing, CacheUnusable, SettingsError, CheckpointError,
             OutputDirLocked, OutputDirUnusable, OutputDirInUse, OutputWriteError, DataError)

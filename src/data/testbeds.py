@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 # DataError and read_json_records live in record_files; callers import them from here as well.
-from src.experiments.record_files import DataError, Record, read_json_records, read_records
+from src.data.record_files import DataError, Record, read_json_records, read_records
 
 CLAIM_STEM = "I think this claim is"
 TESTBEDS = ("truthfulQA", "gsm8k", "alpaca", "truthfulQA-preference", "custom", "demo")

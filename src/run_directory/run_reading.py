@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from src.experiments.cli_errors import UserError
+from src.cli.cli_errors import UserError
 
 
 def _parse(text: str) -> tuple[Any, str]:

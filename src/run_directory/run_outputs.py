@@ -145,7 +145,7 @@ def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float],
                label_masses: Optional[dict[int, float]] = None) -> Iterable[dict[str, Any]]:
     """labels.jsonl's rows. ``scores``: each labelled claim's leave-one-out score under the final labels, and
     each unlabelled claim's prediction from all labelled ones (missing where not known: null). ``label_masses``:
-    the probability each of those answers puts on the label tokens (src/experiments/label_scores.py)."""
+    the probability each of those answers puts on the label tokens (src/pipeline/label_scores.py)."""
     label_masses = label_masses or {}
     for uid in sorted(claims):
         claim = claims[uid]

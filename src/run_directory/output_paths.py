@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from src.experiments.cli_errors import UserError
+from src.cli.cli_errors import UserError
 
 # What an ICM.py run keeps in its output directory, and reads back on resume: never an output of another tool.
 RUN_OWN_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "run.json", "checkpoint.json", "responses.sqlite")

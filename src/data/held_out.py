@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from src.experiments.cli_errors import UserError
-from src.experiments.data_provenance import BUILT_IN_DEMO, content_hash
-from src.experiments.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_records
+from src.cli.cli_errors import UserError
+from src.data.data_provenance import BUILT_IN_DEMO, content_hash
+from src.data.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_records
 
 POOL_SOURCE_FLAG = "--pool-source"
 

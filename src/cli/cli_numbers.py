@@ -14,7 +14,7 @@ import argparse
 import math
 from typing import Any, Optional, Sequence
 
-from src.experiments.cli_errors import UserError
+from src.cli.cli_errors import UserError
 
 Number = float  # ints are checked the same way
 

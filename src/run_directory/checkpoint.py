@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from src.experiments.run_outputs import write_atomically
-from src.experiments.search import Claims, SearchState
+from src.run_directory.run_outputs import write_atomically
+from src.search.annealing import Claims, SearchState
 
 CHECKPOINT_FILE = "checkpoint.json"
 RUN_FILE = "run.json"

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from src.experiments.ICM_tools import (
+from src.search.ICM_tools import (
     decision_options,
     get_energy,
     get_temperature,

@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from src.experiments.cli_errors import UserError
+from src.cli.cli_errors import UserError
 from core.llm_api.llm import RouteUnavailable, choose_route
 from core.llm_api.settings import Settings
 
