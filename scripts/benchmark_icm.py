@@ -45,6 +45,7 @@ from src.prompts.prompts import PROMPT_LAYOUTS
 from src.run_directory.run_outputs import IterationLog, write_atomically
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="claims that start labeled (even, at most --pool; 0: none)")
     parser.add_argument("--K", type=int, default=10, action=Bounded, at_least=1, help="iterations each mode runs for the table")
     parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
-    parser.add_argument("--layout", default="tree", choices=PROMPT_LAYOUTS, help="ours' prompt layout")
+    parser.add_argument("--layout", default=PromptConfig().prompt_layout, choices=PROMPT_LAYOUTS, help="ours' prompt layout")
     parser.add_argument("--modes", default="ours,reference", help="comma-separated: ours, reference")
     parser.add_argument("--rss-K", type=int, default=200, action=Bounded, at_least=0,
                         help=f"run ours on to this many iterations and compare peak RSS with iteration {RSS_EARLY_ITERATION} "
@@ -132,10 +133,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         recorder = CallRecorder(api)
         if mode == "reference":
-            scorer: Any = ReferencePatternScorer(recorder)
+            scorer: Any = ReferencePatternScorer(recorder, PromptConfig())
             search_class: Callable[..., ICMSearch] = ReferencePatternSearch
         else:
-            scorer = PoolScorer(recorder, prompt_layout=args.layout)
+            scorer = PoolScorer(recorder, PromptConfig(prompt_layout=args.layout))
             search_class = ICMSearch
         claims, rng = labelled_pool(args, args.pool, gold=False)
         search = search_class(MeasuredScorer(scorer, recorder), SearchSettings(K=args.K), rng, SearchState(claims))
@@ -213,7 +214,7 @@ def compare_layouts(args: argparse.Namespace) -> dict[str, Any]:
         api = open_model_api(args)
         try:
             recorder = CallRecorder(api)
-            scorer = MeasuredScorer(PoolScorer(recorder, prompt_layout=layout), recorder)
+            scorer = MeasuredScorer(PoolScorer(recorder, PromptConfig(prompt_layout=layout)), recorder)
             started = time.perf_counter()
             with recorder.phase("pool"):
                 scores[layout] = scorer.pool_scores(claims)

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.config.run_config import RunConfig
 from src.run_directory.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
 from src.prompts.prompts import LABEL_WORDS, query_text
 from src.run_directory.run_outputs import jsonl, write_atomically
@@ -59,7 +60,7 @@ def export(args: argparse.Namespace) -> int:
     refuse_run_file(output, "--output")
     rows = read_json_lines(labels, f"restore it, or write it again with python src/experiments/ICM.py --resume {args.run_dir}",
                            check=label_row_problem)
-    exported = export_rows(rows, args.format, settings.get("label_style", "space-in-label"))
+    exported = export_rows(rows, args.format, RunConfig.from_json(settings).prompts.label_style)
     if not exported:
         raise UserError(f"{labels} has no labelled claims to export")
     run_summary(args.run_dir)  # damage is refused; warn_if_partial only warns

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
+from src.config.run_config import RunConfig
 from src.experiments import ICM
 from src.run_directory.run_outputs import jsonl, label_rows
 from src.search.annealing import seed_claims
@@ -21,7 +22,7 @@ def make_run(out: Path, flags: Sequence[str] = DEMO_FLAGS, *, route: str = "embe
     """A finished run of ICM.py ``flags`` in ``out``: run.json, labels.jsonl (every claim labelled), log.jsonl
     and summary.json, as the route ``route`` and model ``model`` would have left them."""
     args = ICM.build_parser().parse_args(list(flags))
-    settings = ICM.run_settings(args)
+    settings = RunConfig.from_args(args).to_json()
     claims, source, _ = load_testbed_claims(args.testbed, args.data_dir, args.data, True)
     rng = random.Random(args.seed)
     if args.num_batches is None:

@@ -1,7 +1,7 @@
 """A stand-in for ICM.py's ScoringPipeline, so a whole run can go through ``ICM.main(argv)`` in-process in well
 under a second: a deterministic route that reads the prompts the project builds, and no model.
 
-    monkeypatch.setattr("src.experiments.ICM.ScoringPipeline", StandInPipeline)
+    monkeypatch.setattr("src.run.ScoringPipeline", StandInPipeline)
 """
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ class StandInPipeline:
         self.route = "stand-in"
         self.stand_in = PromptHashRoute(self.fail_after)
         self.model_api = ModelAPI(settings=settings, route=self.stand_in)
-        self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match,
-                                 prompt_layout=options.prompt_layout, mp_reduce=options.mp_reduce)
+        self.scorer = PoolScorer(self.model_api, options.prompts)
         StandInPipeline.instances.append(self)
 
     def close(self) -> None:
@@ -81,5 +80,5 @@ def use_stand_in(monkeypatch, tmp_path, fail_after: Optional[int] = None) -> typ
     monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-such-SECRETS"))
     monkeypatch.setattr(StandInPipeline, "instances", [])
     monkeypatch.setattr(StandInPipeline, "fail_after", fail_after)
-    monkeypatch.setattr("src.experiments.ICM.ScoringPipeline", StandInPipeline)
+    monkeypatch.setattr("src.run.ScoringPipeline", StandInPipeline)
     return StandInPipeline

@@ -15,6 +15,7 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.pipeline.label_scores import LOW_LABEL_MASS, holds_a_label, low_mass_warning
 from src.run_directory.run_outputs import label_rows
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import LabelsNotFound, PoolScorer
 from tests.synthetic_model import SyntheticModel
 
@@ -114,7 +115,7 @@ def pool(n=4):
 def scorer_over(replace, **options) -> PoolScorer:
     claims = pool()
     route = ScriptedRoute(list(claims.values()), [c["label"] for c in claims.values()], replace)
-    return PoolScorer(ModelAPI(route=route, settings=Settings()), prompt_layout="reference", **options)
+    return PoolScorer(ModelAPI(route=route, settings=Settings()), PromptConfig(prompt_layout="reference", **options))
 
 
 def test_label_words_absent_from_every_answer_stop_the_run():

@@ -14,6 +14,7 @@ from src.pipeline.label_scores import token_label
 from src.prompts.prompts import leave_one_out_prompts
 from src.search.annealing import seed_claims
 from src.data.testbeds import load_testbed_claims
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 
@@ -40,7 +41,7 @@ def test_the_reference_trailing_space_pushes_the_labels_down(embedded_api, tqa_p
 
 
 def test_a_pool_score_is_one_call_of_the_engine(embedded_api, tqa_pool):
-    scorer = PoolScorer(embedded_api)
+    scorer = PoolScorer(embedded_api, PromptConfig(prompt_layout="reference"))
     claims = {c["uid"]: c for c in tqa_pool}
     before = embedded_api.stats.requests, embedded_api.stats.prompts
     scores = scorer.pool_scores(claims)

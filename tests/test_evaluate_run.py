@@ -61,8 +61,7 @@ def fake_pipeline(monkeypatch, module, name="embedded", model=EMBEDDED_MODEL, en
             self.options, self.route = options, name
             self.constant = ConstantRoute(name, model, endpoint, on_call)
             self.model_api = ModelAPI(settings=Settings(), route=self.constant, cache_dir=options.cache_dir)
-            self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match,
-                                     prompt_layout=options.prompt_layout, mp_reduce=options.mp_reduce)
+            self.scorer = PoolScorer(self.model_api, options.prompts)
             opened.append(self)
 
         def __enter__(self):
@@ -110,9 +109,9 @@ def gsm8k_tree(tmp_path):
 
 def gsm8k_run_from_src_experiments(tree: Path, monkeypatch, capsys) -> Path:
     """The README's second form: ICM.py started in src/experiments with a relative --data-dir."""
-    from src.experiments import ICM
+    from src import run as run_module  # where ICM.py's run builds its ScoringPipeline
 
-    fake_pipeline(monkeypatch, ICM)
+    fake_pipeline(monkeypatch, run_module)
     out = tree / "repo" / "results" / "gsm"
     monkeypatch.chdir(tree / "repo" / "src" / "experiments")
     assert icm_main(["--testbed", "gsm8k", "--data-dir", "../../../data", "--batch_size", "8", "--num_seed", "2",
@@ -424,9 +423,9 @@ def demo_icm(out: Path, *extra: str):
 
 
 def test_overwrite_removes_every_file_made_from_the_previous_run_and_keeps_the_cache(tmp_path, monkeypatch, capsys):
-    from src.experiments import ICM
+    from src import run as run_module  # where ICM.py's run builds its ScoringPipeline
 
-    fake_pipeline(monkeypatch, ICM)
+    fake_pipeline(monkeypatch, run_module)
     out = tmp_path / "run"
     assert demo_icm(out) == 0
     for name in DERIVED:
@@ -439,9 +438,9 @@ def test_overwrite_removes_every_file_made_from_the_previous_run_and_keeps_the_c
 
 
 def test_a_new_run_does_not_mix_with_derived_files_left_from_an_old_one(tmp_path, monkeypatch, capsys):
-    from src.experiments import ICM
+    from src import run as run_module  # where ICM.py's run builds its ScoringPipeline
 
-    fake_pipeline(monkeypatch, ICM)
+    fake_pipeline(monkeypatch, run_module)
     out = tmp_path / "run"
     out.mkdir()
     (out / "eval.json").write_text("{}")

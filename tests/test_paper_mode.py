@@ -19,6 +19,7 @@ from core.llm_api.settings import Settings
 from src.search.ICM_tools import get_energy, get_temperature, pick_two_inconsistent_claims
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel
@@ -69,7 +70,7 @@ def demo_claims() -> list[dict]:
 def scorer_for(pool: list[dict], seed: int) -> PoolScorer:
     # A weak, noisy prior, so that seeds start inconsistent and the repair has work to do.
     model = SyntheticModel(pool, [c["label"] for c in pool], seed=seed, prior_weight=0.3, prior_noise=1.0)
-    return PoolScorer(ModelAPI(settings=Settings(), route=model))
+    return PoolScorer(ModelAPI(settings=Settings(), route=model), PromptConfig(prompt_layout="reference"))
 
 
 def labeled(claims: dict) -> dict:

@@ -22,6 +22,7 @@ from src.prompts.prompts import (
 )
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 from tests.synthetic_model import SyntheticModel
 
@@ -108,7 +109,7 @@ def test_tree_scores_land_on_the_right_claims():
     scores = {}
     for layout in ("reference", "tree"):
         model = SyntheticModel(pool, [c["label"] for c in pool], seed=4)
-        scorer = PoolScorer(ModelAPI(settings=Settings(), route=model), prompt_layout=layout)
+        scorer = PoolScorer(ModelAPI(settings=Settings(), route=model), PromptConfig(prompt_layout=layout))
         scores[layout] = scorer.pool_scores(claims)
         assert model.batch_sizes == [16]
     assert scores["reference"].keys() == scores["tree"].keys()
@@ -135,7 +136,7 @@ class PromptLog(SyntheticModel):
 def test_pool_prompts_reach_the_engine_in_trie_order():
     pool, claims, _ = demo_pool(12, 12, seed=2)
     model = PromptLog(pool, [c["label"] for c in pool])
-    PoolScorer(ModelAPI(settings=Settings(), route=model), prompt_layout="tree").pool_scores(claims)
+    PoolScorer(ModelAPI(settings=Settings(), route=model), PromptConfig(prompt_layout="tree")).pool_scores(claims)
     labeled = [claims[uid] for uid in sorted(claims)]
     prompts = leave_one_out_prompts(labeled, "space-in-label", "tree")
     assert model.sent == [[prompts[i] for i in send_order(demo_orders(labeled, "tree"))]]
@@ -146,7 +147,7 @@ def test_reference_pattern_sends_a_request_per_prompt_and_a_decision_query_per_p
     model = PromptLog(pool, [c["label"] for c in pool])
     api = ModelAPI(settings=Settings(), route=model)
     recorder = CallRecorder(api)
-    scorer = MeasuredScorer(ReferencePatternScorer(recorder), recorder)
+    scorer = MeasuredScorer(ReferencePatternScorer(recorder, PromptConfig()), recorder)
     search = ReferencePatternSearch(scorer, SearchSettings(K=15), rng, SearchState(claims))
     search.run()
     assert all(len(batch) == 1 for batch in model.sent)
@@ -163,8 +164,8 @@ def test_reference_pattern_sends_a_request_per_prompt_and_a_decision_query_per_p
 def test_reference_pattern_scores_equal_ours_on_the_reference_layout():
     pool, claims, _ = demo_pool(12, 12, seed=6)
     planted = [c["label"] for c in pool]
-    ours = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, planted))).evaluate(claims)
-    theirs = ReferencePatternScorer(ModelAPI(settings=Settings(), route=PromptLog(pool, planted))).evaluate(claims)
+    ours = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, planted)), PromptConfig(prompt_layout="reference")).evaluate(claims)
+    theirs = ReferencePatternScorer(ModelAPI(settings=Settings(), route=PromptLog(pool, planted)), PromptConfig()).evaluate(claims)
     assert ours == theirs
 
 
@@ -172,7 +173,7 @@ def test_recorder_drops_phases_answered_from_the_memo():
     pool, claims, _ = demo_pool(8, 8, seed=0)
     model = SyntheticModel(pool, [c["label"] for c in pool])
     recorder = CallRecorder(ModelAPI(settings=Settings(), route=model))
-    scorer = MeasuredScorer(PoolScorer(recorder), recorder)
+    scorer = MeasuredScorer(PoolScorer(recorder, PromptConfig(prompt_layout="reference")), recorder)
     scorer.evaluate(claims)
     scorer.evaluate(claims)
     scorer.predict_score(claims[0], claims)  # labeled: read from the pool score
@@ -243,7 +244,7 @@ def test_search_calls_the_inconsistent_pairs_hook_each_repair_round():
             seen.append(len(pairs))
             return pairs
 
-    scorer = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, [c["label"] for c in pool])))
+    scorer = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, [c["label"] for c in pool])), PromptConfig(prompt_layout="reference"))
     Watching(scorer, SearchSettings(K=20), rng, SearchState(claims)).run()
     assert seen and any(n > 0 for n in seen)
 

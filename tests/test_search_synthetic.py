@@ -4,6 +4,7 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 from tests.synthetic_model import SyntheticModel
 
@@ -15,7 +16,7 @@ def planted_search(seed: int, K: int = 300, pool_size: int = 32, num_seed: int =
     planted = [c["label"] for c in pool]  # the demo's gold labels are the planted labelling
     model = SyntheticModel(pool, planted, seed=seed)
     api = ModelAPI(settings=Settings(), route=model)
-    scorer = PoolScorer(api)
+    scorer = PoolScorer(api, PromptConfig(prompt_layout="reference"))
     state = SearchState(claims=seed_claims(pool, num_seed, rng))
     search = ICMSearch(scorer, SearchSettings(K=K), rng, state)
     log = []

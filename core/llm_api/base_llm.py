@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
+from core.errors import UserError
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.redaction import scrub_credentials
 
 DEFAULT_TOP_K = 20
 
 
-class ScoringError(RuntimeError):
+class ScoringError(RuntimeError, UserError):
     """The route could not score the prompts; the message says why and what to change.
 
     Messages name URLs, so any credentials written into one (http://user:password@host) are taken out here,

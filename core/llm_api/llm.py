@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from core.errors import UserError
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
 from core.llm_api.faults import PromptsRejected
 from core.llm_api.logprobs import NextTokenLogprobs
@@ -18,7 +19,7 @@ from core.llm_api.response_cache import ResponseCache, request_key
 from core.llm_api.settings import Settings, load_settings, split_url_list
 
 
-class RouteUnavailable(RuntimeError):
+class RouteUnavailable(RuntimeError, UserError):
     pass
 
 

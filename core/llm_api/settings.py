@@ -15,13 +15,14 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from core.errors import UserError
 from core.llm_api.redaction import redact_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SECRETS_FILE = REPO_ROOT / "SECRETS"
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     pass
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.llm_api.llm import ModelAPI
+from src.config.run_config import PromptConfig
 from src.pipeline.label_scores import TokenMatch, label_logodds
 from src.prompts.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
 from src.search.annealing import Claims, ICMSearch
@@ -22,11 +23,12 @@ DECISION_PROMPT = "dummy prompt"
 
 
 class ReferencePatternScorer:
-    def __init__(self, model_api: ModelAPI, label_style: LabelStyle = "space-in-label", token_match: TokenMatch = "whole") -> None:
+    def __init__(self, model_api: ModelAPI, prompts: PromptConfig) -> None:
+        """``prompts``: the label style and token match to score with; the layout is always the reference's."""
         model_api.send_prompts_singly()
         self.model_api = model_api
-        self.label_style = label_style
-        self.token_match = token_match
+        self.label_style: LabelStyle = prompts.label_style
+        self.token_match: TokenMatch = prompts.token_match
         self.prompt_layout = "reference"
         self.pool_scores_computed = 0
         self.pool_scores_reused = 0

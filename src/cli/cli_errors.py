@@ -4,8 +4,8 @@ traceback, and nothing half-written.
     def main(argv=None) -> int:
         return run_main(lambda: _main(build_parser().parse_args(argv)))
 
-``UserError`` is the base class for bad input the user can fix; ``run_main`` also reports the project's other
-error classes that carry such a message (``project_user_errors``), an ``OSError`` on a path, Ctrl-C (exit 130)
+``UserError`` (core/errors.py) is the base class of every error the user can fix: a flag, a data file, the run
+directory, a model route. ``run_main`` reports it, an ``OSError`` on a path, Ctrl-C (exit 130)
 and SIGTERM (exit 143). SIGTERM is turned into an exception for as long as ``run_main`` runs, so that a write
 in progress is cleaned up as it is on Ctrl-C (``run_outputs.write_atomically`` removes its temporary file on any
 exception; the default SIGTERM action would kill the process without running it).
@@ -19,11 +19,14 @@ import threading
 from types import FrameType
 from typing import Callable, NoReturn, Optional
 
+from core.errors import UserError
 from core.llm_api.redaction import scrub_credentials
 
+__all__ = ["OneLineParser", "Terminated", "UsageError", "UserError", "network_error_line", "os_error_line", "run_main"]
 
-class UserError(ValueError):
-    """Bad input the user can fix; the message names what to fix. Reported as one ``error:`` line, exit code 2."""
+
+class UsageError(UserError):
+    """Flags that don't go together, or don't fit the run (ICM.py's)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -36,23 +39,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
-
-
-def project_user_errors() -> tuple[type[BaseException], ...]:
-    """The project's error classes whose message tells the user what to fix (what ICM.py reports in one line)."""
-    # Imported here: the modules that define them may import this one.
-    from core.llm_api.base_llm import ScoringError
-    from core.llm_api.llm import RouteUnavailable
-    from core.llm_api.model_files import ModelFileMissing
-    from core.llm_api.response_cache import CacheUnusable
-    from core.llm_api.settings import SettingsError
-    from src.run_directory.checkpoint import CheckpointError
-    from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable
-    from src.run_directory.run_outputs import OutputDirInUse, OutputWriteError
-    from src.data.testbeds import DataError
-
-    return (UserError, ScoringError, RouteUnavailable, ModelFileMissing, CacheUnusable, SettingsError, CheckpointError,
-            OutputDirLocked, OutputDirUnusable, OutputDirInUse, OutputWriteError, DataError)
 
 
 def os_error_line(exc: OSError) -> str:
@@ -93,7 +79,7 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("stopped by Ctrl-C", file=sys.stderr)
         return 128 + signal.SIGINT
-    except project_user_errors() as exc:
+    except UserError as exc:
         print(f"error: {scrub_credentials(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -79,18 +79,17 @@ def pool_source(run_data: Optional[dict], legacy_source: Optional[str], explicit
                        f"{POOL_SOURCE_FLAG} FILE naming the data file ICM.py read, so its content can be compared")
 
 
-def test_data_dir(given: Optional[Path], run_data: Optional[dict], settings: dict) -> Optional[Path]:
+def test_data_dir(given: Optional[Path], run_data: Optional[dict], typed: Optional[Path]) -> Optional[Path]:
     """The folder that holds the test split: --data-dir, else the run's (absolute in run.json; an old
-    run's typed path only if it was absolute). Raises HeldOutError for an old run's relative path."""
+    run's ``typed`` --data-dir only if it was absolute). Raises HeldOutError for an old run's relative path."""
     if given is not None:
         return given
     if run_data is not None and run_data.get("data_dir"):
         return Path(run_data["data_dir"])
-    typed = settings.get("data_dir")
     if not typed:
         return None
     if not Path(typed).is_absolute():
-        raise HeldOutError(f"the run's --data-dir {typed!r} is relative to the folder ICM.py ran in, which run.json "
+        raise HeldOutError(f"the run's --data-dir {str(typed)!r} is relative to the folder ICM.py ran in, which run.json "
                            "does not record (a run from before it did): pass --data-dir DIR, or --test-data FILE")
     return Path(typed)
 

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from core.errors import UserError
+
 Record = dict[str, Any]
 
 # The fields a record may give, under these names, to a testbed (testbeds.py reads them).
@@ -30,7 +32,7 @@ TEXT_FIELDS = ("question", "choice", "choice_2", "answer", "cot", "consistency_k
 NUMBER_FIELDS = ("label", "consistency_id", "consistency_key")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data that can't be used; the message names the file, record or field and the fix."""
 
 

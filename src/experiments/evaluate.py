@@ -23,6 +23,7 @@ from core.llm_api.settings import load_settings
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
+from src.config.run_config import RouteConfig, RunConfig
 from src.evaluation.eval_model import (
     ALLOW_OTHER_MODEL,
     ModelIdentity,
@@ -51,7 +52,8 @@ class EvaluationError(UserError):
 @dataclass
 class RunFiles:
     """What evaluate.py reads from a run directory."""
-    settings: dict  # the run's settings (run.json, else summary.json)
+    settings: dict  # the run's settings as recorded (run.json, else summary.json)
+    config: RunConfig  # the same, read as the run's configuration
     rows: list[dict]  # labels.jsonl
     labels_sha256: str  # of labels.jsonl's bytes, as read
     data: Optional[dict]  # run.json's "data" (absolute paths, the pool source's hash); None for older runs
@@ -78,7 +80,7 @@ def read_run(run_dir: Path) -> RunFiles:
     rows = read_json_lines(labels_path, rewrite, check=label_row_problem)
     raw = labels_path.read_bytes()  # the run's lock is held: these are the bytes just parsed
     data = run_record.get("data") if run_record and isinstance(run_record.get("data"), dict) else None
-    return RunFiles(settings, rows, hashlib.sha256(raw).hexdigest(), data, summary)
+    return RunFiles(settings, RunConfig.from_json(settings), rows, hashlib.sha256(raw).hexdigest(), data, summary)
 
 
 @contextmanager
@@ -140,7 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def _evaluate_held_run(args: argparse.Namespace) -> dict:
     run = read_run(args.run_dir)
-    settings = run.settings
+    settings, config = run.settings, run.config
     progress = warn_if_partial(args.run_dir)
     testbed = args.testbed or settings.get("testbed")
     if testbed != settings.get("testbed"):
@@ -150,10 +152,9 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
     try:
         pool = pool_source(run.data, legacy_source if isinstance(legacy_source, str) else None, args.pool_source)
         needs_dir = args.test_data is None and testbed not in ("demo", "custom")
-        data_dir = test_data_dir(args.data_dir, run.data, settings) if needs_dir else args.data_dir
-        columns = parse_columns(settings["columns"]) if settings.get("columns") else None  # the run's --columns
-        held_out = test_split(testbed, args.test_data, data_dir, pool, run.rows,
-                              not settings.get("no_gold_consistency", False), columns)
+        data_dir = test_data_dir(args.data_dir, run.data, config.data.data_dir) if needs_dir else args.data_dir
+        columns = parse_columns(config.data.columns) if config.data.columns else None  # the run's --columns
+        held_out = test_split(testbed, args.test_data, data_dir, pool, run.rows, not config.data.no_gold_consistency, columns)
     except OSError as exc:
         raise EvaluationError(f"{exc.filename or 'the data'} can't be read ({exc.strerror}): check the path and its "
                               "permissions") from None
@@ -170,11 +171,11 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
     run_model = recorded_model(run.summary)
     route_settings = load_settings()
     use_vllm, route = choose_evaluation_route(run_model, route_settings, args.allow_other_model)
+    # The run's prompts and --deterministic, with this evaluation's model, route and response cache.
     options = ScoringOptions(
-        model=model_to_request(run_model, route, args.model, settings.get("model")), use_vllm=use_vllm,
-        deterministic=settings.get("deterministic", False), show_progress=show_progress_bars(args.no_progress),
-        exact_label_logprobs=settings.get("label_logprobs", "auto") == "auto",
-        label_style=settings.get("label_style", "space-in-label"), token_match=settings.get("token_match", "whole"),
+        RouteConfig(model=model_to_request(run_model, route, args.model, config.route.model), use_vllm=use_vllm,
+                    deterministic=config.route.deterministic),
+        config.prompts, show_progress=show_progress_bars(args.no_progress),
         cache_dir=None if args.no_cache else (args.cache_dir or args.run_dir),
     )
     with ScoringPipeline(options, route_settings) as pipeline:
@@ -203,7 +204,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
     }
     write_atomically(args.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     with atomic_path(args.run_dir / "eval.png") as temporary:
-        accuracy_chart(report["conditions"], eval_title(args.run_dir, settings.get("seed"), report),
+        accuracy_chart(report["conditions"], eval_title(args.run_dir, config.data.seed, report),
                        report["majority_class_rate"], temporary)
     for name, result in report["conditions"].items():
         print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")

@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 from core.llm_api.llm import ModelAPI, choose_route
 from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.settings import Settings
-from src.pipeline.label_scores import LabelAbsent, TokenMatch, holds_a_label
-from src.prompts.prompts import LabelStyle, PromptLayout, query_text
+from src.config.run_config import PromptConfig, RouteConfig
+from src.pipeline.label_scores import holds_a_label
+from src.prompts.prompts import LabelStyle, query_text
 from src.data.testbeds import DataError
 from src.pipeline.pool_scoring import PoolScorer
 
@@ -27,20 +28,23 @@ def show_progress_bars(no_progress: bool) -> bool:
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    model: Optional[str] = None
-    use_vllm: Optional[bool] = None
-    deterministic: bool = False
-    exact_label_logprobs: bool = True
-    show_progress: bool = True
-    label_style: LabelStyle = "space-in-label"
-    token_match: TokenMatch = "whole"
-    prompt_layout: PromptLayout = "reference"
-    mp_reduce: str = "mean"  # mutual predictability: the reference's mean, or the paper's sum
-    label_absent: LabelAbsent = "stop"  # an answer with no label token: stop, or the reference's floor
+    """What the scoring side takes of a run's configuration: its route and prompt sections, and what this
+    invocation resolved (progress bars shown, the response cache's folder, the hosted API's top-k). The
+    settings' defaults are the config's (src/config/run_config.py); the properties only read them through."""
+    route: RouteConfig
+    prompts: PromptConfig
+    show_progress: bool
+    cache_dir: Optional[Path]  # where responses.sqlite lives; None: no response cache
     external_top_k: Optional[int] = None  # override API_TOP_K (paper mode asks for the reference's 20)
-    requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
-    tokens_per_minute: Optional[float] = None  # override API_TOKENS_PER_MINUTE
-    cache_dir: Optional[Path] = None  # where responses.sqlite lives; None: no response cache
+
+    model = property(lambda self: self.route.model)
+    use_vllm = property(lambda self: self.route.use_vllm)
+    deterministic = property(lambda self: self.route.deterministic)
+    requests_per_minute = property(lambda self: self.route.requests_per_minute)  # override API_REQUESTS_PER_MINUTE
+    tokens_per_minute = property(lambda self: self.route.tokens_per_minute)  # override API_TOKENS_PER_MINUTE
+    exact_label_logprobs = property(lambda self: self.prompts.exact_label_logprobs)
+    label_style = property(lambda self: self.prompts.label_style)
+    token_match = property(lambda self: self.prompts.token_match)
 
 
 # A token covers at least one byte of UTF-8 in byte-level BPE (and SentencePiece with byte fallback), so a prompt
@@ -84,10 +88,7 @@ class ScoringPipeline:
             use_vllm=options.use_vllm, rate_limiter=self.rate_limiter, cache_dir=options.cache_dir,
             worth_caching=holds_a_label(options.token_match),
         )
-        self.scorer = PoolScorer(
-            self.model_api, options.label_style, options.token_match, prompt_layout=options.prompt_layout,
-            mp_reduce=options.mp_reduce, label_absent=options.label_absent,
-        )
+        self.scorer = PoolScorer(self.model_api, options.prompts)
 
     def close(self) -> None:
         self.model_api.close()

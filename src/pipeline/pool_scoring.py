@@ -14,6 +14,7 @@ from core.llm_api.base_llm import ScoringError
 from core.llm_api.faults import PromptsRejected
 from core.llm_api.llm import ModelAPI
 from core.llm_api.logprobs import NextTokenLogprobs
+from src.config.run_config import PromptConfig
 from src.search.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
 from src.pipeline.label_scores import LabelAbsent, LabelEvidence, TokenMatch, label_evidence
 from src.prompts.prompts import (
@@ -79,19 +80,16 @@ class PoolScorer:
     def __init__(
         self,
         model_api: ModelAPI,
-        label_style: LabelStyle = "space-in-label",
-        token_match: TokenMatch = "whole",
+        prompts: PromptConfig,
         memo_entries: int = DEFAULT_MEMO_ENTRIES,
-        prompt_layout: PromptLayout = "reference",
-        mp_reduce: str = "mean",
-        label_absent: LabelAbsent = "stop",
     ) -> None:
+        """``prompts``: the run's prompt settings (label style, token match, layout, mp_reduce, label_absent)."""
         self.model_api = model_api
-        self.mp_reduce = mp_reduce
-        self.label_style = label_style
-        self.token_match = token_match
-        self.prompt_layout = prompt_layout
-        self.label_absent = label_absent
+        self.mp_reduce = prompts.mp_reduce
+        self.label_style: LabelStyle = prompts.label_style
+        self.token_match: TokenMatch = prompts.token_match
+        self.prompt_layout: PromptLayout = prompts.prompt_layout
+        self.label_absent: LabelAbsent = prompts.label_absent
         self._pool_memo = _LRU(memo_entries)  # assignment -> ({uid: score}, {uid: label mass})
         self._single_memo = _LRU(memo_entries)
         self.pool_scores_computed = 0

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from core.errors import UserError
 from src.run_directory.run_outputs import write_atomically
 from src.search.annealing import Claims, SearchState
 
@@ -40,7 +41,7 @@ def _metric_value(field: str, value: object) -> bool:
 START_AGAIN = "start the run again with the same flags and --overwrite"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -13,16 +13,18 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from core.errors import UserError
+
 LOCK_FILE = ".lock"
 
 
-class OutputDirLocked(ValueError):
+class OutputDirLocked(UserError):
     def __init__(self, message: str, holder: str = "unknown") -> None:
         super().__init__(message)
         self.holder = holder  # the process id written in the lock file, or "unknown"
 
 
-class OutputDirUnusable(ValueError):
+class OutputDirUnusable(UserError):
     pass
 
 

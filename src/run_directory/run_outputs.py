@@ -9,17 +9,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from core.errors import UserError
 from core.crash_points import maybe_crash
 
 OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
 TEXT_FIELDS = ("question", "choice", "choice_2", "answer")
 
 
-class OutputDirInUse(ValueError):
+class OutputDirInUse(UserError):
     pass
 
 
-class OutputWriteError(ValueError):
+class OutputWriteError(UserError):
     """The run's own files could not be written (a full disk, a folder made read-only): the run stops, and the
     message says what its checkpoint still holds and how to go on."""
 

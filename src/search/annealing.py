@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from src.config.run_config import SearchConfig
 from src.search.ICM_tools import (
     decision_options,
     get_energy,
@@ -35,25 +36,8 @@ class Scorer(Protocol):
     def predict_score(self, example: dict[str, Any], claims: Claims) -> float: ...
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    alpha: float = 30.0
-    K: int = 3000
-    consistency_fix_K: int = 10
-    decay: float = 0.99
-    initial_T: float = 10.0
-    final_T: float = 0.01
-    scheduler: str = "log"
-    allow_both_false: bool = False
-    # "reference": every pool evaluation also shuffles its inconsistent pairs with the search's RNG, as each of
-    # the reference's pipelines does (ICM_tools.py:107), though only their count is used. "minimal": skip it.
-    rng_draws: str = "reference"
-    # "reference": once any round of a repair has helped, later rounds that don't help go on until
-    # consistency_fix_K runs out (the reference never resets best_decision_id, ICM.py:87-134).
-    # "stop-at-first-failure": stop at the first round that doesn't help. Same labels, other RNG draws.
-    repair_loop: str = "reference"
-    # Rounds of the repair after a proposed flip; None: consistency_fix_K. The reference hard-codes 10 (ICM.py:509).
-    post_flip_fix_K: Optional[int] = None
+# The search's settings are the run configuration's search section (their defaults and meanings are there).
+SearchSettings = SearchConfig
 
 
 @dataclass

@@ -1,0 +1,402 @@
+"""One ICM run, from its configuration to labels.jsonl: ``run(config)``.
+
+    from src.config.run_config import RunConfig, DataConfig, SearchConfig
+    from src.run import run
+    run(RunConfig(data=DataConfig(testbed="demo", batch_size=8, num_seed=4), search=SearchConfig(K=20)))
+
+``run`` picks the output directory, holds its lock, applies resume (the settings the run was started with) and
+paper mode to the config, draws the pool, and runs the search with a log line and a checkpoint per iteration.
+src/experiments/ICM.py is its command line. Errors the user can fix are a ``UserError``; a run stopped by
+Ctrl-C/SIGTERM raises SearchStopped (its exit code).
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from tqdm import tqdm
+
+from core.crash_points import maybe_crash
+from core.errors import UserError
+from core.interrupts import WaitInterrupted
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.faults import PromptTooLong
+from core.llm_api.redaction import scrub_credentials
+from core.llm_api.response_cache import CACHE_FILE
+from core.llm_api.settings import Settings, SettingsError, load_settings
+from src.cli.cli_errors import UsageError
+from src.cli.stop_signals import GracefulStop, SearchStopped
+from src.config.run_config import PAPER_MODE_TOP_K, DataConfig, InvocationConfig, RunConfig
+from src.config.run_flags import validate
+from src.data.data_provenance import data_record
+from src.data.record_files import parse_columns
+from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
+from src.pipeline.label_scores import LOW_LABEL_MASS, low_mass_warning, median
+from src.pipeline.pipeline import (
+    ScoringOptions,
+    ScoringPipeline,
+    refuse_claims_longer_than_the_context,
+    show_progress_bars,
+)
+from src.run_directory.checkpoint import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    RUN_FILE,
+    check_resumed_pool,
+    load_checkpoint,
+    load_run,
+    new_run_id,
+    pool_fingerprint,
+    remove_leftover_temporaries,
+    restore_state,
+    save_checkpoint,
+    save_run,
+    trim_log,
+)
+from src.run_directory.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
+from src.run_directory.run_lock import RunLock
+from src.run_directory.run_outputs import (
+    IterationLog,
+    OutputWriteError,
+    discard_unstarted_run,
+    jsonl,
+    label_rows,
+    prepare_output_dir,
+    write_atomically,
+)
+from src.search.annealing import ICMSearch, SearchState, seed_claims
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PoolTooLong(UserError):
+    """A prompt of the pool does not fit the model's context: the server's words, and what to change on each side."""
+
+
+def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
+    """Label the pool ``config`` describes; return the run's directory.
+
+    ``passed`` names the settings the caller gave explicitly (ICM.py: the flags on its command line). On a resume
+    (config.invocation.resume) only those of them that may change (K, the data's paths, the cache) replace the
+    recorded ones, and one that may not change must match the record; under paper mode one of them that
+    contradicts it is refused. Raises UserError (one line for the user), SearchStopped (Ctrl-C, SIGTERM) or
+    KeyboardInterrupt (a second Ctrl-C)."""
+    if config.invocation.resume is None:
+        validate(config)  # before the lock, so a mistyped flag leaves no folder behind
+    out = output_dir(config)
+    refuse_writing_over_data(config, out)
+    with RunLock(out):
+        if config.invocation.resume is not None:
+            config = RunConfig.resumed(load_run(out), config, set(passed))
+        try:
+            return run_in(config.with_paper_mode(set(passed)), out)
+        except PromptTooLong as exc:
+            raise PoolTooLong(f"{scrub_credentials(str(exc))}. {context_advice(config.data)}, {exc.server_fix}") from exc
+
+
+def context_advice(data: DataConfig) -> str:
+    """What to change on our side when a prompt doesn't fit the model's context: the pool's size decides a
+    prompt's length (every other claim is a demonstration)."""
+    if data.num_batches is not None:
+        return (f"Each shard's pool must fit in the context: split the data into more shards (--num-batches, now "
+                f"{data.num_batches})")
+    return f"Lower --batch_size (now {data.batch_size}) so that the pool's claims fit in one prompt"
+
+
+def default_output_dir(config: RunConfig) -> Path:
+    data, K = config.data, config.search.K
+    if data.num_batches is not None:
+        return REPO_ROOT / "results" / f"{data.testbed}-K{K}-seed{data.seed}-shard{data.batch_index}of{data.num_batches}"
+    return REPO_ROOT / "results" / f"{data.testbed}-K{K}-bs{data.batch_size}-seed{data.seed}"
+
+
+def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
+    """The pool this run labels, the RNG the search goes on with, and where the claims came from."""
+    columns = parse_columns(data.columns) if data.columns else None
+    claims, source, from_test = load_testbed_claims(data.testbed, data.data_dir, data.data, not data.no_gold_consistency,
+                                                    columns)
+    if from_test:
+        print(f"note: no train split for {data.testbed}; the pool is drawn from {source}. "
+              "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
+    if data.num_batches is None:
+        rng = random.Random(data.seed)
+        pool = sample_pool(claims, TESTBED_SPECS[data.testbed], data.batch_size, rng, source)
+        if data.num_seed > len(pool):
+            raise UsageError(f"--num_seed {data.num_seed} is larger than the pool: whole consistency groups of {source} "
+                             f"fill only {len(pool)} of --batch_size {data.batch_size}; lower --num_seed or raise --batch_size")
+    else:
+        pool = shard_pool(claims, TESTBED_SPECS[data.testbed], data.num_batches, data.batch_index, data.seed, source)
+        rng = random.Random(f"{data.seed}:{data.batch_index}")  # each shard's own seed labels and search
+        if data.num_seed > len(pool):
+            raise UsageError(f"--num_seed {data.num_seed} is larger than this shard's {len(pool)} claims: use fewer --num-batches")
+    return pool, rng, source
+
+
+def start_or_resume(config: RunConfig, out: Path, state: SearchState, rng: random.Random,
+                    source: str) -> tuple[SearchState, random.Random, dict]:
+    """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
+    remove_leftover_temporaries(out)
+    data = data_record(config.data.data_dir, config.data.data, source)
+    K = config.search.K
+    if not config.invocation.resume:
+        prepare_output_dir(out, config.invocation.overwrite)
+        return state, rng, save_run(out, config.to_json(), pool_fingerprint(state.claims), new_run_id(), data)
+    run = load_run(out)
+    check_resumed_pool(run, state.claims, out, source)
+    saved = load_checkpoint(out, run)
+    if saved is not None:
+        state, rng = restore_state(saved, state.claims, out / CHECKPOINT_FILE)
+    if K < state.iteration:
+        raise UsageError(f"--K {K} is below the {state.iteration} iterations this run has done: "
+                         f"pass --K {state.iteration} or more, or leave --K out")
+    trim_log(out / LOG_FILE, state.iteration)
+    if run["settings"].get("K") != K or run.get("data") != data:
+        run["settings"]["K"] = K  # run.json says how long the run is meant to be
+        run["data"] = data  # and where its data is now (the pool fingerprint has checked it is the same pool)
+        write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
+    print(f"resuming {out} at iteration {state.iteration} of {K}", file=sys.stderr)
+    return state, rng, run
+
+
+def scoring_options(config: RunConfig, out: Path) -> ScoringOptions:
+    route = config.route
+    return ScoringOptions(
+        route, config.prompts, show_progress=show_progress_bars(config.invocation.no_progress),
+        cache_dir=None if route.no_cache else (route.cache_dir or out),
+        external_top_k=PAPER_MODE_TOP_K if config.paper_mode else None,
+    )
+
+
+def refuse_writing_over_data(config: RunConfig, out: Path) -> None:
+    """The run's folder must not hold its data (--overwrite would replace a data file named like a run file), and
+    the response cache must land neither on the data nor on one of the run's own files."""
+    reads = data_files(config.data.data_dir, config.data.data)
+    refuse_writing_over(out, "--resume" if config.invocation.resume else "--output-dir", reads, folder=True)
+    route = config.route
+    if not route.no_cache and route.cache_dir is not None:
+        own = [(f"the run's {name}", out / name) for name in RUN_OWN_FILES if name != CACHE_FILE]
+        refuse_writing_over(route.cache_dir, "--cache-dir", reads + own, folder=False)
+
+
+def run_in(config: RunConfig, out: Path) -> Path:
+    """The search of ``config`` (paper mode and resume already applied) in ``out``, whose RunLock the caller holds."""
+    validate(config)
+    refuse_writing_over_data(config, out)  # again with a resumed run's own data
+    pool, rng, source = draw_pool(config.data)
+    route_settings = _settings(config.invocation)
+    started = time.time()
+    owns_the_folder = False  # a refused start or resume leaves the folder as it found it
+    with GracefulStop() as stop:
+        try:
+            state, rng, run_record = start_or_resume(config, out, SearchState(claims=seed_claims(pool, config.data.num_seed, rng)),
+                                                     rng, source)
+            owns_the_folder = True
+            try:
+                pipeline = ScoringPipeline(scoring_options(config, out), route_settings)
+            except WaitInterrupted:
+                print("stopped while waiting for the server, before any scoring: run the same command again", file=sys.stderr)
+                raise stop.stopped() from None
+            with pipeline:
+                model_api, scorer = pipeline.model_api, pipeline.scorer
+                refuse_claims_longer_than_the_context(pool, model_api, config.prompts.label_style, source)
+                where = model_api.describe().get("endpoint")
+                print(f"route: {model_api.route_name}{f' at {where}' if where else ''}  model: {model_api.model}  "
+                      f"pool: {len(pool)} claims from {source}", file=sys.stderr)
+                if config.consistency_key_from_gold:
+                    print(f"note: --testbed {config.data.testbed} derives its consistency key from the gold labels (as the "
+                          "reference does), so these labels are not unsupervised: don't report them as such. "
+                          "--no-gold-consistency keeps gold out of the search", file=sys.stderr)
+                search = ICMSearch(scorer, config.search, rng, state)
+                checkpoint = Checkpointer(out, run_record, search, rng)
+                stopped_by = _search_with_log(search, out, config, stop, checkpoint)
+                if state.metric is not None:
+                    scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
+                    unwritten, failure = _write_results(out, config, state, search, model_api, scorer, source,
+                                                        time.time() - started, stopped_by, scores)
+                    if failure is not None and not isinstance(stopped_by, OutputWriteError):
+                        stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
+                    elif unwritten:
+                        stopped_by = OutputWriteError(f"{stopped_by} ({', '.join(unwritten)} could not be written either)")
+        finally:
+            if owns_the_folder:
+                discard_unstarted_run(out)
+    if stopped_by is not None:
+        raise stopped_by
+    return out
+
+
+class Checkpointer:
+    """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
+
+    def __init__(self, out: Path, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
+        self.out, self.run_record, self.search, self.rng = out, run_record, search, rng
+        self.saved_iteration: Optional[int] = search.state.iteration if (out / CHECKPOINT_FILE).exists() else None
+
+    def __call__(self) -> None:
+        save_checkpoint(self.out, self.run_record, self.search.state, self.rng)
+        self.saved_iteration = self.search.state.iteration
+
+
+def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException],
+                  stop: GracefulStop) -> tuple[dict[int, float], Optional[BaseException]]:
+    """Every claim's score for labels.jsonl, by uid, and what stopped the run, if anything. A labelled claim's is
+    its leave-one-out score under the final labels; a claim the search never labelled is predicted from all
+    labelled ones, the lot in one batched call. A stopped run asks for no new prediction, and after a model
+    failure nothing at all: what isn't known stays out (null)."""
+    claims = state.claims
+    if stopped_by is not None:
+        # After a model failure or a second Ctrl-C, don't ask the model again; otherwise this is a memo or
+        # response-cache hit.
+        asks_nothing = (ScoringError, OutputWriteError, KeyboardInterrupt)
+        pool = scorer.known_pool_scores if isinstance(stopped_by, asks_nothing) else scorer.pool_scores
+        return {**pool(claims), **scorer.known_predictions(claims)}, stopped_by
+    try:
+        return {**scorer.pool_scores(claims), **scorer.predict_unlabeled(claims)}, None
+    except WaitInterrupted:
+        stopped_by = stop.stopped()
+    except KeyboardInterrupt as exc:
+        stopped_by = exc
+    except ScoringError as exc:
+        # The search is complete and only these scores are missing; a resume of the finished run retries them.
+        print(f"note: the claims the search never labelled could not be scored ({exc}); their score is null. "
+              "Resume the run to try again", file=sys.stderr)
+    return {**scorer.known_pool_scores(claims), **scorer.known_predictions(claims)}, stopped_by
+
+
+def _write_results(out: Path, config: RunConfig, state, search, model_api, scorer, source, wall_seconds,
+                   stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
+    """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
+    and the first error."""
+    masses = {**scorer.known_label_masses(state.claims), **scorer.known_prediction_masses(state.claims)}
+    files = {
+        "labels.jsonl": lambda: jsonl(label_rows(state.claims, scores, masses)),
+        "summary.json": lambda: json.dumps(_summary(config, state, search, model_api, scorer, source, wall_seconds, stopped_by),
+                                           indent=2, allow_nan=False) + "\n",
+    }
+    unwritten: list[str] = []
+    failure: Optional[OSError] = None
+    for name, text in files.items():
+        try:
+            write_atomically(out / name, text())
+        except OSError as exc:
+            unwritten.append(name)
+            failure = failure or exc
+    if not unwritten:
+        print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+    return unwritten, failure
+
+
+def _search_with_log(search: ICMSearch, out: Path, config: RunConfig, stop: GracefulStop,
+                     checkpoint: Checkpointer) -> Optional[BaseException]:
+    """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
+    bar = tqdm(total=config.search.K, initial=search.state.iteration, desc="ICM search", unit="iter",
+               disable=not show_progress_bars(config.invocation.no_progress))
+    log: Optional[IterationLog] = None
+
+    def on_step(record: dict) -> None:
+        log(record)
+        maybe_crash("after-log")
+        checkpoint()
+        bar.update(1)
+        bar.set_postfix(energy=f"{record['energy']:.2f}", labelled=record["labelled"], acc=record["train_accuracy"])
+        stop.check()
+
+    try:
+        log = IterationLog(out / LOG_FILE)
+        stop.check()
+        if search.state.metric is None:
+            search.initialise()
+            checkpoint()
+            warning = low_mass_warning(list(search.scorer.known_label_masses(search.state.claims).values()),
+                                       config.prompts.label_style)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
+        stop.check()
+        search.run(on_step)
+        return None
+    except WaitInterrupted:
+        stopped: BaseException = stop.stopped()
+    except (SearchStopped, KeyboardInterrupt, ScoringError) as exc:
+        stopped = exc
+    except OSError as exc:
+        stopped = OutputWriteError.after(exc, out, checkpoint.saved_iteration)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if search.state.metric is None or isinstance(stopped, OutputWriteError):
+        print(f"stopped at iteration {search.state.iteration}", file=sys.stderr)
+    else:
+        print(f"stopped at iteration {search.state.iteration}: keeping the labels found so far; "
+              f"resume with --resume {out}", file=sys.stderr)
+    return stopped
+
+
+def _settings(invocation: InvocationConfig) -> Settings:
+    if invocation.secrets is not None and not invocation.secrets.is_file():
+        raise SettingsError(f"--secrets {invocation.secrets}: no such file (copy SECRETS.example)")
+    return load_settings(invocation.secrets)
+
+
+def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
+    metric = state.metric or {}
+    stats = model_api.refresh_stats()
+    cache = model_api.cache
+    return {
+        "testbed": config.data.testbed,
+        "data_source": source,
+        "settings": config.to_json(),
+        **model_api.describe(),
+        "stopped_early": None if stopped_by is None else scrub_credentials(str(stopped_by) or type(stopped_by).__name__),
+        "iterations": state.iteration,
+        "flip_cnt": state.flip_cnt,
+        "final": {
+            "energy": search.energy(metric) if metric else None,
+            "train_prob": metric.get("train_prob"),
+            "inconsistent_num": metric.get("inconsistent_num"),
+            "train_accuracy": metric.get("train_accuracy"),
+            "labeled": metric.get("train_size"),
+            "pool_size": len(state.claims),
+        },
+        "wall_seconds": round(wall_seconds, 2),
+        "requests": stats.requests,
+        "prompts_scored": stats.prompts,
+        "prompt_tokens": stats.prompt_tokens,
+        "computed_prompt_tokens": stats.computed_tokens,
+        "pool_scores_computed": scorer.pool_scores_computed,
+        "pool_scores_reused": scorer.pool_scores_reused,
+        "single_predictions_computed": scorer.single_predictions_computed,
+        "batch_predictions_computed": scorer.batch_predictions_computed,
+        "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
+        "label_mass": label_mass_summary(list(scorer.known_label_masses(state.claims).values()), config.prompts.label_style),
+    }
+
+
+def label_mass_summary(masses: list[float], label_style: str) -> Optional[dict]:
+    """The label mass of the final labelling's leave-one-out answers: median, least, and how many fall below
+    LOW_LABEL_MASS, with the warning (also printed) when the median does."""
+    if not masses:
+        return None
+    warning = low_mass_warning(masses, label_style)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {"median": median(masses), "min": min(masses), "below_threshold": sum(m < LOW_LABEL_MASS for m in masses),
+            "threshold": LOW_LABEL_MASS, "claims": len(masses), "warning": warning}
+
+
+def output_dir(config: RunConfig) -> Path:
+    """The directory this invocation works in (and locks)."""
+    invocation = config.invocation
+    if invocation.resume is None:
+        return invocation.output_dir or default_output_dir(config)
+    if invocation.output_dir is not None and invocation.output_dir.resolve() != invocation.resume.resolve():
+        raise UsageError(f"--resume {invocation.resume} continues the run in {invocation.resume}; --output-dir {invocation.output_dir} "
+                         "would be ignored: drop --output-dir")
+    if invocation.overwrite:
+        raise UsageError(f"--resume {invocation.resume} continues the run, and --overwrite would replace it: drop one of them "
+                         f"(to start again in that folder: the run's flags with --output-dir {invocation.resume} --overwrite)")
+    return invocation.resume
