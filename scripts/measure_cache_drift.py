@@ -19,10 +19,13 @@ from core.llm_api.settings import Settings
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
+from src.config.run_config import PromptConfig
 from src.pipeline.label_scores import label_logodds
 from src.prompts.prompts import leave_one_out_prompts
 from src.search.annealing import seed_claims
 from src.data.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
+
+LABEL_STYLE, TOKEN_MATCH = PromptConfig().label_style, PromptConfig().token_match  # what a default run uses
 
 
 def build_parser() -> OneLineParser:
@@ -47,22 +50,22 @@ def measure(args: argparse.Namespace) -> int:
     pool = list(seed_claims(sample_pool(claims, TESTBED_SPECS[args.testbed], args.pool, rng, source), args.pool, rng).values())
     neighbour = [dict(c) for c in pool]
     neighbour[len(pool) // 2]["label"] ^= 1
-    prompts = leave_one_out_prompts(pool, "space-in-label")
+    prompts = leave_one_out_prompts(pool, LABEL_STYLE)
     settings = Settings()
 
     with ModelAPI(deterministic=True, settings=settings, show_progress=False) as api:
         exact = api.next_token_logprobs(prompts)
     with ModelAPI(deterministic=False, settings=settings, show_progress=False) as api:
-        api.next_token_logprobs(leave_one_out_prompts(neighbour, "space-in-label"))
+        api.next_token_logprobs(leave_one_out_prompts(neighbour, LABEL_STYLE))
         before = api.stats.computed_tokens
         cached = api.next_token_logprobs(prompts)
         computed, sent = api.stats.computed_tokens - before, api.stats.prompt_tokens
     logprob_gaps = [abs(a - dict(c)[t]) for e, c in zip(exact, cached) for t, a in e if t in dict(c)]
-    score_gaps = [abs(label_logodds(e) - label_logodds(c)) for e, c in zip(exact, cached)]
+    score_gaps = [abs(label_logodds(e, TOKEN_MATCH) - label_logodds(c, TOKEN_MATCH)) for e, c in zip(exact, cached)]
     print(f"{args.testbed}, pool {args.pool}: {len(prompts)} prompts")
     print(f"  label log-odds  |cached - deterministic|: max {max(score_gaps):.4f}  mean {np.mean(score_gaps):.4f} nats")
     print(f"  top-20 logprobs |cached - deterministic|: max {max(logprob_gaps):.4f}  mean {np.mean(logprob_gaps):.4f} nats")
-    print(f"  labels that flip sign: {sum((label_logodds(e) > 0) != (label_logodds(c) > 0) for e, c in zip(exact, cached))}")
+    print(f"  labels that flip sign: {sum((label_logodds(e, TOKEN_MATCH) > 0) != (label_logodds(c, TOKEN_MATCH) > 0) for e, c in zip(exact, cached))}")
     print(f"  tokens computed with the cache on, after the neighbour: {computed} (of {sent // 2} per pool score)")
     return 0
 

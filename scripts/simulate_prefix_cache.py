@@ -25,6 +25,7 @@ from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCa
 from src.benchmarks.prefix_trie import trie_size
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
+from src.config.run_config import PromptConfig
 from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.prompts.prompts import (
     DEMO_SEPARATOR,
@@ -36,6 +37,8 @@ from src.prompts.prompts import (
 )
 from src.run_directory.run_outputs import write_atomically
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
+
+LABEL_STYLE = PromptConfig().label_style  # what a default run sends
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +57,8 @@ class ClaimTokens:
         texts = []
         for claim in pool:
             for label in (0, 1):
-                texts.append(demonstration_text({**claim, "label": label}, "space-in-label").removesuffix(DEMO_SEPARATOR))
-            texts.append(query_text(claim, "space-in-label"))
+                texts.append(demonstration_text({**claim, "label": label}, LABEL_STYLE).removesuffix(DEMO_SEPARATOR))
+            texts.append(query_text(claim, LABEL_STYLE))
         tokens = api.tokenize(texts)
         joined, alone = api.tokenize([DEMO_SEPARATOR + texts[2], texts[2]])
         separator = joined[:len(joined) - len(alone)]
@@ -97,7 +100,7 @@ def check_concatenation(pool: list[dict], tokens: ClaimTokens, api: ModelAPI, la
     sample = pool[:8]
     labels = [c["label"] for c in sample]
     orders = demo_orders(sample, layout)
-    whole = api.tokenize(prompts_in_order(sample, "space-in-label", orders))
+    whole = api.tokenize(prompts_in_order(sample, LABEL_STYLE, orders))
     pieces = ClaimTokens(sample, api)
     return sum(w == pieces.prompt(orders[i], labels, i) for i, w in enumerate(whole)) / len(whole)
 

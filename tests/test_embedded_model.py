@@ -31,13 +31,13 @@ def test_true_and_false_lead_the_top_logprobs_when_the_space_is_in_the_label(emb
     for top in embedded_api.next_token_logprobs(prompts):
         tokens = [token for token, _ in top]
         assert " True" in tokens and " False" in tokens
-        assert {token_label(t) for t in tokens[:2]} == {True, False}, tokens[:5]
+        assert {token_label(t, "whole") for t in tokens[:2]} == {True, False}, tokens[:5]
 
 
 def test_the_reference_trailing_space_pushes_the_labels_down(embedded_api, tqa_pool):
     prompts = leave_one_out_prompts(tqa_pool, "reference")
     for top in embedded_api.next_token_logprobs(prompts):
-        assert token_label(top[0][0]) is None, "SmolLM2 was expected to prefer a non-label token here"
+        assert token_label(top[0][0], "whole") is None, "SmolLM2 was expected to prefer a non-label token here"
 
 
 def test_a_pool_score_is_one_call_of_the_engine(embedded_api, tqa_pool):

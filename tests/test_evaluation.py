@@ -8,6 +8,7 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
+from src.config.run_config import PromptConfig
 from src.evaluation.evaluation import CHANCE, bootstrap_accuracy, demonstration_sets, evaluate_conditions
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from tests.conftest import REPO_ROOT
@@ -28,7 +29,8 @@ def test_gold_beats_random_beats_chance_where_the_scorer_makes_it_so():
     demos, test, model = synthetic_split()
     api = ModelAPI(settings=Settings(), route=model)
     wrong_icm = [{**d, "label": 1 - d["gold_label"]} for d in demos]  # an ICM run that got everything backwards
-    results = evaluate_conditions(api, test, wrong_icm, seed=1)
+    prompts = PromptConfig()
+    results = evaluate_conditions(api, test, wrong_icm, label_style=prompts.label_style, token_match=prompts.token_match, seed=1)
     assert list(results) == ["zero-shot", "random labels", "gold labels", "ICM labels"]
     assert results["gold labels"].accuracy > results["random labels"].accuracy > CHANCE
     assert results["ICM labels"].accuracy < CHANCE  # backwards demonstrations pull the model the wrong way

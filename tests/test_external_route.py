@@ -16,6 +16,7 @@ from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import ModelAPI, RouteUnavailable, choose_route
 from core.llm_api.rate_limits import RateLimiter, parse_reset
 from core.llm_api.settings import Settings
+from src.config.run_config import PromptConfig, RouteConfig
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
 from tests.conftest import REPO_ROOT
 
@@ -144,10 +145,14 @@ def test_headers_from_a_real_answer_reach_the_limiter(forwarding):
         assert api.describe()["requests_per_minute"] == 120
 
 
+def options(route: RouteConfig) -> ScoringOptions:
+    return ScoringOptions(route, PromptConfig(), show_progress=False, cache_dir=None)
+
+
 def test_only_the_external_route_is_throttled(local_server):
-    with ScoringPipeline(ScoringOptions(model=MODEL, use_vllm=False), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
+    with ScoringPipeline(options(RouteConfig(model=MODEL, use_vllm=False)), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
         assert p.route == "external" and p.rate_limiter is not None
-    with ScoringPipeline(ScoringOptions(), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
+    with ScoringPipeline(options(RouteConfig()), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
         assert p.route == "vllm" and p.rate_limiter is None and p.model_api.rate_limiter is None
     assert choose_route(Settings()) == "embedded"
     assert choose_route(Settings(llama_api_base="http://x")) == "external"

@@ -18,11 +18,11 @@ def test_whole_token_matching_does_not_count_untrue_as_true():
 
 def test_label_logodds_by_hand():
     top = [(" True", math.log(0.6)), (" true", math.log(0.1)), (" False", math.log(0.2)), (" untrue", math.log(0.05))]
-    assert label_logodds(top) == pytest.approx(math.log(0.7 + PROB_FLOOR) - math.log(0.2 + PROB_FLOOR))
+    assert label_logodds(top, "whole") == pytest.approx(math.log(0.7 + PROB_FLOOR) - math.log(0.2 + PROB_FLOOR))
     assert label_logodds(top, "substring") == pytest.approx(math.log(0.75 + PROB_FLOOR) - math.log(0.2 + PROB_FLOOR))
     only_true = [(" True", math.log(0.5))]
-    assert label_logodds(only_true) == pytest.approx(math.log(0.5 + PROB_FLOOR) - math.log(PROB_FLOOR))
-    assert label_logodds([(" maybe", -0.1)]) == 0.0
+    assert label_logodds(only_true, "whole") == pytest.approx(math.log(0.5 + PROB_FLOOR) - math.log(PROB_FLOOR))
+    assert label_logodds([(" maybe", -0.1)], "whole") == 0.0
 
 
 def llamacpp_choice(index, pairs):

@@ -146,7 +146,7 @@ def test_http_and_in_process_scores_agree_in_deterministic_mode(local_server, de
     with ModelAPI(deterministic=True, settings=Settings(embedded_slots=SLOTS, embedded_ctx_per_slot=CTX), show_progress=False) as api:
         in_process = api.next_token_logprobs(demo_prompts)
     for a, b in zip(over_http, in_process):
-        assert abs(label_logodds(a) - label_logodds(b)) <= 0.01
+        assert abs(label_logodds(a, "whole") - label_logodds(b, "whole")) <= 0.01
         shared = dict(a).keys() & dict(b).keys()
         assert len(shared) >= 15
         assert max(abs(dict(a)[t] - dict(b)[t]) for t in shared) <= 0.01
@@ -160,7 +160,7 @@ def test_choices_answered_out_of_order_are_matched_by_index(forwarding, demo_pro
     with http_api(plain.url, deterministic=True) as api:
         ordered = api.next_token_logprobs(demo_prompts)
     assert shuffled == ordered
-    assert len({label_logodds(x) for x in ordered}) > 1  # the test could tell a mix-up apart
+    assert len({label_logodds(x, "whole") for x in ordered}) > 1  # the test could tell a mix-up apart
 
 
 def test_a_server_that_rejects_list_prompts_is_detected_once(forwarding, demo_prompts, capsys):

@@ -70,8 +70,8 @@ def evaluate_conditions(
     test_claims: Sequence[dict],
     demos: Sequence[dict],
     *,
-    label_style: LabelStyle = "space-in-label",
-    token_match: TokenMatch = "whole",
+    label_style: LabelStyle,
+    token_match: TokenMatch,
     seed: int = 0,
 ) -> dict[str, ConditionResult]:
     """Accuracy on ``test_claims`` (each with a gold ``label``) under every condition that can be built."""

@@ -29,7 +29,7 @@ PROB_FLOOR = 1e-5
 LOW_LABEL_MASS = 0.5
 
 
-def token_label(token: str, match: TokenMatch = "whole") -> Optional[bool]:
+def token_label(token: str, match: TokenMatch) -> Optional[bool]:
     """True/False if the token votes for that label, None if it votes for neither.
 
     ``substring`` is the reference's rule; it counts tokens such as "untrue" as True.
@@ -71,7 +71,7 @@ class LabelEvidence:
         return math.log(self.true_mass + PROB_FLOOR) - math.log(self.false_mass + PROB_FLOOR)
 
 
-def label_evidence(top_logprobs: NextTokenLogprobs, match: TokenMatch = "whole") -> LabelEvidence:
+def label_evidence(top_logprobs: NextTokenLogprobs, match: TokenMatch) -> LabelEvidence:
     mass = {True: 0.0, False: 0.0}
     seen = {True: False, False: False}
     for token, logprob in top_logprobs:
@@ -82,7 +82,7 @@ def label_evidence(top_logprobs: NextTokenLogprobs, match: TokenMatch = "whole")
     return LabelEvidence(mass[True], mass[False], seen[True], seen[False])
 
 
-def label_logodds(top_logprobs: NextTokenLogprobs, match: TokenMatch = "whole") -> float:
+def label_logodds(top_logprobs: NextTokenLogprobs, match: TokenMatch) -> float:
     """Signed confidence that the label is True; 0 when neither label is in the top-k."""
     return label_evidence(top_logprobs, match).logodds
 

@@ -12,7 +12,8 @@ Prompt layouts (the order of the demonstrations in each leave-one-out prompt):
 - ``tree``: divide and conquer along consistency-group boundaries. Prompts for the first half of the
   groups start with all demonstrations of the second half and the other way round, recursively. Each
   prompt still holds exactly the other N−1 demonstrations, but the trie shrinks to about N·L·log₂N. The
-  model sees another order, so scores move a little; it is off by default (paper mode).
+  model sees another order, so scores move a little. It is the default layout (run_config.PromptConfig);
+  --paper-mode and ``--prompt-layout reference`` use the reference's.
 """
 from __future__ import annotations
 
