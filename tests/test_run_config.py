@@ -188,3 +188,18 @@ def test_a_prompt_too_long_names_what_to_change_on_both_sides(stand_in, monkeypa
     assert capsys.readouterr().err == ("error: a prompt is 9,000 tokens, more than the model's 8,192. Each shard's pool must "
                                        "fit in the context: split the data into more shards (--num-batches, now 2), or "
                                        "serve the model with a longer context\n")
+
+
+def test_paper_mode_is_recorded_and_kept_on_resume_in_process(stand_in, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert ICM.main(["--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "2", "--paper-mode",
+                     "--label-style", "reference", "--no-progress", "--output-dir", str(out)]) == 0, capsys.readouterr().err
+    recorded = RunConfig.from_json(json.loads((out / "run.json").read_text())["settings"])
+    assert recorded.paper_mode and {name: recorded.setting(name) for name in PAPER_MODE} == PAPER_MODE
+    assert stand_in.instances[-1].options.external_top_k == 20  # the reference's top-k on the hosted route
+    assert ICM.main(["--resume", str(out), "--K", "3", "--no-progress"]) == 0, capsys.readouterr().err
+    resumed = RunConfig.from_json(json.loads((out / "summary.json").read_text())["settings"])
+    assert resumed == replace(recorded, search=replace(recorded.search, K=3))
+    assert stand_in.instances[-1].options.prompts == recorded.prompts
+    assert ICM.main(["--resume", str(out), "--token-match", "whole"]) == 2
+    assert "the run was started with --token-match 'substring', not 'whole'" in capsys.readouterr().err
