@@ -240,3 +240,23 @@ def test_api_top_k_of_one_on_the_hosted_route_is_one_error_line_and_leaves_no_ru
 def test_the_hosted_route_still_needs_a_model():
     with pytest.raises(ScoringError, match="the hosted API route needs --model"):
         build_route("external", Settings(llama_api_base="http://h:2"), RouteChoices())
+
+
+@pytest.mark.parametrize("route", ["vllm", "embedded"])
+def test_api_top_k_of_one_is_not_what_stops_a_vllm_or_embedded_run_at_the_cli(monkeypatch, capsys, tmp_path, route):
+    """Model-free: the run then stops at the next thing it lacks (no server; no model file), not at API_TOP_K."""
+    from src.experiments.ICM import main
+
+    monkeypatch.setenv("API_TOP_K", "1")
+    flags = ["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "2", "--no-progress",
+             "--output-dir", str(tmp_path / "out")]
+    if route == "vllm":
+        monkeypatch.setenv("VLLM_BASE_URL", closed_port_url())
+        monkeypatch.setenv("VLLM_RETRY_SECONDS", "0")
+        expected = "cannot connect to"
+    else:
+        flags += ["--model", str(tmp_path / "absent.gguf")]
+        expected = "the embedded route needs a .gguf file path"
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert "API_TOP_K" not in err and expected in err, err
