@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
+from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 from core.llm_api.redaction import redact_url
@@ -107,8 +108,7 @@ class Server:
             return status, text
 
     def complete(self, prompt: Any, model: str, logprobs: int = TOP_K) -> tuple[int, Any]:
-        return self.call("/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 1,
-                                             "temperature": 0, "logprobs": logprobs})
+        return self.call("/v1/completions", CompletionRequest(model, logprobs).body(prompt))
 
 
 def connection_diagnosis(base_url: str, error: BaseException, url_from: str = "VLLM_BASE_URL") -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from core.llm_api.faults import ServerFault
 from core.llm_api.llm import ModelAPI
-from core.llm_api.settings import Settings, SettingsError, load_settings
+from core.llm_api.settings import Settings
 from src.pipeline.label_scores import LOW_LABEL_MASS, holds_a_label, low_mass_warning
 from src.run_directory.run_outputs import label_rows
 from src.config.run_config import PromptConfig
@@ -84,15 +84,6 @@ def test_a_list_answered_at_index_zero_falls_back_to_single_prompts(forwarding, 
     assert [s.n_prompts for s in broken.completions()] == [3] + [1] * 6  # one list, then singles from then on
     err = capsys.readouterr().err
     assert err.count("with broken choices") == 1 and "one per request" in err
-
-
-def test_api_top_k_below_two_is_refused_at_start(monkeypatch, tmp_path):
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("API_TOP_K", "1")
-    with pytest.raises(SettingsError, match="API_TOP_K='1' .* must be at least 2: the label score compares"):
-        load_settings()
-    monkeypatch.setenv("API_TOP_K", "2")
-    assert load_settings().api_top_k == 2
 
 
 class ScriptedRoute(SyntheticModel):

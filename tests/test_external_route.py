@@ -130,7 +130,7 @@ def test_retries_are_bounded_in_time_with_a_note_while_waiting(forwarding, capsy
 
 
 def test_provider_headers_lower_the_limits_and_pause_an_empty_quota():
-    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=None)
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=None, max_pause_seconds=300.0)
     limiter.update_from_headers({"x-ratelimit-limit-requests": "300", "x-ratelimit-limit-tokens": "40000"})
     assert limiter.requests_per_minute == 300 and limiter.tokens_per_minute == 40000
     limiter.update_from_headers({"x-ratelimit-limit-requests": "900"})
@@ -150,10 +150,13 @@ def options(route: RouteConfig) -> ScoringOptions:
 
 
 def test_only_the_external_route_is_throttled(local_server):
-    with ScoringPipeline(options(RouteConfig(model=MODEL, use_vllm=False)), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
-        assert p.route == "external" and p.rate_limiter is not None
-    with ScoringPipeline(options(RouteConfig()), Settings(llama_api_base=local_server, vllm_base_url=local_server)) as p:
-        assert p.route == "vllm" and p.rate_limiter is None and p.model_api.rate_limiter is None
+    both = Settings(llama_api_base=local_server, vllm_base_url=local_server)
+    with ScoringPipeline(options(RouteConfig(model=MODEL, use_vllm=False, requests_per_minute=120)), both) as p:
+        described = p.model_api.describe()
+        assert described["route"] == "external" and described["requests_per_minute"] == 120  # the flag's limit
+    with ScoringPipeline(options(RouteConfig(requests_per_minute=120)), both) as p:
+        described = p.model_api.describe()
+        assert described["route"] == "vllm" and "requests_per_minute" not in described
     assert choose_route(Settings()) == "embedded"
     assert choose_route(Settings(llama_api_base="http://x")) == "external"
     with pytest.raises(RouteUnavailable, match="LLAMA_API_BASE is not set"):

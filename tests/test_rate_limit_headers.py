@@ -89,7 +89,7 @@ def test_an_empty_quota_past_the_budget_stops_and_a_short_one_is_announced(capsy
 
 
 def test_a_header_pause_ends_on_a_stop_and_the_bound_is_time_not_a_count():
-    wait = RetryWait(RetryPolicy("API", retry_seconds=300), "http://x", random.Random(0))
+    wait = RetryWait(RetryPolicy("API", backoff_seconds=1.0, backoff_max_seconds=30.0, retry_seconds=300, max_retries=None), "http://x", random.Random(0))
     threading.Timer(0.3, ask_to_stop).start()
     started = time.monotonic()
     try:
@@ -99,7 +99,7 @@ def test_a_header_pause_ends_on_a_stop_and_the_bound_is_time_not_a_count():
         clear_stop()
     assert time.monotonic() - started < 2.0
     # Many short waits fit the budget: none of them counts as a retry.
-    quick = RetryWait(RetryPolicy("API", retry_seconds=5, max_retries=1), "http://x", random.Random(0))
+    quick = RetryWait(RetryPolicy("API", backoff_seconds=1.0, backoff_max_seconds=30.0, retry_seconds=5, max_retries=1), "http://x", random.Random(0))
     for _ in range(60):
         asyncio.run(quick.as_asked(0.0, "Retry-After: 0"))
     assert quick.failures == 0

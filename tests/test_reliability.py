@@ -108,7 +108,7 @@ def test_backoff_is_capped_however_many_tries_have_failed():
     import random
 
     for prefix, cap in (("VLLM", 10.0), ("API", 30.0)):
-        policy = RetryPolicy(prefix, backoff_seconds=1.0, backoff_max_seconds=cap)
+        policy = RetryPolicy(prefix, backoff_seconds=1.0, backoff_max_seconds=cap, retry_seconds=600.0, max_retries=None)
         delays = [policy.delay(failures, random.Random(failures)) for failures in range(60)]
         assert max(delays) <= cap and delays[-1] == cap
         assert delays[0] < 2.0  # it still starts short

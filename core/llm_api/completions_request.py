@@ -1,4 +1,4 @@
-"""The one place a ``/v1/completions`` request body is built, for every route.
+"""The one place a request body is built, for every route: ``/v1/completions`` and ``/tokenize``.
 
 We only ever need the next token's logprobs: ``max_tokens`` 1, greedy, and either the top-k (``logprobs``)
 or the exact logprobs of the label tokens (vLLM's ``logprob_token_ids``, with ``logprobs`` equal to their
@@ -30,3 +30,8 @@ class CompletionRequest:
         if self.cache_prompt is not None:
             body["cache_prompt"] = self.cache_prompt
         return body
+
+
+def tokenize_body(model: Optional[str], text: str) -> dict[str, Any]:
+    """A ``/tokenize`` request for ``text`` without special tokens (vLLM reads "prompt", llama.cpp "content")."""
+    return {"model": model, "prompt": text, "content": text, "add_special_tokens": False}

@@ -11,17 +11,17 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Optional, Sequence
 
 from tqdm import tqdm
 
 from core.crash_points import maybe_crash
-from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
+from core.llm_api.base_llm import RouteStats, ScoringRoute
 from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.faults import PromptTooLong, ServerFault
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, parse_completion_logprobs
+from core.llm_api.route_settings import EmbeddedRouteSettings
 from core.process_exit import keep_until_done
 
 # Batches that take longer than this get a token-progress bar.
@@ -31,35 +31,26 @@ PROGRESS_DELAY_SECONDS = 3.0
 class EmbeddedLlamaCpp(ScoringRoute):
     name = "embedded"
 
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        top_k: int = DEFAULT_TOP_K,
-        deterministic: bool = False,
-        slots: int = 1,
-        ctx_per_slot: int = 8192,
-        cache_ram_mib: int = 128,
-        threads: Optional[int] = None,
-        show_progress: bool = True,
-    ) -> None:
+    def __init__(self, settings: EmbeddedRouteSettings) -> None:
+        """Loads the model (no network I/O: llama.cpp runs in this process)."""
         import xllamacpp  # imported here so that the HTTP routes never need the wheel
 
+        model_path, slots, ctx_per_slot = settings.model_path, settings.slots, settings.ctx_per_slot
         self.model = model_path.stem
         self.model_path = model_path
-        self.top_k = top_k
-        self.deterministic = deterministic
-        self.show_progress = show_progress
+        self.top_k = settings.top_k
+        self.deterministic = settings.deterministic
+        self.show_progress = settings.show_progress
         self.stats = RouteStats()
 
         params = xllamacpp.CommonParams()
         params.model.path = str(model_path)
         params.n_parallel = slots
         params.n_ctx = ctx_per_slot * slots  # llama.cpp splits n_ctx evenly over the slots
-        n_threads = threads or os.cpu_count() or 1
+        n_threads = settings.threads or os.cpu_count() or 1
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
-        params.cache_ram_mib = cache_ram_mib
+        params.cache_ram_mib = settings.cache_ram_mib
         params.endpoint_metrics = True
         params.warmup = False
         params.verbosity = -1  # llama.cpp otherwise logs every slot's timings to stderr

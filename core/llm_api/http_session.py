@@ -45,6 +45,12 @@ class RunSession:
         self._runner.close()
 
 
+def bearer_session(api_key: Optional[str], timeout_seconds: float) -> RunSession:
+    """A route's session, sending ``api_key`` (if any) as its bearer token on every request: in a header, never
+    in a URL or a body."""
+    return RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+
+
 async def _cancel_others() -> None:
     others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
     for task in others:

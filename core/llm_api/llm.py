@@ -13,33 +13,10 @@ from core.errors import UserError
 from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringRoute
 from core.llm_api.faults import PromptsRejected
 from core.llm_api.logprobs import NextTokenLogprobs
-from core.llm_api.model_files import resolve_embedded_model
-from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.response_cache import ResponseCache, request_key
-from core.llm_api.settings import Settings, load_settings, split_url_list
-
-
-class RouteUnavailable(RuntimeError, UserError):
-    pass
-
-
-def choose_route(settings: Settings, use_vllm: Optional[bool] = None) -> str:
-    """vLLM when configured (unless use_vllm is False), the hosted API when use_vllm is False or it is the only
-    server configured, the embedded model when nothing is."""
-    if use_vllm is False:
-        if not settings.llama_api_base:
-            raise RouteUnavailable("--no-vllm sends scoring to the hosted API, but LLAMA_API_BASE is not set (SECRETS or environment)")
-        return "external"
-    if settings.vllm_base_url:
-        return "vllm"
-    if use_vllm:
-        raise RouteUnavailable("--use-vllm needs VLLM_BASE_URL (SECRETS or environment)")
-    return "external" if settings.llama_api_base else "embedded"
-
-
-def vllm_urls(settings: Settings) -> list[str]:
-    """The vLLM endpoints in VLLM_BASE_URL, which may list several, comma-separated."""
-    return split_url_list(settings.vllm_base_url or "")
+from core.llm_api.route_settings import RouteChoices
+from core.llm_api.routes import RouteUnavailable, build_route, choose_route  # noqa: F401  (callers import them from here)
+from core.llm_api.settings import Settings, load_settings
 
 
 class ModelAPI:
@@ -56,73 +33,30 @@ class ModelAPI:
         show_progress: bool = True,
         exact_label_logprobs: bool = True,
         use_vllm: Optional[bool] = None,
-        rate_limiter: Optional[RateLimiter] = None,
         cache_dir: Optional[Path] = None,
         worth_caching: Callable[[NextTokenLogprobs], bool] = lambda answer: True,
     ) -> None:
         """``worth_caching`` says which answers the response cache may keep: the scorer passes "holds a label
-        token", so that an answer with no label information is asked again next time, never replayed."""
+        token", so that an answer with no label information is asked again next time, never replayed.
+
+        ``route`` is an already-built route (tests, benchmarks); otherwise the route is chosen from ``settings``
+        and ``use_vllm`` (core/llm_api/routes.py) and opened here. Only the hosted route is rate limited."""
         self.settings = settings or load_settings()
         self.worth_caching = worth_caching
         self.deterministic = deterministic
         self.top_k = top_k
         self.exact_label_logprobs = exact_label_logprobs
-        self.rate_limiter = rate_limiter
         # The cache first: a cache that can't be opened should not cost a model load or a server probe.
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         try:
-            self._route = route or self._open_route(choose_route(self.settings, use_vllm), model, show_progress)
+            choices = RouteChoices(model, top_k, deterministic, exact_label_logprobs, show_progress)
+            self._route = route or build_route(choose_route(self.settings, use_vllm), self.settings, choices)
             if route is None:
                 self._route.open()
         except BaseException:
             if self.cache is not None:
                 self.cache.close()
             raise
-
-    def _open_route(self, name: str, model: Optional[str], show_progress: bool) -> ScoringRoute:
-        settings = self.settings
-        if name == "vllm":
-            from core.llm_api.vllm_llm import VLLMClient
-
-            urls = vllm_urls(settings)
-            options = dict(
-                model=model, api_key=settings.vllm_api_key, top_k=self.top_k, deterministic=self.deterministic,
-                timeout_seconds=settings.vllm_timeout_seconds, max_prompts_per_request=settings.vllm_max_prompts_per_request,
-                exact_label_logprobs=self.exact_label_logprobs, max_retries=settings.vllm_max_retries,
-                backoff_seconds=settings.vllm_backoff_seconds, retry_seconds=settings.vllm_retry_seconds,
-                backoff_max_seconds=settings.vllm_backoff_max_seconds,
-                health_poll_seconds=settings.vllm_health_poll_seconds,
-            )
-            if len(urls) > 1:
-                from core.llm_api.multi_endpoint import MultiEndpointVLLM
-
-                return MultiEndpointVLLM(urls, **options)
-            return VLLMClient(urls[0], **options)
-        if name == "external":
-            from core.llm_api.openai_llm import ExternalAPIClient
-
-            if self.rate_limiter is None:
-                self.rate_limiter = RateLimiter(settings.api_requests_per_minute, settings.api_tokens_per_minute,
-                                                settings.api_retry_seconds)
-            return ExternalAPIClient(
-                settings.llama_api_base, model=model, api_key=settings.api_key, limiter=self.rate_limiter,
-                top_k=settings.api_top_k, concurrency=settings.api_concurrency,
-                timeout_seconds=settings.api_timeout_seconds, max_retries=settings.api_max_retries,
-                backoff_seconds=settings.api_backoff_seconds, backoff_max_seconds=settings.api_backoff_max_seconds,
-                retry_seconds=settings.api_retry_seconds,
-            )
-        from core.llm_api.embedded_llm import EmbeddedLlamaCpp
-
-        return EmbeddedLlamaCpp(
-            resolve_embedded_model(model),
-            top_k=self.top_k,
-            deterministic=self.deterministic,
-            slots=self.settings.embedded_slots,
-            ctx_per_slot=self.settings.embedded_ctx_per_slot,
-            cache_ram_mib=self.settings.embedded_cache_ram_mib,
-            threads=self.settings.embedded_threads,
-            show_progress=show_progress,
-        )
 
     @property
     def route_name(self) -> str:

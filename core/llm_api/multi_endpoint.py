@@ -12,15 +12,17 @@ import asyncio
 import random
 import sys
 import time
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from core.interrupts import sleep_unless_stopped
 from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
 from core.llm_api.faults import EndpointDown, PromptsRejected, ServerFault
-from core.llm_api.http_session import RunSession
+from core.llm_api.http_session import bearer_session
 from core.llm_api.logprobs import NextTokenLogprobs
 from core.llm_api.redaction import redact_url
-from core.llm_api.retry_waits import RetryPolicy, RetryWait
+from core.llm_api.retry_waits import RetryWait
+from core.llm_api.route_settings import VLLMRouteSettings
 from core.llm_api.vllm_llm import VLLMClient
 
 ENDPOINT_RETRY_SECONDS = 30.0
@@ -34,19 +36,16 @@ def contiguous_blocks(count: int, parts: int) -> list[range]:
 class MultiEndpointVLLM(ScoringRoute):
     name = "vllm"
 
-    def __init__(self, base_urls: Sequence[str], *, api_key: Optional[str], timeout_seconds: float,
-                 max_retries: Optional[int], backoff_seconds: float, retry_seconds: float,
-                 backoff_max_seconds: float = 10.0, **client_options) -> None:
+    def __init__(self, settings: VLLMRouteSettings) -> None:
         """No network I/O here: ``open()`` connects to the endpoints that answer."""
-        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
-        self.max_rounds = None if max_retries is None else max_retries + 1
-        self.retry_seconds = retry_seconds
-        self.policy = RetryPolicy("VLLM", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
+        self._http = bearer_session(settings.api_key, settings.timeout_seconds)
+        policy = settings.retry
+        self.max_rounds = None if policy.max_retries is None else policy.max_retries + 1
+        self.retry_seconds = policy.retry_seconds
+        self.policy = policy
         # One quick retry per endpoint: a replica that is down should hand its work on, not stall the run.
-        self.endpoints = [VLLMClient(url, api_key=api_key, timeout_seconds=timeout_seconds, http=self._http,
-                                     max_retries=1 if max_retries is None else min(max_retries, 1),
-                                     backoff_seconds=backoff_seconds, retry_seconds=retry_seconds,
-                                     backoff_max_seconds=backoff_max_seconds, **client_options) for url in base_urls]
+        quick = replace(settings, retry=replace(policy, max_retries=1 if policy.max_retries is None else min(policy.max_retries, 1)))
+        self.endpoints = [VLLMClient(url, quick, http=self._http) for url in settings.base_urls]
         first = self.endpoints[0]
         self.model, self.top_k = first.model, first.top_k
         self.server_version: Optional[str] = None

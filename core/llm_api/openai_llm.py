@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import aiohttp
 
-from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
+from core.llm_api.base_llm import RouteStats, ScoringRoute
 from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.faults import (
     HTTPStatusError,
@@ -25,16 +25,15 @@ from core.llm_api.faults import (
     explain_status,
     server_message,
 )
-from core.llm_api.http_session import RunSession, gather_limited
+from core.llm_api.http_session import bearer_session, gather_limited
 from core.llm_api.logprobs import MalformedResponse, NextTokenLogprobs, ServerSaidError, parse_completion_logprobs
 from core.llm_api.rate_limits import RateLimiter
 from core.llm_api.redaction import redact, redact_url
-from core.llm_api.retry_waits import DEFAULT_RATE_LIMIT_WAIT_SECONDS, RetryPolicy, RetryWait, with_retries
+from core.llm_api.retry_waits import DEFAULT_RATE_LIMIT_WAIT_SECONDS, RetryWait, with_retries
+from core.llm_api.route_settings import ExternalRouteSettings
 from core.llm_api.server_probe import EXACT_LOGPROBS_PROBE
 from core.llm_api.wait_headers import requested_wait
 
-# OpenAI's legacy completions return at most 5 logprobs; the label score needs at least 2.
-DEFAULT_EXTERNAL_TOP_K = 5
 CHARS_PER_TOKEN = 4  # a cautious guess for the token bucket until the answer's usage says
 SERVER_FIX = "or use a model with a longer context"
 
@@ -42,42 +41,25 @@ SERVER_FIX = "or use a model with a longer context"
 class ExternalAPIClient(ScoringRoute):
     name = "external"
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        model: Optional[str],
-        api_key: Optional[str],
-        limiter: RateLimiter,
-        top_k: int = DEFAULT_EXTERNAL_TOP_K,
-        concurrency: int = 16,
-        timeout_seconds: float = 60.0,
-        max_retries: Optional[int] = 5,
-        backoff_seconds: float = 1.0,
-        backoff_max_seconds: float = 30.0,
-        retry_seconds: float = 300.0,
-        seed: int = 0,
-    ) -> None:
-        if not model:
-            raise ScoringError("the hosted API route needs --model: the provider's name of a base model with logprobs (e.g. davinci-002)")
-        if top_k < 2:
-            raise ScoringError(f"API_TOP_K={top_k}: the label score compares the ' True' and ' False' logprobs, so at least 2 "
-                               "must come back; set API_TOP_K to 2 or more (a provider that allows only 1 can't be used)")
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, settings: ExternalRouteSettings, seed: int = 0) -> None:
+        """Builds this route's RateLimiter from ``settings`` (the only route that is throttled). ``seed`` seeds the
+        retries' jitter. No network I/O here."""
+        self.base_url = settings.base_url.rstrip("/")
         self.url = self.base_url + "/v1/completions"
         self.shown_url = redact_url(self.url)
-        self.model = model
-        self.top_k = top_k
-        self.request = CompletionRequest(model, top_k)  # no fields beyond OpenAI's: hosted APIs refuse unknown ones
-        self.limiter = limiter
-        self.retry_policy = RetryPolicy("API", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
+        self.model = settings.model
+        self.top_k = settings.top_k
+        self.request = CompletionRequest(settings.model, settings.top_k)  # no fields beyond OpenAI's: hosted APIs refuse unknown ones
+        # A provider's pause longer than the retry budget stops the run instead.
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute, settings.retry.retry_seconds)
+        self.retry_policy = settings.retry
         self.stats = RouteStats()
         self.retries = 0
         self.rate_limited = 0
-        self._api_key = api_key
+        self._api_key = settings.api_key
         self._jitter = random.Random(seed)  # its own RNG: retries must not move the search's random stream
-        self._concurrency = concurrency
-        self._http = RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+        self._concurrency = settings.concurrency
+        self._http = bearer_session(settings.api_key, settings.timeout_seconds)
 
     async def _attempt(self, prompt: str) -> NextTokenLogprobs:
         """One request for one prompt, admitted by the rate limiter; its answer checked."""

@@ -41,7 +41,7 @@ class _Bucket:
 
 class RateLimiter:
     def __init__(self, requests_per_minute: Optional[float], tokens_per_minute: Optional[float],
-                 max_pause_seconds: float = 300.0) -> None:
+                 max_pause_seconds: float) -> None:
         self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
         self._paused_until = 0.0

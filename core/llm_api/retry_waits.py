@@ -30,11 +30,14 @@ _last_pause_note: dict[str, float] = {}
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """One route's retry settings (its defaults are in core/llm_api/settings.py; core/llm_api/route_settings.py
+    builds the policy of each route from them)."""
+
     settings_prefix: str  # "VLLM" or "API": which settings the messages tell the user to raise
-    backoff_seconds: float = 1.0
-    backoff_max_seconds: float = 10.0
-    retry_seconds: float = 600.0
-    max_retries: Optional[int] = None  # None: only the time budget bounds the retries
+    backoff_seconds: float  # the first wait; each later one doubles, with jitter
+    backoff_max_seconds: float  # no wait is longer
+    retry_seconds: float  # the time budget of one run of failures
+    max_retries: Optional[int]  # None: only the time budget bounds the retries
 
     def delay(self, failures: int, jitter: random.Random) -> float:
         """The wait after ``failures`` + 1 failures in a row, never above ``backoff_max_seconds``."""

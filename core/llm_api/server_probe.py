@@ -10,7 +10,7 @@ import sys
 from typing import Any, Awaitable, Callable, Optional
 
 from core.llm_api.base_llm import ScoringError
-from core.llm_api.completions_request import CompletionRequest
+from core.llm_api.completions_request import CompletionRequest, tokenize_body
 from core.llm_api.engine_metrics import parse_metrics, prompt_token_counters
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 
@@ -70,8 +70,7 @@ async def exact_label_tokens(fetch: Fetch, model: str) -> Optional[dict[int, str
     tokens: dict[int, str] = {}
     for text in LABEL_TOKEN_VARIANTS:
         try:
-            answer = await fetch("POST", "/tokenize", {"model": model, "prompt": text, "content": text,
-                                                       "add_special_tokens": False}, PROBE_TIMEOUT_SECONDS)
+            answer = await fetch("POST", "/tokenize", tokenize_body(model, text), PROBE_TIMEOUT_SECONDS)
         except ScoringError:
             return None  # no /tokenize: not a vLLM
         ids = answer.get("tokens") if isinstance(answer, dict) else None

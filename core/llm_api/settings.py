@@ -8,7 +8,7 @@ import math
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -58,10 +58,19 @@ class Settings:
     # llama.cpp's RAM prompt cache lets later pool scores reuse earlier prefixes. Its own default (8 GiB)
     # lets memory grow for the whole run; a small cap keeps most of the reuse.
     embedded_cache_ram_mib: int = 128
+    # Where the values came from, for messages that name a setting refused later (when its route is opened).
+    source: str = field(default="in the settings given", compare=False)
 
+    def overridden(self, **values: object) -> "Settings":
+        """A copy with each field named in ``values`` replaced, where its value is not None (a flag left unset
+        keeps the setting)."""
+        return replace(self, **{name: value for name, value in values.items() if value is not None})
+
+
+# The one place each default is written: load_settings and every route read them from here.
+DEFAULTS = Settings()
 
 KEY_SETTINGS = ("API_KEY", "VLLM_API_KEY")
-MIN_TOP_K = 2  # one True/False comparison needs both label tokens among the returned logprobs
 URL_EXAMPLE = "http://HOST:PORT, e.g. http://127.0.0.1:8000"
 
 
@@ -146,34 +155,33 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         check_url("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), where)
         refuse_two_credentials("LLAMA_API_BASE", values["LLAMA_API_BASE"].strip(), "API_KEY", values, where)
 
-    api_top_k = number("API_TOP_K", 5)
-    if api_top_k < MIN_TOP_K:
-        raise SettingsError(f"API_TOP_K={values['API_TOP_K']!r} ({where}) must be at least {MIN_TOP_K}: the label score compares "
-                            "the ' True' and ' False' logprobs, so both must be among those returned (a provider that "
-                            "allows only 1 can't be used)")
+    # API_TOP_K's lower bound of 2 matters only on the hosted route: it is checked when that route is opened
+    # (core/llm_api/route_settings.py), so a vLLM or embedded run is not refused for it.
+    api_top_k = number("API_TOP_K", DEFAULTS.api_top_k)
     return Settings(
         vllm_base_url=values.get("VLLM_BASE_URL"),
         llama_api_base=values.get("LLAMA_API_BASE"),
         api_key=values.get("API_KEY"),
         vllm_api_key=values.get("VLLM_API_KEY"),
-        vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", 900.0, float),
-        vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", 1024),
-        vllm_max_retries=number("VLLM_MAX_RETRIES", None, zero_ok=True),
-        vllm_backoff_seconds=number("VLLM_BACKOFF_SECONDS", 1.0, float),
-        vllm_retry_seconds=number("VLLM_RETRY_SECONDS", 600.0, float, zero_ok=True),
-        vllm_backoff_max_seconds=number("VLLM_BACKOFF_MAX_SECONDS", 10.0, float),
-        vllm_health_poll_seconds=number("VLLM_HEALTH_POLL_SECONDS", 5.0, float),
-        api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", None, float),
-        api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", None, float),
+        vllm_timeout_seconds=number("VLLM_TIMEOUT_SECONDS", DEFAULTS.vllm_timeout_seconds, float),
+        vllm_max_prompts_per_request=number("VLLM_MAX_PROMPTS_PER_REQUEST", DEFAULTS.vllm_max_prompts_per_request),
+        vllm_max_retries=number("VLLM_MAX_RETRIES", DEFAULTS.vllm_max_retries, zero_ok=True),
+        vllm_backoff_seconds=number("VLLM_BACKOFF_SECONDS", DEFAULTS.vllm_backoff_seconds, float),
+        vllm_retry_seconds=number("VLLM_RETRY_SECONDS", DEFAULTS.vllm_retry_seconds, float, zero_ok=True),
+        vllm_backoff_max_seconds=number("VLLM_BACKOFF_MAX_SECONDS", DEFAULTS.vllm_backoff_max_seconds, float),
+        vllm_health_poll_seconds=number("VLLM_HEALTH_POLL_SECONDS", DEFAULTS.vllm_health_poll_seconds, float),
+        api_requests_per_minute=number("API_REQUESTS_PER_MINUTE", DEFAULTS.api_requests_per_minute, float),
+        api_tokens_per_minute=number("API_TOKENS_PER_MINUTE", DEFAULTS.api_tokens_per_minute, float),
         api_top_k=api_top_k,
-        api_concurrency=number("API_CONCURRENCY", 16),
-        api_timeout_seconds=number("API_TIMEOUT_SECONDS", 60.0, float),
-        api_max_retries=number("API_MAX_RETRIES", 5, zero_ok=True),
-        api_backoff_seconds=number("API_BACKOFF_SECONDS", 1.0, float),
-        api_backoff_max_seconds=number("API_BACKOFF_MAX_SECONDS", 30.0, float),
-        api_retry_seconds=number("API_RETRY_SECONDS", 300.0, float, zero_ok=True),
-        embedded_threads=number("EMBEDDED_THREADS", None),
-        embedded_slots=number("EMBEDDED_SLOTS", 1),
-        embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", 8192),
-        embedded_cache_ram_mib=number("EMBEDDED_CACHE_RAM_MIB", 128, zero_ok=True),
+        api_concurrency=number("API_CONCURRENCY", DEFAULTS.api_concurrency),
+        api_timeout_seconds=number("API_TIMEOUT_SECONDS", DEFAULTS.api_timeout_seconds, float),
+        api_max_retries=number("API_MAX_RETRIES", DEFAULTS.api_max_retries, zero_ok=True),
+        api_backoff_seconds=number("API_BACKOFF_SECONDS", DEFAULTS.api_backoff_seconds, float),
+        api_backoff_max_seconds=number("API_BACKOFF_MAX_SECONDS", DEFAULTS.api_backoff_max_seconds, float),
+        api_retry_seconds=number("API_RETRY_SECONDS", DEFAULTS.api_retry_seconds, float, zero_ok=True),
+        embedded_threads=number("EMBEDDED_THREADS", DEFAULTS.embedded_threads),
+        embedded_slots=number("EMBEDDED_SLOTS", DEFAULTS.embedded_slots),
+        embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", DEFAULTS.embedded_ctx_per_slot),
+        embedded_cache_ram_mib=number("EMBEDDED_CACHE_RAM_MIB", DEFAULTS.embedded_cache_ram_mib, zero_ok=True),
+        source=where,
     )

@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 import aiohttp
 
 from core.interrupts import sleep_unless_stopped
-from core.llm_api.base_llm import DEFAULT_TOP_K, RouteStats, ScoringError, ScoringRoute
-from core.llm_api.completions_request import CompletionRequest
+from core.llm_api.base_llm import RouteStats, ScoringError, ScoringRoute
+from core.llm_api.completions_request import CompletionRequest, tokenize_body
 from core.llm_api.faults import (
     HTTPStatusError,
     PromptsRejected,
@@ -33,7 +33,7 @@ from core.llm_api.faults import (
     explain_status,
     server_message,
 )
-from core.llm_api.http_session import RunSession, gather_limited
+from core.llm_api.http_session import RunSession, bearer_session, gather_limited
 from core.llm_api.logprobs import (
     MIN_ENTRIES,
     MalformedResponse,
@@ -42,7 +42,8 @@ from core.llm_api.logprobs import (
     parse_completion_logprobs,
 )
 from core.llm_api.redaction import redact, redact_url
-from core.llm_api.retry_waits import RetryPolicy, RetryWait, with_retries
+from core.llm_api.retry_waits import RetryWait, with_retries
+from core.llm_api.route_settings import VLLMRouteSettings
 from core.llm_api.server_probe import (
     EXACT_LOGPROBS_PROBE,
     PROBE_TIMEOUT_SECONDS,
@@ -54,14 +55,8 @@ from core.llm_api.server_probe import (
 )
 from core.llm_api.wait_headers import requested_wait
 
-DEFAULT_MAX_PROMPTS_PER_REQUEST = 1024  # vLLM's VLLM_MAX_COMPLETION_PROMPTS
-DEFAULT_TIMEOUT_SECONDS = 900.0
-# A CPU vLLM takes 90-160 s to restart, a 70B model on GPUs several minutes: the default outlasts both.
-DEFAULT_RETRY_SECONDS = 600.0
-DEFAULT_BACKOFF_MAX_SECONDS = 10.0
-# While a request is outstanding, /health is asked this often; a server whose engine died keeps the
-# connection open and never answers (vLLM on SIGTERM), so only this notices it.
-DEFAULT_HEALTH_POLL_SECONDS = 5.0
+# While a request is outstanding, /health is asked every VLLM_HEALTH_POLL_SECONDS; a server whose engine died
+# keeps the connection open and never answers (vLLM on SIGTERM), so only this notices it.
 HEALTH_TIMEOUT_SECONDS = 5.0
 HEALTH_FAILURES_TO_GIVE_UP = 2
 SINGLE_PROMPT_CONCURRENCY = 64
@@ -81,37 +76,21 @@ class ListFallback(Exception):
 class VLLMClient(ScoringRoute):
     name = "vllm"
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        model: Optional[str] = None,
-        api_key: Optional[str] = None,
-        top_k: int = DEFAULT_TOP_K,
-        deterministic: bool = False,
-        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST,
-        exact_label_logprobs: bool = True,
-        max_retries: Optional[int] = None,
-        backoff_seconds: float = 1.0,
-        retry_seconds: float = DEFAULT_RETRY_SECONDS,
-        backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS,
-        health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS,
-        http: Optional[RunSession] = None,
-    ) -> None:
-        """No network I/O here: ``open()`` (or ``connect()`` on a shared loop) asks the server what it offers."""
+    def __init__(self, base_url: str, settings: VLLMRouteSettings, http: Optional[RunSession] = None) -> None:
+        """``base_url``: one of ``settings.base_urls``. ``http``: a session shared with other endpoints of the run.
+        No network I/O here: ``open()`` (or ``connect()`` on a shared loop) asks the server what it offers."""
         self.base_url = base_url.rstrip("/")
         self.shown_url = redact_url(self.base_url)  # for messages and files: no credentials
-        self.requested_model = model
-        self.model = model or ""
-        self.top_k = top_k
-        self.deterministic = deterministic
-        self.want_exact_label_logprobs = exact_label_logprobs
-        self.max_prompts_per_request = max(1, max_prompts_per_request)
+        self.requested_model = settings.model
+        self.model = settings.model or ""
+        self.top_k = settings.top_k
+        self.deterministic = settings.deterministic
+        self.want_exact_label_logprobs = settings.exact_label_logprobs
+        self.max_prompts_per_request = max(1, settings.max_prompts_per_request)
         self.stats = RouteStats()
         self.list_prompts_supported: Optional[bool] = None  # None until a list has been tried
-        self.retry_policy = RetryPolicy("VLLM", backoff_seconds, backoff_max_seconds, retry_seconds, max_retries)
-        self.health_poll_seconds = health_poll_seconds
+        self.retry_policy = settings.retry
+        self.health_poll_seconds = settings.health_poll_seconds
         self.retries = 0
         self.server_version: Optional[str] = None
         self.context_tokens: Optional[int] = None
@@ -120,10 +99,10 @@ class VLLMClient(ScoringRoute):
         self._tokens_at_start: Optional[tuple[float, float]] = None
         self._counters_missing_noted = False
         self._jitter = random.Random(0)  # its own RNG: retries must not move the search's random stream
-        self._api_key = api_key
+        self._api_key = settings.api_key
         # Several endpoints of one run share one session and loop (see multi_endpoint.py).
         self._owns_http = http is None
-        self._http = http or RunSession({"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout_seconds)
+        self._http = http or bearer_session(settings.api_key, settings.timeout_seconds)
 
     @property
     def label_token_ids(self) -> Optional[list[int]]:  # type: ignore[override]
@@ -413,10 +392,9 @@ class VLLMClient(ScoringRoute):
             self.stats.engine_seconds += time.perf_counter() - started  # waiting on the server
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text from the server's /tokenize (vLLM reads "prompt", llama.cpp "content")."""
+        """Token ids of each text from the server's /tokenize."""
         async def one(text: str) -> list[int]:
-            answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": text, "content": text,
-                                                                "add_special_tokens": False}, PROBE_TIMEOUT_SECONDS)
+            answer = await self._request("POST", "/tokenize", tokenize_body(self.model, text), PROBE_TIMEOUT_SECONDS)
             tokens = answer.get("tokens") if isinstance(answer, dict) else None
             if not isinstance(tokens, list):
                 raise ScoringError(f"{self.shown_url}/tokenize answered without a token list")

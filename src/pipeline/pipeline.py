@@ -1,17 +1,16 @@
 """Assemble the scoring side of a run: one ModelAPI for the whole run, and the pool scorer on top of it.
 
-Rate limits are set here, and only for the hosted-API route. vLLM and the embedded model are ours to load,
-so they are never throttled.
+The route, and its rate limits (the hosted-API route's only: vLLM and the embedded model are ours to load, so
+they are never throttled), are chosen and built in core/llm_api/routes.py.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.llm_api.llm import ModelAPI, choose_route
-from core.llm_api.rate_limits import RateLimiter
+from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.config.run_config import PromptConfig, RouteConfig
 from src.pipeline.label_scores import holds_a_label
@@ -72,20 +71,14 @@ def refuse_claims_longer_than_the_context(claims: Sequence[dict], model_api: Mod
 
 class ScoringPipeline:
     def __init__(self, options: ScoringOptions, settings: Settings) -> None:
-        self.route = choose_route(settings, options.use_vllm)
-        self.rate_limiter: Optional[RateLimiter] = None
-        if self.route == "external":
-            self.rate_limiter = RateLimiter(
-                options.requests_per_minute or settings.api_requests_per_minute,
-                options.tokens_per_minute or settings.api_tokens_per_minute,
-                settings.api_retry_seconds,
-            )
-        if options.external_top_k is not None and options.external_top_k != settings.api_top_k:
-            settings = replace(settings, api_top_k=options.external_top_k)
+        # Flags given override SECRETS and the environment; core chooses the route and builds it (and the rate
+        # limiter, which only the hosted route has).
+        settings = settings.overridden(api_top_k=options.external_top_k, api_requests_per_minute=options.requests_per_minute,
+                                       api_tokens_per_minute=options.tokens_per_minute)
         self.model_api = ModelAPI(
             options.model, deterministic=options.deterministic, settings=settings,
             show_progress=options.show_progress, exact_label_logprobs=options.exact_label_logprobs,
-            use_vllm=options.use_vllm, rate_limiter=self.rate_limiter, cache_dir=options.cache_dir,
+            use_vllm=options.use_vllm, cache_dir=options.cache_dir,
             worth_caching=holds_a_label(options.token_match),
         )
         self.scorer = PoolScorer(self.model_api, options.prompts)
