@@ -15,6 +15,39 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ICM_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "icm"))
 
 
+# What core/llm_api/settings.py reads from the environment: the route URLs, their keys and every tuning knob
+# (VLLM_*, API_*, LLAMA_*, EMBEDDED_*), the settings file's path, and the crash hook. A researcher's shell usually
+# holds some of them (VLLM_BASE_URL above all); each test starts without any.
+ROUTE_PREFIXES = ("VLLM_", "API_", "LLAMA_", "EMBEDDED_")
+TEST_HOOKS = ("ICM_CRASH_AT",)
+
+
+def route_variables(environ) -> list[str]:
+    """The names in ``environ`` that choose or tune a model route, or hook into a run."""
+    return [name for name in environ if name.startswith(ROUTE_PREFIXES) or name in TEST_HOOKS]
+
+
+def clean(monkeypatch: pytest.MonkeyPatch, secrets_file: Path) -> None:
+    for name in route_variables(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ICM_SECRETS_FILE", str(secrets_file))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_session_environment(tmp_path_factory):
+    """The session's servers and models (set up before any test's own fixtures) start clean too."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clean(monkeypatch, tmp_path_factory.getbasetemp() / "no-such-SECRETS")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path_factory):
+    """Every test sees no route variable or key and no settings file, whatever the shell running pytest holds
+    (and whatever an earlier test left in os.environ). Subprocesses started from a test inherit the same."""
+    clean(monkeypatch, tmp_path_factory.getbasetemp() / "no-such-SECRETS")
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (for a server that is down, or one about to start)."""
     with socket.socket() as sock:
@@ -93,3 +126,14 @@ def forwarding(local_server):
         server.stop()
 
 
+
+
+# A test that asks for one of these fixtures uses the real SmolLM2 (llama.cpp's server behind them, or the model
+# loaded in this process), so it is a `model` test without saying so itself.
+MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)

@@ -16,20 +16,13 @@ import pytest
 
 from src.experiments import ICM, evaluate, plot
 from src.run_directory.run_outputs import jsonl
-from tests.cli_helpers import SERVER_VARIABLES, call, load_script, refused, snapshot
+from tests.cli_helpers import call, load_script, refused, snapshot
 from tests.conftest import REPO_ROOT
 from tests.dropping_server import MODEL, DroppingServer
 from tests.fake_runs import make_run, make_shards
 
 export_labels = load_script("export_labels")
 merge_labels = load_script("merge_labels")
-
-
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    for name in SERVER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-secrets"))
 
 
 @pytest.fixture

@@ -25,10 +25,8 @@ EMBEDDED_MODEL = "SmolLM2-135M-Instruct.Q4_1"
 
 
 @pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-secrets"))
+def close_figures():
+    # The environment is cleaned for every test by conftest.py.
     yield
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")  # the figures the tests inspect

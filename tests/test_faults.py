@@ -318,10 +318,7 @@ def test_a_claim_longer_than_the_context_alone_is_refused_by_record(tmp_path, mo
     records[2]["choice"] = "It is a long story. " * 400  # about 2,400 tokens, over a 1,024-token context
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("EMBEDDED_CTX_PER_SLOT", "1024")
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
     assert ICM.main(["--testbed", "custom", "--data", str(data), "--batch_size", "4", "--num_seed", "2", "--K", "1",
                      "--no-progress", "--output-dir", str(tmp_path / "run")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

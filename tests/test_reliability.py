@@ -390,8 +390,6 @@ def test_a_settings_file_with_a_key_that_others_can_read_is_warned_about(tmp_pat
 def test_a_url_with_credentials_and_a_key_is_refused_at_start_without_showing_either(url_name, key_name, tmp_path,
                                                                                    monkeypatch):
     # Both become the Authorization header; aiohttp refused the pair at the first request, with a traceback.
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
     secrets = tmp_path / "SECRETS"
     secrets.write_text(f"{url_name}=http://u:pw-77@127.0.0.1:9\n{key_name}=sk-key-77\n")
     secrets.chmod(0o600)
