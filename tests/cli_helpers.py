@@ -19,11 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Union
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SMALL_EMBEDDED  # noqa: F401  (SMALL_EMBEDDED: two 2048-token slots)
 
-ICM_SCRIPT = REPO_ROOT / "src" / "experiments" / "ICM.py"
-# A real-model run's processes: two small slots are enough for the demo pools and keep the model's memory low.
-SMALL_EMBEDDED = {"EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+ICM_SCRIPT = "src/experiments/ICM.py"
 
 
 def load_script(name: str) -> ModuleType:

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,6 +85,29 @@ def embedded_api():
     api = ModelAPI(settings=Settings(embedded_slots=2, embedded_ctx_per_slot=4096), show_progress=False)
     yield api
     api.close()
+
+
+# The demo run the crash, resume and write-failure tests compare against: one real-model run for the session.
+DEMO_RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
+SMALL_EMBEDDED = {"EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_demo_run(tmp_path_factory) -> Path:
+    """A finished ``DEMO_RUN`` on the embedded model (two 2048-token slots). Copy it before changing it."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py"), *DEMO_RUN, "--output-dir", str(out)],
+                            cwd=REPO_ROOT, env={**os.environ, **SMALL_EMBEDDED}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_demo_run, tmp_path_factory) -> Path:
+    """This module's own copy of the session's uninterrupted demo run."""
+    copy = tmp_path_factory.mktemp("uninterrupted-copy") / "run"
+    shutil.copytree(uninterrupted_demo_run, copy)
+    return copy
 
 
 # llama.cpp's own server over the embedded model, for the HTTP routes; small, so tests stay fast.

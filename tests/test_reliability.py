@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,28 +17,22 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.run_directory.run_outputs import OUTPUT_FILES
-from tests.conftest import REPO_ROOT, closed_port_url
+from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, call, load_script, run_script, start_script
+from tests.conftest import DEMO_RUN as RUN
+from tests.conftest import closed_port_url
 from tests.conftest import run_outcome as outcome
 
-RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
-SERVER_VARIABLES = ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")
-
-
-def environment(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
-    env.update(EMBEDDED_SLOTS="2", EMBEDDED_CTX_PER_SLOT="2048", **extra)
-    return env
+export_labels = load_script("export_labels")
 
 
 def icm(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=environment(**env),
-                          capture_output=True, text=True, timeout=900)
+    """ICM.py as its own process, on the embedded model unless ``env`` names a server."""
+    return run_script(ICM_SCRIPT, *args, env={**SMALL_EMBEDDED, **env}, timeout=900)
 
 
 def start_icm(*args: str, stderr_file: Path, **env: str) -> subprocess.Popen:
     with stderr_file.open("w") as stderr:  # the child keeps its own copy of the file
-        return subprocess.Popen([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=environment(**env),
-                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        return start_script(ICM_SCRIPT, *args, env={**SMALL_EMBEDDED, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, seconds: float = 300.0) -> None:
@@ -62,14 +55,6 @@ def logged_iterations(out: Path) -> list[int]:
 def error_lines(stderr: str) -> list[str]:
     assert "Traceback" not in stderr, stderr
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("whole") / "run"
-    result = icm(*RUN, "--output-dir", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 # -- one process per output directory ------------------------------------------------------------------------
@@ -140,7 +125,8 @@ def http_run(out: Path, K: int = 8) -> list[str]:
     return [*RUN, "--K", str(K), "--output-dir", str(out)]
 
 
-def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the_same_result(forwarding, tmp_path):
+def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the_same_result(forwarding, tmp_path,
+                                                                                           capsys):
     server = forwarding()
     env = dict(VLLM_BASE_URL=server.url)
     baseline = icm(*http_run(tmp_path / "baseline"), **env)
@@ -163,16 +149,15 @@ def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the
     assert "keeping the labels found so far; resume with --resume" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_early"] == "stopped by SIGTERM" and summary["iterations"] < 8
-    exported = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120)
-    assert exported.returncode == 0 and "these are its partial labels" in exported.stderr
+    capsys.readouterr()
+    code, stderr = call(export_labels, [out, "--format", "hf"], capsys)
+    assert code == 0 and "these are its partial labels" in stderr
     server.fail_first = 0
     resumed = icm("--resume", str(out), "--no-progress", **env)
     assert resumed.returncode == 0, resumed.stderr
     assert outcome(out)[:3] == outcome(tmp_path / "baseline")[:3]
-    whole = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=120)
-    assert whole.returncode == 0 and "partial" not in whole.stderr
+    code, stderr = call(export_labels, [out, "--format", "hf"], capsys)
+    assert code == 0 and "partial" not in stderr
 
 
 def test_sigterm_while_waiting_for_the_server_at_start_leaves_nothing_behind(tmp_path):
