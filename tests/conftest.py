@@ -154,7 +154,7 @@ def forwarding(local_server):
 
 # A test that asks for one of these fixtures uses the real SmolLM2 (llama.cpp's server behind them, or the model
 # loaded in this process), so it is a `model` test without saying so itself.
-MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding"}
+MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding", "uninterrupted_demo_run", "uninterrupted"}
 
 
 def pytest_collection_modifyitems(items):

@@ -17,6 +17,8 @@ from src.data.testbeds import load_testbed_claims
 from src.pipeline.pool_scoring import PoolScorer
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def tqa_pool(data_dir):

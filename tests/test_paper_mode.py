@@ -8,8 +8,6 @@ final labels must be the same.
 """
 import math
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ from src.search.ICM_tools import get_energy, get_temperature, pick_two_inconsist
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
+from src.experiments import ICM
+from tests.cli_helpers import ICM_SCRIPT, call, run_script
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel
 
@@ -207,8 +207,8 @@ def test_minimal_draws_and_the_early_exit_leave_a_deterministic_search_where_it_
 
 
 def run_icm(*flags: str):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py"), *flags],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    """ICM.py as its own process, on the embedded model."""
+    return run_script(ICM_SCRIPT, *flags, timeout=300)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -223,12 +223,13 @@ def run_icm(*flags: str):
     (["--allow-both-false"], "--allow-both-false contradicts --paper-mode"),
     (["--no-gold-consistency"], "--no-gold-consistency contradicts --paper-mode"),
 ])
-def test_a_flag_that_contradicts_paper_mode_is_refused_by_name(flags, message, tmp_path):
-    result = run_icm("--testbed", "demo", "--paper-mode", *flags, "--output-dir", str(tmp_path / "out"))
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+def test_a_flag_that_contradicts_paper_mode_is_refused_by_name(flags, message, tmp_path, capsys):
+    code, stderr = call(ICM, ["--testbed", "demo", "--paper-mode", *flags, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2 and message in stderr, stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.model
 def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(tmp_path):
     import json
 

@@ -17,6 +17,7 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.run_directory.run_outputs import OUTPUT_FILES
+from src.experiments import ICM
 from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, call, load_script, run_script, start_script
 from tests.conftest import DEMO_RUN as RUN
 from tests.conftest import closed_port_url
@@ -59,15 +60,17 @@ def error_lines(stderr: str) -> list[str]:
 
 # -- one process per output directory ------------------------------------------------------------------------
 
-def test_a_second_run_or_a_resume_on_a_live_directory_stops_at_once_and_names_the_holder(tmp_path):
+@pytest.mark.model
+def test_a_second_run_or_a_resume_on_a_live_directory_stops_at_once_and_names_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
     first = start_icm(*RUN, "--K", "12", "--output-dir", str(out), stderr_file=tmp_path / "first.err")
     try:
         wait_for(lambda: logged_lines(out) >= 1, first, "the first log line")
+        # The refused attempts run in this process: the lock is held by another process all the same.
         for attempt in ([*RUN, "--K", "12", "--output-dir", str(out)], ["--resume", str(out)], [*RUN, "--output-dir", str(out), "--overwrite"]):
-            second = icm(*attempt)
-            assert second.returncode == 2
-            assert error_lines(second.stderr) == [f"error: {out} is in use by another ICM run (process {first.pid}): wait for "
+            code, stderr = call(ICM, attempt, capsys)
+            assert code == 2
+            assert error_lines(stderr) == [f"error: {out} is in use by another ICM run (process {first.pid}): wait for "
                                                   "it to finish or stop it, or choose another --output-dir"]
         assert first.wait(600) == 0, (tmp_path / "first.err").read_text()
     finally:
@@ -189,12 +192,15 @@ def test_the_model_list_probe_at_start_has_a_short_timeout(forwarding, monkeypat
 
 # -- a failed start blocks nothing ----------------------------------------------------------------------------
 
-def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(local_server, tmp_path):
+def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(local_server, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     flags = [*RUN, "--K", "2", "--output-dir", str(out)]
-    down = icm(*flags, VLLM_BASE_URL=closed_port_url(), VLLM_RETRY_SECONDS="0")
-    assert down.returncode == 2 and len(error_lines(down.stderr)) == 1
+    monkeypatch.setenv("VLLM_BASE_URL", closed_port_url())
+    monkeypatch.setenv("VLLM_RETRY_SECONDS", "0")
+    code, stderr = call(ICM, flags, capsys)
+    assert code == 2 and len(error_lines(stderr)) == 1
     assert not [name for name in OUTPUT_FILES if (out / name).exists()]
+    monkeypatch.delenv("VLLM_RETRY_SECONDS")
     again = icm(*flags, VLLM_BASE_URL=local_server)
     assert again.returncode == 0, again.stderr
 
@@ -213,6 +219,7 @@ def test_after_a_context_overflow_the_advised_smaller_batch_starts_in_the_same_d
     assert smaller.returncode == 0, smaller.stderr
 
 
+@pytest.mark.model
 def test_a_run_killed_during_its_first_scoring_is_replaced_by_the_same_command(tmp_path):
     out = tmp_path / "run"
     killed = icm(*RUN, "--K", "2", "--output-dir", str(out), ICM_CRASH_AT="batch:1")
@@ -323,12 +330,12 @@ def read_only_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_read_only_output_dir_is_refused_before_any_work(tmp_path):
+def test_a_read_only_output_dir_is_refused_before_any_work(tmp_path, capsys):
     folder = read_only_folder(tmp_path)
     try:
-        result = icm(*RUN, "--output-dir", str(folder / "run"))
-        assert result.returncode == 2
-        [line] = error_lines(result.stderr)
+        code, stderr = call(ICM, [*RUN, "--output-dir", folder / "run"], capsys)
+        assert code == 2
+        [line] = error_lines(stderr)
         assert f"{folder / 'run'} can't hold the run" in line and "Choose a directory you can write" in line
     finally:
         subprocess.run(["umount", str(folder)], capture_output=True)

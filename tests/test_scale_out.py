@@ -102,7 +102,8 @@ def test_merge_refuses_runs_that_do_not_belong_together(demo_shards, tmp_path, m
     assert plain.returncode == 2 and "no run.json" in plain.stderr
 
 
-def run_over(urls: str, out, K: int = 10) -> subprocess.Popen:
+def run_over(urls: str, out, K: int = 6) -> subprocess.Popen:
+    """A demo run over HTTP as its own process. K=6: caught at its second log line, it has 4 iterations left."""
     return start_script("src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", K,
                         "--deterministic", "--output-dir", out, "--no-progress",
                         env={**SMALL_EMBEDDED, "VLLM_BASE_URL": urls, "VLLM_BACKOFF_SECONDS": "0.2"})
