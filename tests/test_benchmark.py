@@ -4,6 +4,7 @@ The figures that matter (ratios at pool 16 and 64) come from running scripts/ben
 we check that what it measures is measured right.
 """
 import json
+import subprocess
 
 import pytest
 
@@ -13,7 +14,9 @@ from src.benchmarks.prefix_trie import trie_size
 from src.prompts.prompts import leave_one_out_prompts
 from src.search.annealing import seed_claims
 from src.data.testbeds import load_testbed_claims
-from tests.cli_helpers import ICM_SCRIPT, call, load_script, run_script
+from src.experiments import ICM
+from tests.cli_helpers import call, load_script, run_script
+from tests.stand_in_pipeline import use_stand_in
 
 SMALL = Settings(embedded_ctx_per_slot=2048)
 
@@ -78,12 +81,13 @@ def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tm
     assert "| requests per pool score" in result.stdout and "Targets:" in result.stdout
 
 
-@pytest.mark.model
-def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path):
+def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
+    use_stand_in(monkeypatch, tmp_path)  # the layout is built by the scorer whatever the route; it is recorded here
 
     def icm(*args):
-        return run_script(ICM_SCRIPT, *args, env={"EMBEDDED_CTX_PER_SLOT": "2048"})
+        code, stderr = call(ICM, args, capsys)
+        return subprocess.CompletedProcess(["ICM.py", *args], code, "", stderr)
 
     result = icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "3", "--prompt-layout", "tree",
                  "--output-dir", str(out), "--no-progress")

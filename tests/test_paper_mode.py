@@ -19,7 +19,8 @@ from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_cl
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 from src.experiments import ICM
-from tests.cli_helpers import ICM_SCRIPT, call, run_script
+from tests.cli_helpers import call
+from tests.stand_in_pipeline import use_stand_in
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel
 
@@ -206,11 +207,6 @@ def test_minimal_draws_and_the_early_exit_leave_a_deterministic_search_where_it_
         assert None not in run["labels"]
 
 
-def run_icm(*flags: str):
-    """ICM.py as its own process, on the embedded model."""
-    return run_script(ICM_SCRIPT, *flags, timeout=300)
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--label-style", "space-in-label"], "--label-style space-in-label contradicts --paper-mode, which sets --label-style reference"),
     (["--token-match", "whole"], "--token-match whole contradicts --paper-mode, which sets --token-match substring"),
@@ -229,14 +225,18 @@ def test_a_flag_that_contradicts_paper_mode_is_refused_by_name(flags, message, t
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
-@pytest.mark.model
-def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(tmp_path):
+def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(tmp_path, monkeypatch, capsys):
     import json
 
+    use_stand_in(monkeypatch, tmp_path)  # what is recorded and kept is the point here, not the model's scores
+
+    def run_icm(*flags: str) -> tuple[int, str]:
+        return call(ICM, flags, capsys)
+
     out = tmp_path / "run"
-    first = run_icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "2", "--paper-mode",
-                    "--label-style", "reference", "--no-progress", "--output-dir", str(out))
-    assert first.returncode == 0, first.stderr
+    code, stderr = run_icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "2", "--paper-mode",
+                           "--label-style", "reference", "--no-progress", "--output-dir", str(out))
+    assert code == 0, stderr
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["paper_mode"] is True
     assert {k: settings[k] for k in ("label_style", "token_match", "label_logprobs", "rng_draws", "repair_loop",
@@ -244,12 +244,12 @@ def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(t
         "label_style": "reference", "token_match": "substring", "label_logprobs": "topk", "rng_draws": "reference",
         "repair_loop": "reference", "post_flip_fix_K": 10, "mp_reduce": "mean"}
     assert json.loads((out / "summary.json").read_text())["settings"]["paper_mode"] is True
-    resumed = run_icm("--resume", str(out), "--K", "3", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    code, stderr = run_icm("--resume", str(out), "--K", "3", "--no-progress")
+    assert code == 0, stderr
     assert json.loads((out / "run.json").read_text())["settings"]["paper_mode"] is True
     assert json.loads((out / "summary.json").read_text())["settings"]["token_match"] == "substring"
-    refused = run_icm("--resume", str(out), "--token-match", "whole")
-    assert refused.returncode == 2 and "--token-match" in refused.stderr
+    code, stderr = run_icm("--resume", str(out), "--token-match", "whole")
+    assert code == 2 and "--token-match" in stderr
 
 
 def test_order_sensitivity_maps_scores_back_to_their_claims(data_dir):
