@@ -8,7 +8,8 @@ import pytest
 
 from src.experiments import ICM
 from src.run_directory.run_outputs import OUTPUT_FILES
-from tests.cli_helpers import call, run_script
+from tests.cli_helpers import call
+from tests.stand_in_pipeline import use_stand_in
 from tests.conftest import closed_port_url
 
 
@@ -191,10 +192,13 @@ def test_unknown_model_on_the_server(local_server, tmp_path, capsys, monkeypatch
 
 
 def small_run(out: Path, K: int) -> None:
-    """A finished demo run on the real model (its own process: the model is loaded and freed with it)."""
-    result = run_script("src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", K,
-                        "--no-progress", "--output-dir", out)
-    assert result.returncode == 0, result.stderr
+    """A finished demo run, by ICM.py in this process on the stand-in route: what resume checks is the run's files
+    and flags, which are the same whatever model scored them."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_stand_in(monkeypatch, out.parent)
+        code = ICM.main(["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", str(K), "--no-progress",
+                         "--output-dir", str(out)])
+    assert code == 0
 
 
 @pytest.fixture(scope="module")
@@ -254,12 +258,14 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
-@pytest.mark.model
-def test_damaged_or_mismatched_runs_are_refused_on_resume_and_kept_as_they_were(case, finished_run, tmp_path, capsys):
+def test_damaged_or_mismatched_runs_are_refused_on_resume_and_kept_as_they_were(case, finished_run, tmp_path, capsys,
+                                                                                monkeypatch):
     damage, flags, message = RESUME_CASES[case]
+    use_stand_in(monkeypatch, tmp_path)  # should a resume get as far as scoring, it scores as the run did
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     damage(out)
+    capsys.readouterr()  # what a damage that runs ICM.py printed is not the resume's
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     result = run_icm(capsys, "--resume", str(out), *[f.format(dir=tmp_path) for f in flags])
     assert_refused(result, message)
