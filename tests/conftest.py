@@ -114,9 +114,10 @@ def uninterrupted(uninterrupted_demo_run, tmp_path_factory) -> Path:
 SLOTS, CTX = 2, 2048
 
 
-def start_local_server(*extra: str):
+def start_local_server(*extra: str, port: str = "0"):
+    """scripts/serve_local.py on ``port`` (0: any free one): the process and its URL, once it serves."""
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", "0", "--slots", str(SLOTS),
+        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", port, "--slots", str(SLOTS),
          "--ctx-per-slot", str(CTX), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -3,7 +3,6 @@ backoff where asking again can help, or stops the run at once with the cause and
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from tests.cli_helpers import ICM_SCRIPT, start_script
-from tests.conftest import REPO_ROOT, free_port, start_local_server
+from tests.conftest import free_port, start_local_server
 
 PROMPTS = ["Item 1: the number after 1 is", "Item 2: the number after 2 is", "Item 3: the number after 3 is"]
 
@@ -177,16 +176,7 @@ def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
 
 
 def start_local_server_on(port: str):
-    from tests.conftest import CTX, SLOTS
-
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", port, "--slots", str(SLOTS),
-         "--ctx-per-slot", str(CTX)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    line = process.stdout.readline()
-    assert "serving" in line, process.stderr.read()
-    return process, line.split(" at ")[1].split()[0]
+    return start_local_server(port=port)
 
 
 CONTEXT_REFUSALS = {  # how servers and the proxies in front of them say "the prompt is too long"
