@@ -151,8 +151,6 @@ def forwarding(local_server):
         server.stop()
 
 
-
-
 # A test that asks for one of these fixtures uses the real SmolLM2 (llama.cpp's server behind them, or the model
 # loaded in this process), so it is a `model` test without saying so itself.
 MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding", "uninterrupted_demo_run", "uninterrupted"}
