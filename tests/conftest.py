@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,39 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's data lives beside the checkout (../shared/data/icm), never inside it.
 SHARED_DATA = Path(os.environ.get("ICM_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "icm"))
+
+
+# What core/llm_api/settings.py reads from the environment: the route URLs, their keys and every tuning knob
+# (VLLM_*, API_*, LLAMA_*, EMBEDDED_*), the settings file's path, and the crash hook. A researcher's shell usually
+# holds some of them (VLLM_BASE_URL above all); each test starts without any.
+ROUTE_PREFIXES = ("VLLM_", "API_", "LLAMA_", "EMBEDDED_")
+TEST_HOOKS = ("ICM_CRASH_AT",)
+
+
+def route_variables(environ) -> list[str]:
+    """The names in ``environ`` that choose or tune a model route, or hook into a run."""
+    return [name for name in environ if name.startswith(ROUTE_PREFIXES) or name in TEST_HOOKS]
+
+
+def clean(monkeypatch: pytest.MonkeyPatch, secrets_file: Path) -> None:
+    for name in route_variables(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ICM_SECRETS_FILE", str(secrets_file))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_session_environment(tmp_path_factory):
+    """The session's servers and models (set up before any test's own fixtures) start clean too."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clean(monkeypatch, tmp_path_factory.getbasetemp() / "no-such-SECRETS")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path_factory):
+    """Every test sees no route variable or key and no settings file, whatever the shell running pytest holds
+    (and whatever an earlier test left in os.environ). Subprocesses started from a test inherit the same."""
+    clean(monkeypatch, tmp_path_factory.getbasetemp() / "no-such-SECRETS")
 
 
 def free_port() -> int:
@@ -53,13 +87,37 @@ def embedded_api():
     api.close()
 
 
+# The demo run the crash, resume and write-failure tests compare against: one real-model run for the session.
+DEMO_RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
+SMALL_EMBEDDED = {"EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_demo_run(tmp_path_factory) -> Path:
+    """A finished ``DEMO_RUN`` on the embedded model (two 2048-token slots). Copy it before changing it."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py"), *DEMO_RUN, "--output-dir", str(out)],
+                            cwd=REPO_ROOT, env={**os.environ, **SMALL_EMBEDDED}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_demo_run, tmp_path_factory) -> Path:
+    """This module's own copy of the session's uninterrupted demo run."""
+    copy = tmp_path_factory.mktemp("uninterrupted-copy") / "run"
+    shutil.copytree(uninterrupted_demo_run, copy)
+    return copy
+
+
 # llama.cpp's own server over the embedded model, for the HTTP routes; small, so tests stay fast.
 SLOTS, CTX = 2, 2048
 
 
-def start_local_server(*extra: str):
+def start_local_server(*extra: str, port: str = "0"):
+    """scripts/serve_local.py on ``port`` (0: any free one): the process and its URL, once it serves."""
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", "0", "--slots", str(SLOTS),
+        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", port, "--slots", str(SLOTS),
          "--ctx-per-slot", str(CTX), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -93,3 +151,12 @@ def forwarding(local_server):
         server.stop()
 
 
+# A test that asks for one of these fixtures uses the real SmolLM2 (llama.cpp's server behind them, or the model
+# loaded in this process), so it is a `model` test without saying so itself.
+MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding", "uninterrupted_demo_run", "uninterrupted"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)

@@ -70,14 +70,8 @@ class StandInPipeline:
         self.close()
 
 
-HOST_SETTINGS = ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")
-
-
 def use_stand_in(monkeypatch, tmp_path, fail_after: Optional[int] = None) -> type[StandInPipeline]:
-    """Route ICM.py's scoring to the stand-in, with no settings from the researcher's shell or SECRETS file."""
-    for name in HOST_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-such-SECRETS"))
+    """Route ICM.py's scoring to the stand-in (conftest.py has already cleared the shell's route settings)."""
     monkeypatch.setattr(StandInPipeline, "instances", [])
     monkeypatch.setattr(StandInPipeline, "fail_after", fail_after)
     monkeypatch.setattr("src.run.ScoringPipeline", StandInPipeline)

@@ -4,9 +4,9 @@ The figures that matter (ratios at pool 16 and 64) come from running scripts/ben
 we check that what it measures is measured right.
 """
 import json
-import os
 import subprocess
-import sys
+
+import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
@@ -14,7 +14,9 @@ from src.benchmarks.prefix_trie import trie_size
 from src.prompts.prompts import leave_one_out_prompts
 from src.search.annealing import seed_claims
 from src.data.testbeds import load_testbed_claims
-from tests.conftest import REPO_ROOT
+from src.experiments import ICM
+from tests.cli_helpers import call, load_script, run_script
+from tests.stand_in_pipeline import use_stand_in
 
 SMALL = Settings(embedded_ctx_per_slot=2048)
 
@@ -25,6 +27,7 @@ def tqa_claims(data_dir, n):
     return list(seed_claims(claims[:n], n, random.Random(0)).values())
 
 
+@pytest.mark.model
 def test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch(data_dir):
     prompts = leave_one_out_prompts(tqa_claims(data_dir, 6), "space-in-label")
     with ModelAPI(settings=SMALL, show_progress=False) as api:
@@ -38,6 +41,7 @@ def test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch(data_dir):
     assert 0 < stats.engine_seconds
 
 
+@pytest.mark.model
 def test_prompts_sent_singly_are_one_request_each_with_the_same_answers(data_dir):
     prompts = leave_one_out_prompts(tqa_claims(data_dir, 4), "space-in-label")
     settings = Settings(embedded_ctx_per_slot=2048)
@@ -50,13 +54,13 @@ def test_prompts_sent_singly_are_one_request_each_with_the_same_answers(data_dir
     assert singly == batched
 
 
+@pytest.mark.model
 def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "scripts/benchmark_icm.py", "--data-dir", str(data_dir), "--pool", "4", "--num-seed", "2",
-         "--K", "2", "--rss-K", "3", "--layout-pool", "8", "--json", str(out), "--no-progress"],
-        cwd=REPO_ROOT, env={**os.environ, "EMBEDDED_CTX_PER_SLOT": "2048"}, capture_output=True, text=True, timeout=900,
-    )
+    # Its own process: it reports the process's peak memory.
+    result = run_script("scripts/benchmark_icm.py", "--data-dir", data_dir, "--pool", "4", "--num-seed", "2", "--K", "2",
+                        "--rss-K", "3", "--layout-pool", "8", "--json", out, "--no-progress",
+                        env={"EMBEDDED_CTX_PER_SLOT": "2048"}, timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     ours, reference = report["modes"]["ours"], report["modes"]["reference"]
@@ -77,13 +81,13 @@ def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tm
     assert "| requests per pool score" in result.stdout and "Targets:" in result.stdout
 
 
-def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path):
+def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    env = {**os.environ, "EMBEDDED_CTX_PER_SLOT": "2048"}
+    use_stand_in(monkeypatch, tmp_path)  # the layout is built by the scorer whatever the route; it is recorded here
 
     def icm(*args):
-        return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+        code, stderr = call(ICM, args, capsys)
+        return subprocess.CompletedProcess(["ICM.py", *args], code, "", stderr)
 
     result = icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "3", "--prompt-layout", "tree",
                  "--output-dir", str(out), "--no-progress")
@@ -95,13 +99,11 @@ def test_icm_runs_with_the_tree_layout_and_a_resume_keeps_it(tmp_path):
     assert "started with --prompt-layout 'tree', not 'reference'" in refused.stderr
 
 
+@pytest.mark.model
 def test_prefix_cache_simulation_uses_exact_token_counts(data_dir, tmp_path):
     out = tmp_path / "sim.json"
-    result = subprocess.run(
-        [sys.executable, "scripts/simulate_prefix_cache.py", "--data-dir", str(data_dir), "--pools", "16",
-         "--capacities", "2000", "100000", "--iterations", "3", "--json", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )
+    result = run_script("scripts/simulate_prefix_cache.py", "--data-dir", data_dir, "--pools", "16",
+                        "--capacities", "2000", "100000", "--iterations", "3", "--json", out)
     assert result.returncode == 0, result.stderr
     pool = json.loads(out.read_text())["pools"]["16"]
     # Per-claim tokens, joined, are exactly what the tokenizer makes of the whole prompts.
@@ -114,10 +116,10 @@ def test_prefix_cache_simulation_uses_exact_token_counts(data_dir, tmp_path):
     assert "| KV cache (tokens) |" in result.stdout
 
 
-def test_benchmark_refuses_pools_it_cannot_draw(data_dir):
+def test_benchmark_refuses_pools_it_cannot_draw(data_dir, capsys):
+    benchmark = load_script("benchmark_icm")
     for flags, message in ((["--pool", "6"], "--pool 6 must be a positive multiple of truthfulQA's group size 4"),
                            (["--pool", "4", "--num-seed", "8"], "--num-seed 8 must be even and at most --pool 4"),
                            (["--modes", "fast"], "--modes 'fast': use ours, reference or both")):
-        result = subprocess.run([sys.executable, "scripts/benchmark_icm.py", "--data-dir", str(data_dir), *flags],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and message in result.stderr, result.stderr
+        code, stderr = call(benchmark, ["--data-dir", data_dir, *flags], capsys)
+        assert code == 2 and message in stderr, stderr

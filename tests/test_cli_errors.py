@@ -1,22 +1,21 @@
 """Bad input: a one-line error naming what to fix, exit code 2, no traceback, and nothing left behind that
 blocks a re-run (or, for a run being resumed, its files exactly as they were)."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from src.experiments import ICM
 from src.run_directory.run_outputs import OUTPUT_FILES
-from tests.conftest import REPO_ROOT, closed_port_url
+from tests.cli_helpers import call
+from tests.stand_in_pipeline import use_stand_in
+from tests.conftest import closed_port_url
 
-ICM = [sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py")]
 
-
-def run_icm(*args, cwd=REPO_ROOT, env=None):
-    return subprocess.run([*ICM, *args], capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
+def run_icm(capsys, *args) -> tuple[int, str]:
+    """ICM.py's main in this process: its exit code and stderr."""
+    return call(ICM, args, capsys)
 
 
 def write(path: Path, text: str) -> Path:
@@ -24,13 +23,14 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def assert_refused(result: subprocess.CompletedProcess, message: str, out: Path = None) -> None:
+def assert_refused(result: tuple[int, str], message: str, out: Path = None) -> None:
     """Exit 2, one line that starts with "error:" and says ``message``, no traceback, and no run files in ``out``."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], result.stderr
+    code, stderr = result
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert message in lines[0], stderr
     if out is not None:
         assert not [name for name in OUTPUT_FILES if (out / name).exists()], "a failed start left files that block a re-run"
 
@@ -61,16 +61,16 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_flags(case, tmp_path):
+def test_bad_flags(case, tmp_path, capsys):
     args, message = CASES[case]
-    result = run_icm(*args, "--output-dir", str(tmp_path / "out"))
+    result = run_icm(capsys, *args, "--output-dir", str(tmp_path / "out"))
     assert_refused(result, message, tmp_path / "out")
 
 
-def test_unknown_testbed_and_scheduler_are_refused_by_the_parser():
+def test_unknown_testbed_and_scheduler_are_refused_by_the_parser(capsys):
     for flags, word in ((["--testbed", "mmlu"], "--testbed"), (["--scheduler", "cosine"], "--scheduler")):
-        result = run_icm(*flags)
-        assert result.returncode == 2 and word in result.stderr and "Traceback" not in result.stderr
+        code, stderr = run_icm(capsys, *flags)
+        assert code == 2 and word in stderr and "Traceback" not in stderr
 
 
 BAD_FILES = {
@@ -93,24 +93,24 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_custom_data(case, tmp_path):
+def test_bad_custom_data(case, tmp_path, capsys):
     text, message = BAD_FILES[case]
     data = write(tmp_path / "data.json", text)
-    result = run_icm("--testbed", "custom", "--data", str(data), "--batch_size", "2", "--num_seed", "2",
+    result = run_icm(capsys, "--testbed", "custom", "--data", str(data), "--batch_size", "2", "--num_seed", "2",
                      "--output-dir", str(tmp_path / "out"))
     assert_refused(result, message, tmp_path / "out")
-    assert str(data) in result.stderr
+    assert str(data) in result[1]
     # The same data is refused the same way on every try: nothing was left that turns it into a resume problem.
-    assert_refused(run_icm("--testbed", "custom", "--data", str(data), "--batch_size", "2", "--num_seed", "2",
+    assert_refused(run_icm(capsys, "--testbed", "custom", "--data", str(data), "--batch_size", "2", "--num_seed", "2",
                            "--output-dir", str(tmp_path / "out")), message, tmp_path / "out")
 
 
-def test_a_finished_run_is_never_overwritten_silently(tmp_path):
+def test_a_finished_run_is_never_overwritten_silently(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     write(out / "labels.jsonl", json.dumps({"uid": 0}) + "\n")
-    result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--output-dir", str(out))
-    assert result.returncode == 2 and "already holds a run" in result.stderr and "--overwrite" in result.stderr
+    code, stderr = run_icm(capsys, "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--output-dir", str(out))
+    assert code == 2 and "already holds a run" in stderr and "--overwrite" in stderr
     assert (out / "labels.jsonl").read_text() == json.dumps({"uid": 0}) + "\n"
 
 
@@ -167,34 +167,44 @@ MORE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(MORE_CASES))
-def test_more_bad_input(case, tmp_path):
+def test_more_bad_input(case, tmp_path, capsys, monkeypatch):
     flags, env_extra, files, message = MORE_CASES[case]
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY")}
-    env.update(env_extra)
+    for name, value in env_extra.items():
+        monkeypatch.setenv(name, value)
     flags = [f.format(dir=tmp_path) for f in flags]
     out = [] if "--resume" in flags else ["--output-dir", str(tmp_path / "out")]
     if "--output-dir" in flags:
         out = []
-    result = run_icm(*flags, *out, env=env)
+    result = run_icm(capsys, *flags, *out)
     assert_refused(result, message.format(dir=tmp_path), tmp_path / "out")
     for secret in ("hunter2", "sk-live-123", "tok"):
-        assert secret not in result.stderr or secret in message
+        assert secret not in result[1] or secret in message
 
 
-def test_unknown_model_on_the_server(local_server, tmp_path):
-    env = {**os.environ, "VLLM_BASE_URL": local_server}
-    result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--model", "meta-llama/Llama-3.1-8B", "--output-dir", str(tmp_path / "o"), env=env)
-    assert result.returncode == 2
-    assert "--model 'meta-llama/Llama-3.1-8B' is not served at" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.model
+def test_unknown_model_on_the_server(local_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VLLM_BASE_URL", local_server)
+    code, stderr = run_icm(capsys, "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--model", "meta-llama/Llama-3.1-8B", "--output-dir", str(tmp_path / "o"))
+    assert code == 2
+    assert "--model 'meta-llama/Llama-3.1-8B' is not served at" in stderr and "Traceback" not in stderr
+
+
+def small_run(out: Path, K: int) -> None:
+    """A finished demo run, by ICM.py in this process on the stand-in route: what resume checks is the run's files
+    and flags, which are the same whatever model scored them."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_stand_in(monkeypatch, out.parent)
+        code = ICM.main(["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", str(K), "--no-progress",
+                         "--output-dir", str(out)])
+    assert code == 0
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "2", "--no-progress", "--output-dir", str(out))
-    assert result.returncode == 0, result.stderr
+    small_run(out, K=2)
     return out
 
 
@@ -211,8 +221,7 @@ def write_file(name: str, text: str):
 
 def checkpoint_of_another_run(out: Path) -> None:
     other = out.parent / "other"
-    assert run_icm("--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "1", "--no-progress",
-                   "--output-dir", str(other)).returncode == 0
+    small_run(other, K=1)
     shutil.copy(other / "checkpoint.json", out / "checkpoint.json")
 
 
@@ -249,13 +258,16 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
-def test_damaged_or_mismatched_runs_are_refused_on_resume_and_kept_as_they_were(case, finished_run, tmp_path):
+def test_damaged_or_mismatched_runs_are_refused_on_resume_and_kept_as_they_were(case, finished_run, tmp_path, capsys,
+                                                                                monkeypatch):
     damage, flags, message = RESUME_CASES[case]
+    use_stand_in(monkeypatch, tmp_path)  # should a resume get as far as scoring, it scores as the run did
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     damage(out)
+    capsys.readouterr()  # what a damage that runs ICM.py printed is not the resume's
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    result = run_icm("--resume", str(out), *[f.format(dir=tmp_path) for f in flags])
+    result = run_icm(capsys, "--resume", str(out), *[f.format(dir=tmp_path) for f in flags])
     assert_refused(result, message)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost, nothing cut
 

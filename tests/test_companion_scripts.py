@@ -4,11 +4,8 @@ code 2, no traceback, nothing half-written, inputs never modified, and no tool w
 Runs are written without a model (tests/fake_runs.py); scripts are called in-process unless a signal or a
 whole process is the point. A model server, where one is needed, is a pretend one that never scores."""
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,20 +13,12 @@ import pytest
 
 from src.experiments import ICM, evaluate, plot
 from src.run_directory.run_outputs import jsonl
-from tests.cli_helpers import SERVER_VARIABLES, call, load_script, refused, snapshot
-from tests.conftest import REPO_ROOT
+from tests.cli_helpers import call, load_script, refused, snapshot, start_script
 from tests.dropping_server import MODEL, DroppingServer
 from tests.fake_runs import make_run, make_shards
 
 export_labels = load_script("export_labels")
 merge_labels = load_script("merge_labels")
-
-
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    for name in SERVER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-secrets"))
 
 
 @pytest.fixture
@@ -158,17 +147,14 @@ def test_evaluate_reports_a_corrupt_response_cache_and_its_advice_works(kind, tm
             assert "response cache" not in err
 
 
-def test_icm_reports_a_cache_damaged_past_its_first_page_in_one_line(tmp_path):
+def test_icm_reports_a_cache_damaged_past_its_first_page_in_one_line(tmp_path, monkeypatch, capsys):
     damaged_past_its_first_page(tmp_path / "responses.sqlite")
     with DroppingServer() as server:
-        env = {**{k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}, "VLLM_BASE_URL": server.url,
-               "ICM_SECRETS_FILE": str(tmp_path / "none")}
-        result = subprocess.run([sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4",
-                                 "--num_seed", "2", "--K", "1", "--no-progress", "--output-dir", str(tmp_path / "out"),
-                                 "--cache-dir", str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                timeout=120)
+        monkeypatch.setenv("VLLM_BASE_URL", server.url)
+        code, err = call(ICM, ["--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "1", "--no-progress",
+                               "--output-dir", tmp_path / "out", "--cache-dir", tmp_path], capsys)
         assert server.completions == 0  # stopped at the cache, before asking the model
-    refused(result.returncode, result.stderr, "can't be used (database disk image is malformed)", "--no-cache")
+    refused(code, err, "can't be used (database disk image is malformed)", "--no-cache")
 
 
 # -- settings and servers -------------------------------------------------------------------------------------
@@ -303,15 +289,15 @@ def test_measurement_scripts_refuse_a_json_output_onto_the_data(script, flags, t
     assert data.read_text() == "[]"
 
 
-def test_the_model_conversion_refuses_an_out_folder_that_holds_its_input_or_is_not_its_own(tmp_path):
+def test_the_model_conversion_refuses_an_out_folder_that_holds_its_input_or_is_not_its_own(tmp_path, capsys):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
+    convert = load_script("convert_smollm2_to_hf")  # refuses before it sets its signal handlers
     for out, message in ((tmp_path, "holds the input --gguf"), (tmp_path / "notes", "is not a finished conversion")):
-        result = subprocess.run([sys.executable, "scripts/convert_smollm2_to_hf.py", "--gguf", str(gguf), "--out", str(out)],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-        refused(result.returncode, result.stderr, message)
+        code, err = call(convert, ["--gguf", gguf, "--out", out], capsys)
+        refused(code, err, message)
     assert gguf.read_bytes() == b"GGUF" and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
@@ -324,8 +310,7 @@ def test_a_signal_during_a_large_export_leaves_no_temporary_file_and_no_half_exp
     # About 90 MB of export, as in the report: long enough to be caught while it is written.
     padding = "x" * 20_000
     (run / "labels.jsonl").write_text(jsonl({**rows[i % len(rows)], "uid": i, "prompt": f"{padding}{i}"} for i in range(4_500)))
-    process = subprocess.Popen([sys.executable, "scripts/export_labels.py", str(run), "--format", "sft"], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_script("scripts/export_labels.py", run, "--format", "sft")
     deadline = time.monotonic() + 120
     while not list(run.glob(".export_sft.jsonl.*.tmp")):  # the write has begun
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()

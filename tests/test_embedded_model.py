@@ -1,6 +1,5 @@
 """The embedded route on the real SmolLM2-135M model (llama.cpp in-process). Pools are kept tiny: ~300 tokens/s."""
 import json
-import os
 import signal
 import time
 import subprocess
@@ -16,7 +15,10 @@ from src.search.annealing import seed_claims
 from src.data.testbeds import load_testbed_claims
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
+from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, environment, run_script, start_script
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +66,9 @@ def test_deterministic_mode_is_bit_identical_across_repeats_and_batching(tqa_poo
 
 def test_a_pool_too_long_for_the_context_stops_with_what_to_change(tmp_path):
     # llama.cpp's smallest context is 256 tokens; 16 demo claims make ~380-token prompts.
-    env = {**os.environ, "EMBEDDED_SLOTS": "1", "EMBEDDED_CTX_PER_SLOT": "256"}
-    result = subprocess.run(
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "16", "--num_seed", "16",
-         "--K", "1", "--output-dir", str(tmp_path / "out"), "--no-progress"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "16", "--num_seed", "16", "--K", "1",
+                        "--output-dir", tmp_path / "out", "--no-progress",
+                        env={"EMBEDDED_SLOTS": "1", "EMBEDDED_CTX_PER_SLOT": "256"}, timeout=300)
     assert result.returncode == 2
     assert "does not fit the embedded model's 256-token context. Lower --batch_size (now 16)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -80,12 +79,8 @@ def test_a_pool_too_long_for_the_context_stops_with_what_to_change(tmp_path):
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_between_iterations_and_keeps_the_labels(tmp_path, stop_signal):
     out = tmp_path / "out"
-    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
-    process = subprocess.Popen(
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
-         "--K", "1000", "--output-dir", str(out), "--no-progress"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = start_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "1000",
+                           "--output-dir", out, "--no-progress", env=SMALL_EMBEDDED)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text():
         assert process.poll() is None, process.stderr.read()
@@ -104,11 +99,11 @@ def test_ctrl_c_or_sigterm_stops_between_iterations_and_keeps_the_labels(tmp_pat
 @pytest.mark.parametrize("cwd", [REPO_ROOT, REPO_ROOT / "src" / "experiments"])
 def test_icm_command_runs_on_the_embedded_model_and_writes_its_three_files(tmp_path, cwd):
     out = tmp_path / "run"
-    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+    # The script itself, started from the repository root and from its own folder (the README's two forms).
     result = subprocess.run(
         [sys.executable, "ICM.py" if cwd != REPO_ROOT else "src/experiments/ICM.py", "--testbed", "demo",
          "--batch_size", "4", "--num_seed", "2", "--K", "3", "--output-dir", str(out), "--no-progress"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=environment(**SMALL_EMBEDDED), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "route: embedded" in result.stderr
@@ -135,16 +130,12 @@ def test_a_second_ctrl_c_during_a_batch_exits_130_at_once_with_the_files_written
     data.write_text(json.dumps([{"question": f"Story {i}: a traveller walks from the mill past the river to the village. "
                                              "How many bridges?", "choice": f"{i % 3 + 1} bridges.", "consistency_id": i}
                                 for i in range(6)]))
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")}
-    env.update(ICM_SECRETS_FILE=str(tmp_path / "none"), EMBEDDED_SLOTS="1")
     abandoned = 0
     for attempt, when in enumerate(["first scoring"] * 3 + ["mid-search"]):
         out = tmp_path / f"run{attempt}"
-        process = subprocess.Popen(
-            [sys.executable, "src/experiments/ICM.py", "--testbed", "custom", "--data", str(data), "--batch_size", "6",
-             "--num_seed", "6", "--K", "1000", "--deterministic", "--no-progress", "--output-dir", str(out)],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        process = start_script(ICM_SCRIPT, "--testbed", "custom", "--data", data, "--batch_size", "6", "--num_seed", "6",
+                               "--K", "1000", "--deterministic", "--no-progress", "--output-dir", out,
+                               env={"EMBEDDED_SLOTS": "1"}, stdout=subprocess.DEVNULL)
         if when == "first scoring":
             assert "route: embedded" in process.stderr.readline()  # the first pool score starts now
             time.sleep(0.5)

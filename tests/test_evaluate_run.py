@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,16 +18,14 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from src.pipeline.pool_scoring import PoolScorer
-from tests.conftest import REPO_ROOT
+from tests.cli_helpers import call, load_script
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct.Q4_1"
 
 
 @pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-secrets"))
+def close_figures():
+    # The environment is cleaned for every test by conftest.py.
     yield
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")  # the figures the tests inspect
@@ -397,12 +394,11 @@ def test_a_finished_run_is_evaluated_without_a_warning(tmp_path, monkeypatch, ca
     assert labels["finished"] is True and labels["iterations"] == 6
 
 
-def test_export_and_evaluate_warn_alike_on_a_stopped_run(tmp_path):
+def test_export_and_evaluate_warn_alike_on_a_stopped_run(tmp_path, capsys):
     out = write_run(tmp_path / "run", iterations=5, K=6, stopped_early="stopped by SIGTERM")
-    exported = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "sft"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120)
-    assert exported.returncode == 0, exported.stderr
-    assert "stopped at iteration 5 of 6 (stopped by SIGTERM): these are its partial labels" in exported.stderr
+    code, stderr = call(load_script("export_labels"), [out, "--format", "sft"], capsys)
+    assert code == 0, stderr
+    assert "stopped at iteration 5 of 6 (stopped by SIGTERM): these are its partial labels" in stderr
 
 
 def test_partial_run_warning_survives_a_damaged_summary(tmp_path, capsys):

@@ -1,8 +1,6 @@
 """Evaluating labels: the conditions, the intervals, the figures and the fine-tuning export."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,8 +9,11 @@ from core.llm_api.settings import Settings
 from src.config.run_config import PromptConfig
 from src.evaluation.evaluation import CHANCE, bootstrap_accuracy, demonstration_sets, evaluate_conditions
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
-from tests.conftest import REPO_ROOT
+from src.experiments import plot
+from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, call, load_script, run_script
 from tests.synthetic_model import SyntheticModel
+
+export_labels = load_script("export_labels")
 
 
 def synthetic_split():
@@ -62,18 +63,16 @@ def test_bootstrap_interval_by_hand():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
-    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
-    result = subprocess.run([sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8",
-                             "--num_seed", "4", "--K", "4", "--output-dir", str(out), "--no-progress"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "4",
+                        "--output-dir", out, "--no-progress", env=SMALL_EMBEDDED)
     assert result.returncode == 0, result.stderr
     return out
 
 
+@pytest.mark.model
 def test_evaluate_on_the_embedded_model_writes_eval_json_and_png(small_run):
-    env = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
-    result = subprocess.run([sys.executable, "src/experiments/evaluate.py", "--run-dir", str(small_run), "--limit", "12",
-                             "--no-progress"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_script("src/experiments/evaluate.py", "--run-dir", small_run, "--limit", "12", "--no-progress",
+                        env=SMALL_EMBEDDED)
     assert result.returncode == 0, result.stderr
     report = json.loads((small_run / "eval.json").read_text())
     assert set(report["conditions"]) == {"zero-shot", "random labels", "gold labels", "ICM labels"}
@@ -83,25 +82,23 @@ def test_evaluate_on_the_embedded_model_writes_eval_json_and_png(small_run):
     assert (small_run / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_overlays_runs(small_run, tmp_path):
+@pytest.mark.model
+def test_plot_overlays_runs(small_run, tmp_path, capsys):
     output = tmp_path / "progress.png"
-    result = subprocess.run([sys.executable, "src/experiments/plot.py", str(small_run), str(small_run), "--output", str(output)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    code, stderr = call(plot, [small_run, small_run, "--output", output], capsys)
+    assert code == 0, stderr
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    missing = subprocess.run([sys.executable, "src/experiments/plot.py", str(tmp_path)], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "has no log.jsonl" in missing.stderr
+    code, stderr = call(plot, [tmp_path], capsys)
+    assert code == 2 and "has no log.jsonl" in stderr
 
 
 def export(run, fmt, tmp_path):
     output = tmp_path / f"{fmt}.jsonl"
-    result = subprocess.run([sys.executable, "scripts/export_labels.py", str(run), "--format", fmt, "--output", str(output)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert export_labels.main([str(run), "--format", fmt, "--output", str(output)]) == 0
     return output
 
 
+@pytest.mark.model
 def test_sft_export_pairs_each_claim_prompt_with_its_label_token(small_run, tmp_path):
     labelled = [json.loads(l) for l in (small_run / "labels.jsonl").read_text().splitlines() if json.loads(l)["label"] is not None]
     rows = [json.loads(l) for l in export(small_run, "sft", tmp_path).read_text().splitlines()]
@@ -111,6 +108,7 @@ def test_sft_export_pairs_each_claim_prompt_with_its_label_token(small_run, tmp_
         assert row["prompt"].endswith("I think this claim is")
 
 
+@pytest.mark.model
 def test_hf_export_loads_with_datasets(small_run, tmp_path):
     datasets = pytest.importorskip("datasets")
     path = export(small_run, "hf", tmp_path)

@@ -4,9 +4,7 @@ The answers come from llama.cpp's server (scripts/serve_local.py); the forwardin
 enforces the limits and injects the faults.
 """
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from core.llm_api.rate_limits import RateLimiter, parse_reset
 from core.llm_api.settings import Settings
 from src.config.run_config import PromptConfig, RouteConfig
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline
-from tests.conftest import REPO_ROOT
+from tests.cli_helpers import ICM_SCRIPT, run_script
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 KEY = "sk-test-4f9c2e7d1b"
@@ -167,13 +165,8 @@ def test_only_the_external_route_is_throttled(local_server):
 
 def run_icm(tmp_path: Path, env_extra: dict, *flags: str) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY")}
-    env.update(env_extra)
-    result = subprocess.run(
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
-         "--K", "2", "--output-dir", str(out), "--no-progress", *flags],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "2",
+                        "--output-dir", out, "--no-progress", *flags, env=env_extra)
     return result, out
 
 

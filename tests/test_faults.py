@@ -1,10 +1,8 @@
 """Faults from the scoring server, injected in front of llama.cpp's real server: each is retried with bounded
 backoff where asking again can help, or stops the run at once with the cause and the fix where it can't."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +10,8 @@ import pytest
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from tests.conftest import REPO_ROOT, free_port, start_local_server
+from tests.cli_helpers import ICM_SCRIPT, start_script
+from tests.conftest import free_port, start_local_server
 
 PROMPTS = ["Item 1: the number after 1 is", "Item 2: the number after 2 is", "Item 3: the number after 3 is"]
 
@@ -118,15 +117,14 @@ def test_a_dead_engine_behind_an_open_connection_is_noticed_by_health_polling(fo
     assert len(answers) == len(PROMPTS)
 
 
-def icm_over_http(url: str, out, env_extra=None) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_BASE_URL": url, "VLLM_BACKOFF_SECONDS": "0.5", "VLLM_MAX_RETRIES": "8", **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8", "--num_seed", "2",
-         "--K", "12", "--deterministic", "--output-dir", str(out), "--no-progress"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def icm_over_http(url: str, out, env_extra=None, K: int = 6) -> subprocess.Popen:
+    """A demo run over HTTP as its own process. K=6: a run caught at its first log line has 5 iterations left."""
+    env = {"VLLM_BASE_URL": url, "VLLM_BACKOFF_SECONDS": "0.5", "VLLM_MAX_RETRIES": "8", **(env_extra or {})}
+    return start_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", K,
+                        "--deterministic", "--output-dir", out, "--no-progress", env=env)
 
 
+@pytest.mark.model
 def test_a_server_restarted_mid_run_loses_nothing(tmp_path):
     first_server, url = start_local_server()
     try:
@@ -159,10 +157,11 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path):
     assert summary["retries"] >= 1 and summary["stopped_early"] is None
 
 
+@pytest.mark.model
 def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
     port = str(free_port())
     run = icm_over_http(f"http://127.0.0.1:{port}", tmp_path / "waited",
-                        {"VLLM_MAX_RETRIES": "", "VLLM_RETRY_SECONDS": "300", "VLLM_BACKOFF_MAX_SECONDS": "1"})
+                        {"VLLM_MAX_RETRIES": "", "VLLM_RETRY_SECONDS": "300", "VLLM_BACKOFF_MAX_SECONDS": "1"}, K=2)
     time.sleep(3.0)
     assert run.poll() is None, run.stderr.read()
     server, _ = start_local_server_on(port)
@@ -177,16 +176,7 @@ def test_a_run_started_while_the_server_is_down_waits_for_it(tmp_path):
 
 
 def start_local_server_on(port: str):
-    from tests.conftest import CTX, SLOTS
-
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve_local.py"), "--port", port, "--slots", str(SLOTS),
-         "--ctx-per-slot", str(CTX)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    line = process.stdout.readline()
-    assert "serving" in line, process.stderr.read()
-    return process, line.split(" at ")[1].split()[0]
+    return start_local_server(port=port)
 
 
 CONTEXT_REFUSALS = {  # how servers and the proxies in front of them say "the prompt is too long"
@@ -310,6 +300,7 @@ def test_one_unreachable_endpoint_among_several_does_not_stop_the_start(forwardi
     assert f"{down} is down" in capsys.readouterr().err
 
 
+@pytest.mark.model
 def test_a_claim_longer_than_the_context_alone_is_refused_by_record(tmp_path, monkeypatch, capsys):
     # No pool size can fit it, so "lower --batch_size" would be advice that can't work: name the record instead.
     from src.experiments import ICM
@@ -318,10 +309,7 @@ def test_a_claim_longer_than_the_context_alone_is_refused_by_record(tmp_path, mo
     records[2]["choice"] = "It is a long story. " * 400  # about 2,400 tokens, over a 1,024-token context
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("EMBEDDED_CTX_PER_SLOT", "1024")
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
     assert ICM.main(["--testbed", "custom", "--data", str(data), "--batch_size", "4", "--num_seed", "2", "--K", "1",
                      "--no-progress", "--output-dir", str(tmp_path / "run")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

@@ -6,19 +6,12 @@ import json
 import pytest
 
 from src.experiments import ICM, evaluate, plot
-from tests.cli_helpers import SERVER_VARIABLES, call, load_script, refused
+from tests.cli_helpers import call, load_script, refused
 from tests.fake_runs import make_run
 
 SCRIPTS = {name: load_script(name) for name in ("export_labels", "merge_labels", "benchmark_icm", "simulate_prefix_cache",
                                                  "measure_cache_drift", "measure_order_sensitivity", "serve_local")}
 ENTRY_POINTS = {"ICM": ICM, "evaluate": evaluate, "plot": plot, **SCRIPTS}
-
-
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    for name in SERVER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ICM_SECRETS_FILE", str(tmp_path / "no-secrets"))
 
 
 DEMO = ["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"]

@@ -8,8 +8,6 @@ final labels must be the same.
 """
 import math
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,9 @@ from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_cl
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
+from src.experiments import ICM
+from tests.cli_helpers import call
+from tests.stand_in_pipeline import use_stand_in
 from tests.conftest import REPO_ROOT
 from tests.synthetic_model import SyntheticModel
 
@@ -207,11 +208,6 @@ def test_minimal_draws_and_the_early_exit_leave_a_deterministic_search_where_it_
         assert None not in run["labels"]
 
 
-def run_icm(*flags: str):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "experiments" / "ICM.py"), *flags],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--label-style", "space-in-label"], "--label-style space-in-label contradicts --paper-mode, which sets --label-style reference"),
     (["--token-match", "whole"], "--token-match whole contradicts --paper-mode, which sets --token-match substring"),
@@ -224,19 +220,24 @@ def run_icm(*flags: str):
     (["--allow-both-false"], "--allow-both-false contradicts --paper-mode"),
     (["--no-gold-consistency"], "--no-gold-consistency contradicts --paper-mode"),
 ])
-def test_a_flag_that_contradicts_paper_mode_is_refused_by_name(flags, message, tmp_path):
-    result = run_icm("--testbed", "demo", "--paper-mode", *flags, "--output-dir", str(tmp_path / "out"))
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+def test_a_flag_that_contradicts_paper_mode_is_refused_by_name(flags, message, tmp_path, capsys):
+    code, stderr = call(ICM, ["--testbed", "demo", "--paper-mode", *flags, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2 and message in stderr, stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
-def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(tmp_path):
+def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(tmp_path, monkeypatch, capsys):
     import json
 
+    use_stand_in(monkeypatch, tmp_path)  # what is recorded and kept is the point here, not the model's scores
+
+    def run_icm(*flags: str) -> tuple[int, str]:
+        return call(ICM, flags, capsys)
+
     out = tmp_path / "run"
-    first = run_icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "2", "--paper-mode",
-                    "--label-style", "reference", "--no-progress", "--output-dir", str(out))
-    assert first.returncode == 0, first.stderr
+    code, stderr = run_icm("--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "2", "--paper-mode",
+                           "--label-style", "reference", "--no-progress", "--output-dir", str(out))
+    assert code == 0, stderr
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["paper_mode"] is True
     assert {k: settings[k] for k in ("label_style", "token_match", "label_logprobs", "rng_draws", "repair_loop",
@@ -244,12 +245,12 @@ def test_paper_mode_is_recorded_kept_on_resume_and_agreeing_flags_are_accepted(t
         "label_style": "reference", "token_match": "substring", "label_logprobs": "topk", "rng_draws": "reference",
         "repair_loop": "reference", "post_flip_fix_K": 10, "mp_reduce": "mean"}
     assert json.loads((out / "summary.json").read_text())["settings"]["paper_mode"] is True
-    resumed = run_icm("--resume", str(out), "--K", "3", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    code, stderr = run_icm("--resume", str(out), "--K", "3", "--no-progress")
+    assert code == 0, stderr
     assert json.loads((out / "run.json").read_text())["settings"]["paper_mode"] is True
     assert json.loads((out / "summary.json").read_text())["settings"]["token_match"] == "substring"
-    refused = run_icm("--resume", str(out), "--token-match", "whole")
-    assert refused.returncode == 2 and "--token-match" in refused.stderr
+    code, stderr = run_icm("--resume", str(out), "--token-match", "whole")
+    assert code == 2 and "--token-match" in stderr
 
 
 def test_order_sensitivity_maps_scores_back_to_their_claims(data_dir):

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,28 +17,23 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.retry_waits import RetryPolicy
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.run_directory.run_outputs import OUTPUT_FILES
-from tests.conftest import REPO_ROOT, closed_port_url
+from src.experiments import ICM
+from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, call, load_script, run_script, start_script
+from tests.conftest import DEMO_RUN as RUN
+from tests.conftest import closed_port_url
 from tests.conftest import run_outcome as outcome
 
-RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
-SERVER_VARIABLES = ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY")
-
-
-def environment(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
-    env.update(EMBEDDED_SLOTS="2", EMBEDDED_CTX_PER_SLOT="2048", **extra)
-    return env
+export_labels = load_script("export_labels")
 
 
 def icm(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=environment(**env),
-                          capture_output=True, text=True, timeout=900)
+    """ICM.py as its own process, on the embedded model unless ``env`` names a server."""
+    return run_script(ICM_SCRIPT, *args, env={**SMALL_EMBEDDED, **env}, timeout=900)
 
 
 def start_icm(*args: str, stderr_file: Path, **env: str) -> subprocess.Popen:
     with stderr_file.open("w") as stderr:  # the child keeps its own copy of the file
-        return subprocess.Popen([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=environment(**env),
-                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        return start_script(ICM_SCRIPT, *args, env={**SMALL_EMBEDDED, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, seconds: float = 300.0) -> None:
@@ -64,25 +58,19 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("whole") / "run"
-    result = icm(*RUN, "--output-dir", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 # -- one process per output directory ------------------------------------------------------------------------
 
-def test_a_second_run_or_a_resume_on_a_live_directory_stops_at_once_and_names_the_holder(tmp_path):
+@pytest.mark.model
+def test_a_second_run_or_a_resume_on_a_live_directory_stops_at_once_and_names_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
     first = start_icm(*RUN, "--K", "12", "--output-dir", str(out), stderr_file=tmp_path / "first.err")
     try:
         wait_for(lambda: logged_lines(out) >= 1, first, "the first log line")
+        # The refused attempts run in this process: the lock is held by another process all the same.
         for attempt in ([*RUN, "--K", "12", "--output-dir", str(out)], ["--resume", str(out)], [*RUN, "--output-dir", str(out), "--overwrite"]):
-            second = icm(*attempt)
-            assert second.returncode == 2
-            assert error_lines(second.stderr) == [f"error: {out} is in use by another ICM run (process {first.pid}): wait for "
+            code, stderr = call(ICM, attempt, capsys)
+            assert code == 2
+            assert error_lines(stderr) == [f"error: {out} is in use by another ICM run (process {first.pid}): wait for "
                                                   "it to finish or stop it, or choose another --output-dir"]
         assert first.wait(600) == 0, (tmp_path / "first.err").read_text()
     finally:
@@ -140,7 +128,8 @@ def http_run(out: Path, K: int = 8) -> list[str]:
     return [*RUN, "--K", str(K), "--output-dir", str(out)]
 
 
-def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the_same_result(forwarding, tmp_path):
+def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the_same_result(forwarding, tmp_path,
+                                                                                           capsys):
     server = forwarding()
     env = dict(VLLM_BASE_URL=server.url)
     baseline = icm(*http_run(tmp_path / "baseline"), **env)
@@ -163,16 +152,15 @@ def test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the
     assert "keeping the labels found so far; resume with --resume" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_early"] == "stopped by SIGTERM" and summary["iterations"] < 8
-    exported = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120)
-    assert exported.returncode == 0 and "these are its partial labels" in exported.stderr
+    capsys.readouterr()
+    code, stderr = call(export_labels, [out, "--format", "hf"], capsys)
+    assert code == 0 and "these are its partial labels" in stderr
     server.fail_first = 0
     resumed = icm("--resume", str(out), "--no-progress", **env)
     assert resumed.returncode == 0, resumed.stderr
     assert outcome(out)[:3] == outcome(tmp_path / "baseline")[:3]
-    whole = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=120)
-    assert whole.returncode == 0 and "partial" not in whole.stderr
+    code, stderr = call(export_labels, [out, "--format", "hf"], capsys)
+    assert code == 0 and "partial" not in stderr
 
 
 def test_sigterm_while_waiting_for_the_server_at_start_leaves_nothing_behind(tmp_path):
@@ -204,12 +192,15 @@ def test_the_model_list_probe_at_start_has_a_short_timeout(forwarding, monkeypat
 
 # -- a failed start blocks nothing ----------------------------------------------------------------------------
 
-def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(local_server, tmp_path):
+def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(local_server, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     flags = [*RUN, "--K", "2", "--output-dir", str(out)]
-    down = icm(*flags, VLLM_BASE_URL=closed_port_url(), VLLM_RETRY_SECONDS="0")
-    assert down.returncode == 2 and len(error_lines(down.stderr)) == 1
+    monkeypatch.setenv("VLLM_BASE_URL", closed_port_url())
+    monkeypatch.setenv("VLLM_RETRY_SECONDS", "0")
+    code, stderr = call(ICM, flags, capsys)
+    assert code == 2 and len(error_lines(stderr)) == 1
     assert not [name for name in OUTPUT_FILES if (out / name).exists()]
+    monkeypatch.delenv("VLLM_RETRY_SECONDS")
     again = icm(*flags, VLLM_BASE_URL=local_server)
     assert again.returncode == 0, again.stderr
 
@@ -228,6 +219,7 @@ def test_after_a_context_overflow_the_advised_smaller_batch_starts_in_the_same_d
     assert smaller.returncode == 0, smaller.stderr
 
 
+@pytest.mark.model
 def test_a_run_killed_during_its_first_scoring_is_replaced_by_the_same_command(tmp_path):
     out = tmp_path / "run"
     killed = icm(*RUN, "--K", "2", "--output-dir", str(out), ICM_CRASH_AT="batch:1")
@@ -338,12 +330,12 @@ def read_only_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_read_only_output_dir_is_refused_before_any_work(tmp_path):
+def test_a_read_only_output_dir_is_refused_before_any_work(tmp_path, capsys):
     folder = read_only_folder(tmp_path)
     try:
-        result = icm(*RUN, "--output-dir", str(folder / "run"))
-        assert result.returncode == 2
-        [line] = error_lines(result.stderr)
+        code, stderr = call(ICM, [*RUN, "--output-dir", folder / "run"], capsys)
+        assert code == 2
+        [line] = error_lines(stderr)
         assert f"{folder / 'run'} can't hold the run" in line and "Choose a directory you can write" in line
     finally:
         subprocess.run(["umount", str(folder)], capture_output=True)
@@ -390,8 +382,6 @@ def test_a_settings_file_with_a_key_that_others_can_read_is_warned_about(tmp_pat
 def test_a_url_with_credentials_and_a_key_is_refused_at_start_without_showing_either(url_name, key_name, tmp_path,
                                                                                    monkeypatch):
     # Both become the Authorization header; aiohttp refused the pair at the first request, with a traceback.
-    for name in ("VLLM_BASE_URL", "LLAMA_API_BASE", "API_KEY", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
     secrets = tmp_path / "SECRETS"
     secrets.write_text(f"{url_name}=http://u:pw-77@127.0.0.1:9\n{key_name}=sk-key-77\n")
     secrets.chmod(0o600)

@@ -1,32 +1,20 @@
 """SIGKILL a real run at five points, resume each, and get exactly what an uninterrupted run gets."""
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, run_script
+from tests.conftest import DEMO_RUN as RUN
 from tests.conftest import run_outcome as outcome
 
-RUN = ["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6", "--deterministic", "--no-progress"]
-ENV = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
+pytestmark = pytest.mark.model  # every run here is on the embedded model; the uninterrupted one is conftest's
 
 
 def icm(*args, crash_at=None):
-    env = dict(ENV)
-    if crash_at:
-        env["ICM_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole") / "run"
-    result = icm(*RUN, "--output-dir", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
+    """ICM.py as its own process: a crash point kills it."""
+    return run_script(ICM_SCRIPT, *args, env={**SMALL_EMBEDDED, **({"ICM_CRASH_AT": crash_at} if crash_at else {})},
+                      timeout=900)
 
 
 @pytest.mark.parametrize("crash_at", [

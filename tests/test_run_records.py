@@ -188,18 +188,15 @@ def test_evaluation_draws_no_progress_bar_into_a_log_either(stand_in, tmp_path, 
 
 
 def test_the_hf_export_carries_the_renamed_fields_for_new_and_old_runs(stand_in, tmp_path, capsys):
-    import subprocess
-    import sys
+    from tests.cli_helpers import call, load_script
 
-    from tests.conftest import REPO_ROOT
-
+    export_labels = load_script("export_labels")
     _, out, _ = start(tmp_path, capsys, "custom", TQA, K=1)
 
     def exported() -> list[dict]:
         target = tmp_path / "export.jsonl"
-        result = subprocess.run([sys.executable, "scripts/export_labels.py", str(out), "--format", "hf", "--output", str(target)],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
+        code, stderr = call(export_labels, [out, "--format", "hf", "--output", target], capsys)
+        assert code == 0, stderr
         return rows(target)
 
     labelled = [r for r in rows(out / "labels.jsonl") if r["labelled_by_search"]]

@@ -1,18 +1,21 @@
 """Scale out: the paper's sharding into independent ICM batches, merging them, and several vLLM endpoints."""
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
 
 from src.data.testbeds import TESTBED_SPECS, DataError, load_testbed_claims, shard_pool
+from src.experiments import ICM
+from tests.cli_helpers import SMALL_EMBEDDED, call, load_script, start_script
 from tests.conftest import REPO_ROOT, start_local_server
 from tests.http_test_server import ForwardingTestServer
+from tests.stand_in_pipeline import use_stand_in
+
+merge_labels = load_script("merge_labels")
 
 
 def test_shards_are_disjoint_cover_the_data_keep_groups_whole_and_are_stable(data_dir):
@@ -37,33 +40,33 @@ def test_bad_shard_requests_are_refused(data_dir):
         shard_pool(claims, spec, 1000, 0, 0, source)
 
 
-ENV = {**os.environ, "EMBEDDED_SLOTS": "2", "EMBEDDED_CTX_PER_SLOT": "2048"}
-
-
-def icm(*args, env=None):
-    return subprocess.run([sys.executable, "src/experiments/ICM.py", *args], cwd=REPO_ROOT, env=env or ENV,
-                          capture_output=True, text=True, timeout=900)
-
-
-def merge(*runs, output):
-    return subprocess.run([sys.executable, "scripts/merge_labels.py", *map(str, runs), "--output", str(output)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+def shard_run(out, index: int, *flags: str) -> None:
+    """Shard ``index`` of 4 of a demo run, by ICM.py in this process on the stand-in route: merging reads the
+    files ICM.py writes, whatever model scored them."""
+    code = ICM.main(["--testbed", "demo", "--num-batches", "4", "--batch-index", str(index), "--num_seed", "2", "--K", "2",
+                     *flags, "--output-dir", str(out), "--no-progress", "--deterministic"])
+    assert code == 0
 
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    runs = []
-    for index in range(4):
-        out = root / f"shard{index}"
-        result = icm("--testbed", "demo", "--num-batches", "4", "--batch-index", str(index), "--num_seed", "2",
-                     "--K", "2", "--output-dir", str(out), "--no-progress", "--deterministic")
-        assert result.returncode == 0, result.stderr
-        runs.append(out)
-    return runs
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_stand_in(monkeypatch, root)
+        for index in range(4):
+            shard_run(root / f"shard{index}", index)
+    return [root / f"shard{index}" for index in range(4)]
 
 
-def test_sharded_jobs_merge_into_one_labels_file(demo_shards, tmp_path):
+@pytest.fixture
+def merge(capsys):
+    def run(*runs, output) -> subprocess.CompletedProcess:
+        code, stderr = call(merge_labels, [*runs, "--output", output], capsys)
+        return subprocess.CompletedProcess(["merge_labels.py"], code, "", stderr)
+    return run
+
+
+def test_sharded_jobs_merge_into_one_labels_file(demo_shards, tmp_path, merge):
     result = merge(*demo_shards, output=tmp_path / "merged")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(l) for l in (tmp_path / "merged" / "labels.jsonl").read_text().splitlines()]
@@ -72,14 +75,14 @@ def test_sharded_jobs_merge_into_one_labels_file(demo_shards, tmp_path):
     assert summary["num_batches"] == 4 and summary["claims"] == 64 and len(summary["shards"]) == 4
 
 
-def test_merge_refuses_runs_that_do_not_belong_together(demo_shards, tmp_path):
+def test_merge_refuses_runs_that_do_not_belong_together(demo_shards, tmp_path, merge, monkeypatch):
     missing = merge(*demo_shards[:3], output=tmp_path / "m1")
     assert missing.returncode == 2 and "shard(s) 3 of 4 missing" in missing.stderr
     twice = merge(demo_shards[0], demo_shards[0], *demo_shards[1:], output=tmp_path / "m2")
     assert twice.returncode == 2 and "shard 0 is given twice" in twice.stderr
     other = tmp_path / "other"
-    assert icm("--testbed", "demo", "--num-batches", "4", "--batch-index", "3", "--num_seed", "2", "--K", "2",
-               "--alpha", "5", "--output-dir", str(other), "--no-progress", "--deterministic").returncode == 0
+    use_stand_in(monkeypatch, tmp_path)
+    shard_run(other, 3, "--alpha", "5")
     mismatched = merge(*demo_shards[:3], other, output=tmp_path / "m3")
     assert mismatched.returncode == 2 and "alpha=5.0" in mismatched.stderr and "not shards of one run" in mismatched.stderr
     overlapping = tmp_path / "overlap"
@@ -99,11 +102,11 @@ def test_merge_refuses_runs_that_do_not_belong_together(demo_shards, tmp_path):
     assert plain.returncode == 2 and "no run.json" in plain.stderr
 
 
-def run_over(urls: str, out, K: int = 10) -> subprocess.Popen:
-    env = {**ENV, "VLLM_BASE_URL": urls, "VLLM_BACKOFF_SECONDS": "0.2"}
-    return subprocess.Popen([sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8",
-                             "--num_seed", "2", "--K", str(K), "--deterministic", "--output-dir", str(out), "--no-progress"],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_over(urls: str, out, K: int = 6) -> subprocess.Popen:
+    """A demo run over HTTP as its own process. K=6: caught at its second log line, it has 4 iterations left."""
+    return start_script("src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", K,
+                        "--deterministic", "--output-dir", out, "--no-progress",
+                        env={**SMALL_EMBEDDED, "VLLM_BASE_URL": urls, "VLLM_BACKOFF_SECONDS": "0.2"})
 
 
 def test_two_endpoints_share_the_work_and_survive_losing_one(local_server, tmp_path):

@@ -1,8 +1,11 @@
 """The vLLM route over real HTTP, against llama.cpp's server started by scripts/serve_local.py."""
+import io
 import json
 import os
 import subprocess
 import sys
+import unittest.mock
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
@@ -13,7 +16,10 @@ from src.pipeline.label_scores import label_logodds
 from src.prompts.prompts import leave_one_out_prompts
 from src.search.annealing import seed_claims
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from tests.cli_helpers import ICM_SCRIPT, load_script, run_script
 from tests.conftest import CTX, REPO_ROOT, SLOTS, free_port, start_local_server
+
+vllm_health_check = load_script("test_vllm_server")
 
 
 def http_api(url: str, **kwargs) -> ModelAPI:
@@ -29,11 +35,12 @@ def demo_prompts():
 
 
 def health_check(*args: str, secrets=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_BASE_URL", "VLLM_API_KEY")}
-    if secrets is not None:
-        env["ICM_SECRETS_FILE"] = str(secrets)
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "test_vllm_server.py"), *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    """scripts/test_vllm_server.py's main in this process: its exit code, stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    settings_file = {"ICM_SECRETS_FILE": str(secrets)} if secrets is not None else {}
+    with unittest.mock.patch.dict(os.environ, settings_file), redirect_stdout(stdout), redirect_stderr(stderr):
+        code = vllm_health_check.main(list(args))
+    return subprocess.CompletedProcess(["test_vllm_server.py", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_health_check_passes_every_check_against_the_local_server(local_server):
@@ -101,14 +108,10 @@ def test_health_check_diagnoses_a_closed_port_and_a_wrong_model(local_server):
 def test_icm_over_http_sends_one_request_per_pool_score(forwarding, tmp_path):
     server = forwarding()
     out = tmp_path / "run"
-    env = {**os.environ, "VLLM_BASE_URL": server.url}
-    result = subprocess.run(
-        # Without the response cache: with it, a pool score may find some prompts already answered and send
-        # only the rest (still one request, or none).
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "4", "--num_seed", "2",
-         "--K", "4", "--output-dir", str(out), "--no-progress", "--no-cache"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    # Without the response cache: with it, a pool score may find some prompts already answered and send
+    # only the rest (still one request, or none).
+    result = run_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "4", "--num_seed", "2", "--K", "4",
+                        "--output-dir", out, "--no-progress", "--no-cache", env={"VLLM_BASE_URL": server.url})
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["route"] == "vllm" and summary["endpoint"] == server.url
@@ -127,11 +130,8 @@ def test_icm_over_http_sends_one_request_per_pool_score(forwarding, tmp_path):
 def test_with_the_response_cache_a_pool_score_is_at_most_one_request(forwarding, tmp_path):
     server = forwarding()
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "src/experiments/ICM.py", "--testbed", "demo", "--batch_size", "8", "--num_seed", "2",
-         "--K", "6", "--output-dir", str(out), "--no-progress"],
-        cwd=REPO_ROOT, env={**os.environ, "VLLM_BASE_URL": server.url}, capture_output=True, text=True, timeout=600,
-    )
+    result = run_script(ICM_SCRIPT, "--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "6",
+                        "--output-dir", out, "--no-progress", env={"VLLM_BASE_URL": server.url})
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     unlabeled_predictions = sum(1 for line in (out / "log.jsonl").read_text().splitlines() if json.loads(line)["old_label"] is None)
@@ -235,6 +235,7 @@ def test_exact_label_logprobs_are_used_when_the_server_honours_them_whatever_its
         assert api.describe()["label_logprobs"] == "top-k"
 
 
+@pytest.mark.model
 def test_api_key_is_sent_and_never_shown():
     process, url = start_local_server("--api-key", "sk-test-very-secret")
     try:
@@ -319,6 +320,7 @@ def test_launch_script_checks_the_cpu_model_folder_whatever_the_form_of_its_path
     assert "convert_smollm2_to_hf.py" in result.stderr and "starting:" not in result.stderr
 
 
+@pytest.mark.model
 def test_the_model_conversion_says_which_python_to_use_and_skips_a_finished_folder(tmp_path):
     script = str(REPO_ROOT / "scripts" / "convert_smollm2_to_hf.py")
     # The project venv has no transformers, on purpose: the conversion belongs to .venv-vllm.
