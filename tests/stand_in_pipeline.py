@@ -58,7 +58,7 @@ class StandInPipeline:
         self.stand_in = PromptHashRoute(self.fail_after)
         self.model_api = ModelAPI(settings=settings, route=self.stand_in)
         self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match,
-                                 prompt_layout=options.prompt_layout, mp_reduce=options.mp_reduce)
+                                 prompt_layout=options.prompt_layout)
         StandInPipeline.instances.append(self)
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ def fake_pipeline(monkeypatch, module, name="embedded", model=EMBEDDED_MODEL, en
             self.constant = ConstantRoute(name, model, endpoint, on_call)
             self.model_api = ModelAPI(settings=Settings(), route=self.constant, cache_dir=options.cache_dir)
             self.scorer = PoolScorer(self.model_api, options.label_style, options.token_match,
-                                     prompt_layout=options.prompt_layout, mp_reduce=options.mp_reduce)
+                                     prompt_layout=options.prompt_layout)
             opened.append(self)
 
         def __enter__(self):

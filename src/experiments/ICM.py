@@ -335,7 +335,7 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
         alpha=args.alpha, K=args.K, consistency_fix_K=args.consistency_fix_K, decay=args.decay,
         initial_T=args.initial_T, final_T=args.final_T, scheduler=args.scheduler,
         allow_both_false=args.allow_both_false, rng_draws=args.rng_draws, repair_loop=args.repair_loop,
-        post_flip_fix_K=args.post_flip_fix_K,
+        post_flip_fix_K=args.post_flip_fix_K, mp_reduce=args.mp_reduce,
     )
 
 
@@ -344,7 +344,7 @@ def scoring_options(args: argparse.Namespace, out: Path) -> ScoringOptions:
         model=args.model, use_vllm=args.use_vllm, deterministic=args.deterministic,
         exact_label_logprobs=args.label_logprobs == "auto", show_progress=show_progress_bars(args.no_progress),
         label_style=args.label_style, token_match=args.token_match, prompt_layout=args.prompt_layout,
-        mp_reduce=args.mp_reduce, external_top_k=20 if args.paper_mode else None, label_absent=args.label_absent,
+        external_top_k=20 if args.paper_mode else None, label_absent=args.label_absent,
         requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
         cache_dir=None if args.no_cache else (args.cache_dir or out),
     )

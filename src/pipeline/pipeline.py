@@ -35,7 +35,6 @@ class ScoringOptions:
     label_style: LabelStyle = "space-in-label"
     token_match: TokenMatch = "whole"
     prompt_layout: PromptLayout = "reference"
-    mp_reduce: str = "mean"  # mutual predictability: the reference's mean, or the paper's sum
     label_absent: LabelAbsent = "stop"  # an answer with no label token: stop, or the reference's floor
     external_top_k: Optional[int] = None  # override API_TOP_K (paper mode asks for the reference's 20)
     requests_per_minute: Optional[float] = None  # override API_REQUESTS_PER_MINUTE
@@ -56,10 +55,10 @@ def refuse_claims_longer_than_the_context(claims: Sequence[dict], model_api: Mod
     context = model_api.context_tokens
     if context is None:
         return
-    suspects = [c for c in claims if len(query_text(c, label_style).encode("utf-8")) + SPECIAL_TOKENS_MARGIN >= context]
+    suspects = [c for c in claims if len(query_text(c["prompt"], label_style).encode("utf-8")) + SPECIAL_TOKENS_MARGIN >= context]
     if not suspects:
         return
-    for claim, tokens in zip(suspects, model_api.tokenize([query_text(c, label_style) for c in suspects])):
+    for claim, tokens in zip(suspects, model_api.tokenize([query_text(c["prompt"], label_style) for c in suspects])):
         if len(tokens) + 1 > context:  # and one token for the label
             raise DataError(f"{source}, record {claim.get('record')}: its claim alone is {len(tokens):,} tokens, more than "
                             f"the model's {context:,}-token context, so no pool that holds it can be scored: shorten or drop "
@@ -86,7 +85,7 @@ class ScoringPipeline:
         )
         self.scorer = PoolScorer(
             self.model_api, options.label_style, options.token_match, prompt_layout=options.prompt_layout,
-            mp_reduce=options.mp_reduce, label_absent=options.label_absent,
+            label_absent=options.label_absent,
         )
 
     def close(self) -> None:
