@@ -256,9 +256,9 @@ def test_layout_over_the_whole_pool_stays_put_as_claims_get_labeled():
     before = demo_orders(labeled, "tree", frame)
     after = demo_orders(grown, "tree", frame)
     uid_of = lambda pool, order: [pool[j].uid for j in order]  # noqa: E731
-    for i, claim in enumerate(labeled):
-        assert sorted(uid_of(labeled, before[i])) == sorted(c.uid for c in labeled if c is not claim)
-        new = uid_of(grown, after[grown.index(claim)])
+    for i, judged in enumerate(labeled):
+        assert sorted(uid_of(labeled, before[i])) == sorted(c.uid for c in labeled if c is not judged)
+        new = uid_of(grown, after[grown.index(judged)])
         assert [u for u in new if u != 9] == uid_of(labeled, before[i])  # the new demonstration is only inserted
     # Without the frame, the tree would be re-cut for the new pool size.
     assert demo_orders(labeled, "reference", frame) == demo_orders(labeled, "reference")
