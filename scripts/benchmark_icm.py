@@ -100,8 +100,7 @@ def labelled_pool(args: argparse.Namespace, size: int, gold: bool) -> tuple[dict
     records = sample_pool(claims, TESTBED_SPECS[args.testbed], size, rng, source)
     pool = seed_claims(records, 0 if gold else args.num_seed, rng)
     if gold:
-        for claim in pool.values():
-            claim["label"] = claim["vanilla_label"]
+        pool = {uid: claim.relabelled(claim.gold_label) for uid, claim in pool.items()}
     return pool, rng
 
 
@@ -216,8 +215,7 @@ def compare_layouts(args: argparse.Namespace) -> dict[str, Any]:
             recorder = CallRecorder(api)
             scorer = MeasuredScorer(PoolScorer(recorder, PromptConfig(prompt_layout=layout)), recorder)
             started = time.perf_counter()
-            with recorder.phase("pool"):
-                scores[layout] = scorer.pool_scores(claims)
+            scores[layout] = scorer.pool_scores(claims)  # filed under "pool" by MeasuredScorer
             seconds = time.perf_counter() - started
             stats = api.refresh_stats()
             sent, trie = TokenCounter(api).sent_and_trie(recorder)
@@ -226,7 +224,7 @@ def compare_layouts(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             api.close()
     reference, tree = (np.array([scores[layout][uid] for uid in sorted(claims)]) for layout in PROMPT_LAYOUTS)
-    gold = np.array([claims[uid]["label"] for uid in sorted(claims)])
+    gold = np.array([claims[uid].label for uid in sorted(claims)])
     results["tree_over_reference_tokens"] = results["tree"]["engine_computed_tokens"] / results["reference"]["engine_computed_tokens"]
     results["mean_abs_score_difference"] = float(np.mean(np.abs(reference - tree)))
     results["label_agreement"] = float(np.mean((reference > 0) == (tree > 0)))

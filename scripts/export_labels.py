@@ -32,7 +32,7 @@ def export_rows(rows: list[dict], fmt: str, label_style: str) -> list[dict]:
     labelled = [r for r in rows if r["label"] is not None]
     if fmt == "sft":
         space = "" if label_style == "reference" else " "
-        return [{"prompt": query_text(r, label_style), "completion": space + LABEL_WORDS[int(r["label"])]} for r in labelled]
+        return [{"prompt": query_text(r["prompt"], label_style), "completion": space + LABEL_WORDS[int(r["label"])]} for r in labelled]
     # One schema for every record, so that a columnar reader sees consistent columns.
     present = [f for f in HF_FIELDS if any(f in r for r in labelled)]
     return [{f: r.get(f) for f in present} for r in labelled]

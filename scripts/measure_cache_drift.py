@@ -48,8 +48,8 @@ def measure(args: argparse.Namespace) -> int:
     claims, source, _ = load_testbed_claims(args.testbed, args.data_dir, None, True)
     rng = random.Random(args.seed)
     pool = list(seed_claims(sample_pool(claims, TESTBED_SPECS[args.testbed], args.pool, rng, source), args.pool, rng).values())
-    neighbour = [dict(c) for c in pool]
-    neighbour[len(pool) // 2]["label"] ^= 1
+    neighbour = list(pool)
+    neighbour[len(pool) // 2] = pool[len(pool) // 2].relabelled(pool[len(pool) // 2].label ^ 1)
     prompts = leave_one_out_prompts(pool, LABEL_STYLE)
     settings = Settings()
 

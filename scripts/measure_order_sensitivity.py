@@ -28,6 +28,7 @@ from core.llm_api.settings import check_url, load_settings, split_url_list
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
+from src.data.claims import Claim
 from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.run_directory.run_outputs import write_atomically
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
@@ -45,7 +46,7 @@ def gold_pool(data_dir: Path, size: int, seed: int) -> list[dict]:
 
 def scores_in_order(api: ModelAPI, pool: list[dict], order: list[int], layout: str) -> list[float]:
     """Each claim's leave-one-out log-odds (indexed as in ``pool``) with the pool shown in ``order``."""
-    claims = {position: {**pool[index], "uid": position, "label": pool[index]["label"]} for position, index in enumerate(order)}
+    claims = {position: Claim.from_record(pool[index], position, pool[index]["label"]) for position, index in enumerate(order)}
     scores = PoolScorer(api, PromptConfig(prompt_layout=layout)).pool_scores(claims)
     by_index = {order[position]: score for position, score in scores.items()}
     return [by_index[i] for i in range(len(pool))]

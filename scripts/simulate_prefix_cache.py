@@ -26,6 +26,7 @@ from src.benchmarks.prefix_trie import trie_size
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
 from src.config.run_config import PromptConfig
+from src.data.claims import Claim
 from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.prompts.prompts import (
     DEMO_SEPARATOR,
@@ -57,8 +58,8 @@ class ClaimTokens:
         texts = []
         for claim in pool:
             for label in (0, 1):
-                texts.append(demonstration_text({**claim, "label": label}, LABEL_STYLE).removesuffix(DEMO_SEPARATOR))
-            texts.append(query_text(claim, LABEL_STYLE))
+                texts.append(demonstration_text(claim["prompt"], label, LABEL_STYLE).removesuffix(DEMO_SEPARATOR))
+            texts.append(query_text(claim["prompt"], LABEL_STYLE))
         tokens = api.tokenize(texts)
         joined, alone = api.tokenize([DEMO_SEPARATOR + texts[2], texts[2]])
         separator = joined[:len(joined) - len(alone)]
@@ -72,10 +73,13 @@ class ClaimTokens:
         return tokens + self.query[claim]
 
 
+def as_claims(pool: list[dict], labels: list[int]) -> list[Claim]:
+    return [Claim.from_record(record, uid, label) for uid, (record, label) in enumerate(zip(pool, labels))]
+
+
 def pool_prompts(pool: list[dict], labels: list[int], tokens: ClaimTokens, layout: str) -> list[list[int]]:
     """The pool score's prompts as token lists, in the order they reach the engine."""
-    claims = [{**c, "label": label} for c, label in zip(pool, labels)]
-    orders = demo_orders(claims, layout)
+    orders = demo_orders(as_claims(pool, labels), layout)
     return [tokens.prompt(orders[i], labels, i) for i in send_order(orders)]
 
 
@@ -99,8 +103,9 @@ def check_concatenation(pool: list[dict], tokens: ClaimTokens, api: ModelAPI, la
     """Share of prompts whose whole-text tokens equal the concatenated per-claim tokens (should be 1)."""
     sample = pool[:8]
     labels = [c["label"] for c in sample]
-    orders = demo_orders(sample, layout)
-    whole = api.tokenize(prompts_in_order(sample, LABEL_STYLE, orders))
+    claims = as_claims(sample, labels)
+    orders = demo_orders(claims, layout)
+    whole = api.tokenize(prompts_in_order(claims, LABEL_STYLE, orders))
     pieces = ClaimTokens(sample, api)
     return sum(w == pieces.prompt(orders[i], labels, i) for i, w in enumerate(whole)) / len(whole)
 

@@ -11,6 +11,7 @@ import random
 from typing import Sequence
 
 from core.llm_api.base_llm import RouteStats, ScoringRoute
+from src.data.claims import Claim
 from src.prompts.prompts import DEMO_SEPARATOR
 
 
@@ -18,13 +19,14 @@ class SyntheticModel(ScoringRoute):
     name = "synthetic"
     model = "planted"
 
-    def __init__(self, claims: Sequence[dict], planted: Sequence[int], seed: int = 0,
+    def __init__(self, claims: Sequence[dict | Claim], planted: Sequence[int], seed: int = 0,
                  prior_weight: float = 0.6, prior_noise: float = 0.6, icl_weight: float = 1.0) -> None:
         rng = random.Random(seed)
         self.feature, self.prior = {}, {}
         for claim, label in zip(claims, planted):
             sign = 1 if label else -1
-            key = self._claim_text(claim["prompt"])
+            # Testbed records or pool Claims: the model only knows a claim by its text.
+            key = self._claim_text(claim.text if isinstance(claim, Claim) else claim["prompt"])
             self.feature[key] = sign + rng.gauss(0, 0.3)
             self.prior[key] = prior_weight * sign + rng.gauss(0, prior_noise)
         self.icl_weight = icl_weight

@@ -17,6 +17,7 @@ from src.pipeline.label_scores import LOW_LABEL_MASS, holds_a_label, low_mass_wa
 from src.run_directory.run_outputs import label_rows
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import LabelsNotFound, PoolScorer
+from tests.claim_factory import by_uid, claim
 from tests.synthetic_model import SyntheticModel
 
 PROMPTS = ["Item 1: the number after 1 is", "Item 2: the number after 2 is", "Item 3: the number after 3 is"]
@@ -98,14 +99,13 @@ class ScriptedRoute(SyntheticModel):
 
 
 def pool(n=4):
-    claims = {uid: {"uid": uid, "consistency_id": uid // 2, "consistency_key": None, "label": uid % 2, "record": 10 + uid,
-                    "prompt": f"Question: q{uid}\nClaim: c{uid}\nI think this claim is"} for uid in range(n)}
-    return claims
+    return by_uid(*[claim(uid, uid % 2, group=uid // 2, record=10 + uid, text=f"Question: q{uid}\nClaim: c{uid}\nI think this claim is")
+                    for uid in range(n)])
 
 
 def scorer_over(replace, **options) -> PoolScorer:
     claims = pool()
-    route = ScriptedRoute(list(claims.values()), [c["label"] for c in claims.values()], replace)
+    route = ScriptedRoute(list(claims.values()), [c.label for c in claims.values()], replace)
     return PoolScorer(ModelAPI(route=route, settings=Settings()), PromptConfig(prompt_layout="reference", **options))
 
 

@@ -44,7 +44,7 @@ def test_the_reference_trailing_space_pushes_the_labels_down(embedded_api, tqa_p
 
 def test_a_pool_score_is_one_call_of_the_engine(embedded_api, tqa_pool):
     scorer = PoolScorer(embedded_api, PromptConfig(prompt_layout="reference"))
-    claims = {c["uid"]: c for c in tqa_pool}
+    claims = {c.uid: c for c in tqa_pool}
     before = embedded_api.stats.requests, embedded_api.stats.prompts
     scores = scorer.pool_scores(claims)
     assert embedded_api.stats.requests - before[0] == 1

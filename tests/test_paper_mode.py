@@ -14,8 +14,10 @@ import pytest
 
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
-from src.search.ICM_tools import get_energy, get_temperature, pick_two_inconsistent_claims
+from src.data.claims import Claim
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
+from src.search.consistency import inconsistent_pairs
+from src.search.energy import annealing_temperature, labelling_energy, labelling_metric
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
@@ -75,7 +77,7 @@ def scorer_for(pool: list[dict], seed: int) -> PoolScorer:
 
 
 def labeled(claims: dict) -> dict:
-    return {uid: c for uid, c in claims.items() if c["label"] is not None}
+    return {uid: c for uid, c in claims.items() if c.label is not None}
 
 
 def reference_run(seed: int) -> dict:
@@ -92,22 +94,23 @@ def reference_run(seed: int) -> dict:
     # initialize, ICM.py:406-423: half-True seed labels shuffled, the first num_seed claims get them.
     seed_labels = [1] * (NUM_SEED // 2) + [0] * (NUM_SEED // 2)
     rng.shuffle(seed_labels)
-    demos = {uid: {**record, "uid": uid, "vanilla_label": record["label"], "label": seed_labels[uid] if uid < NUM_SEED else None}
+    demos = {uid: Claim.from_record(record, uid, seed_labels[uid] if uid < NUM_SEED else None)
              for uid, record in enumerate(pool)}
     scorer = scorer_for(pool, seed)
-    energy = lambda metric: get_energy(metric, 30.0)  # noqa: E731  ICM.py:301-302
+    energy = lambda metric: labelling_energy(metric, 30.0)  # noqa: E731  ICM.py:301-302
     dummy = {"train_prob": -1e6, "inconsistent_num": 100000}  # ICM.py:495-501
 
     def evaluation_pipeline(assignment: dict) -> dict:
-        # get_pipeline (ICM.py:142-251) and run_consistencyfix (ICM_tools.py:152-238): the pool's scores, and
-        # pick_two_inconsistent_claims, which shuffles the pairs with the global RNG (ICM_tools.py:107).
-        metric = scorer.evaluate(assignment)
-        pick_two_inconsistent_claims(labeled(assignment), rng)
+        # get_pipeline (ICM.py:142-251) and run_consistencyfix (ICM_tools.py:152-238): the pool's scores, their
+        # metric (calculate_accuracy), and pick_two_inconsistent_claims, which shuffles the pairs with the global
+        # RNG (ICM_tools.py:107).
+        metric = labelling_metric(assignment, scorer.pool_scores(assignment))
+        inconsistent_pairs(labeled(assignment), rng)
         return metric
 
-    def decision_labels(decision: dict, score: int) -> tuple[int, int]:
+    def decision_labels(decision, score: int) -> tuple[int, int]:
         # update_assign_based_on_decision, ICM_tools.py:49-65
-        if decision["type"] == "contradiction":
+        if decision.kind == "contradiction":
             return (1, 0) if score > 0 else (0, 1)
         return (1, 1) if score > 0 else (0, 0)
 
@@ -118,14 +121,14 @@ def reference_run(seed: int) -> dict:
         assignment = labeled(demonstrations)  # :82-83
         best_metric, best_assignment, best_decision_id = cur_metric, assignment, None  # :85-87
         for _ in range(K):  # :88
-            decisions = pick_two_inconsistent_claims(labeled(assignment), rng)  # propose_consistencyfix, :89-96
-            for decision_id, decision in enumerate(decisions.values()):  # :98
+            decisions = inconsistent_pairs(labeled(assignment), rng)  # propose_consistencyfix, :89-96
+            for decision_id, decision in enumerate(decisions):  # :98
                 trials = []
                 for score in (0, 1):  # :101
                     first, second = decision_labels(decision, score)
                     trial = dict(assignment)
-                    trial[decision["claim_1"]["uid"]] = {**assignment[decision["claim_1"]["uid"]], "label": first}
-                    trial[decision["claim_2"]["uid"]] = {**assignment[decision["claim_2"]["uid"]], "label": second}
+                    trial[decision.first.uid] = assignment[decision.first.uid].relabelled(first)
+                    trial[decision.second.uid] = assignment[decision.second.uid].relabelled(second)
                     trials.append((trial, evaluation_pipeline(trial)))  # :102-116
                 best_trial = int(np.argmax([energy(m) for _, m in trials]))  # :117-121
                 if energy(trials[best_trial][1]) >= energy(best_metric):  # :123-127
@@ -150,16 +153,16 @@ def reference_run(seed: int) -> dict:
         for uid in demos:
             if uid in cur_pool:
                 for mate in demos:
-                    if demos[mate]["consistency_id"] == demos[uid]["consistency_id"] and mate not in cur_pool:
+                    if demos[mate].group_id == demos[uid].group_id and mate not in cur_pool:
                         weights[mate] = 100
         example_id = rng.choices(list(demos), k=1, weights=weights)[0]  # :481
         picked.append(example_id)
         new_label = int(scorer.predict_score(demos[example_id], cur_pool) > 0)  # :484-490, predict_assignment :254-276
-        if demos[example_id]["label"] != new_label:  # :492
-            candidate = {**demos, example_id: {**demos[example_id], "label": new_label}}  # :493-494
+        if demos[example_id].label != new_label:  # :492
+            candidate = {**demos, example_id: demos[example_id].relabelled(new_label)}  # :493-494
             candidate, _ = fix_inconsistency(candidate, dummy, 10)  # :503-510, K hard-coded
             metric = evaluation_pipeline(labeled(candidate))  # :512-525
-            temperature = get_temperature(flip_cnt, 10.0, 0.01, 0.99, "log")  # :526-528
+            temperature = annealing_temperature(flip_cnt, 10.0, 0.01, 0.99, "log")  # :526-528
             delta = energy(metric) - energy(cur_metric)
             # :533-535; exp overflows there for large gains, which the draw order does not depend on
             if rng.random() < (math.inf if delta / temperature > 700 else math.exp(delta / temperature)):
@@ -167,7 +170,7 @@ def reference_run(seed: int) -> dict:
                 flip_cnt += 1
                 accepted.append(iteration)
     return {"draws": rng.log, "picked": picked, "accepted": accepted,
-            "labels": [demos[uid]["label"] for uid in sorted(demos)], "pool": [c["prompt"] for c in pool]}
+            "labels": [demos[uid].label for uid in sorted(demos)], "pool": [c["prompt"] for c in pool]}
 
 
 def our_run(seed: int, **search_settings) -> dict:
@@ -178,7 +181,7 @@ def our_run(seed: int, **search_settings) -> dict:
     log: list[dict] = []
     search.run(log.append)
     return {"draws": rng.log, "picked": [r["uid"] for r in log], "accepted": [r["iter"] for r in log if r["accepted"]],
-            "labels": [state.claims[uid]["label"] for uid in sorted(state.claims)], "pool": [c["prompt"] for c in pool]}
+            "labels": [state.claims[uid].label for uid in sorted(state.claims)], "pool": [c["prompt"] for c in pool]}
 
 
 @pytest.mark.parametrize("seed", range(12))

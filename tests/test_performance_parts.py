@@ -24,14 +24,15 @@ from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_cl
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
+from src.data.claims import Claim
+from tests.claim_factory import claim
 from tests.synthetic_model import SyntheticModel
 
 
-def grouped_pool(groups: int, per_group: int, seed: int = 0) -> list[dict]:
+def grouped_pool(groups: int, per_group: int, seed: int = 0) -> list[Claim]:
     rng = random.Random(seed)
     return [
-        {"uid": g * per_group + k, "consistency_id": g, "prompt": f"Question: q{g}\nClaim: c{g}.{k}\nI think this claim is",
-         "label": rng.randint(0, 1)}
+        claim(g * per_group + k, rng.randint(0, 1), group=g, text=f"Question: q{g}\nClaim: c{g}.{k}\nI think this claim is")
         for g in range(groups) for k in range(per_group)
     ]
 
@@ -49,10 +50,10 @@ def test_tree_layout_gives_each_claim_exactly_the_others(groups, per_group):
     for i, order in enumerate(demo_orders(pool, "tree")):
         assert sorted(order) == [j for j in range(len(pool)) if j != i]
     prompts = leave_one_out_prompts(pool, "space-in-label", "tree")
-    for claim, prompt in zip(pool, prompts):
+    for judged, prompt in zip(pool, prompts):
         blocks = prompt.split(DEMO_SEPARATOR)
-        assert blocks[-1] == claim["prompt"]
-        assert Counter(b.rsplit(" ", 1)[0] for b in blocks[:-1]) == Counter(c["prompt"] for c in pool if c is not claim)
+        assert blocks[-1] == judged.text
+        assert Counter(b.rsplit(" ", 1)[0] for b in blocks[:-1]) == Counter(c.text for c in pool if c is not judged)
 
 
 def test_tree_layout_splits_at_group_boundaries_first():
@@ -164,9 +165,9 @@ def test_reference_pattern_sends_a_request_per_prompt_and_a_decision_query_per_p
 def test_reference_pattern_scores_equal_ours_on_the_reference_layout():
     pool, claims, _ = demo_pool(12, 12, seed=6)
     planted = [c["label"] for c in pool]
-    ours = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, planted)), PromptConfig(prompt_layout="reference")).evaluate(claims)
-    theirs = ReferencePatternScorer(ModelAPI(settings=Settings(), route=PromptLog(pool, planted)), PromptConfig()).evaluate(claims)
-    assert ours == theirs
+    ours = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, planted)), PromptConfig(prompt_layout="reference")).pool_scores(claims)
+    theirs = ReferencePatternScorer(ModelAPI(settings=Settings(), route=PromptLog(pool, planted)), PromptConfig()).pool_scores(claims)
+    assert ours == theirs and set(ours) == set(claims)
 
 
 def test_recorder_drops_phases_answered_from_the_memo():
@@ -174,8 +175,8 @@ def test_recorder_drops_phases_answered_from_the_memo():
     model = SyntheticModel(pool, [c["label"] for c in pool])
     recorder = CallRecorder(ModelAPI(settings=Settings(), route=model))
     scorer = MeasuredScorer(PoolScorer(recorder, PromptConfig(prompt_layout="reference")), recorder)
-    scorer.evaluate(claims)
-    scorer.evaluate(claims)
+    scorer.pool_scores(claims)
+    scorer.pool_scores(claims)
     scorer.predict_score(claims[0], claims)  # labeled: read from the pool score
     assert [(g.phase, g.requests, len(g.prompts)) for g in recorder.groups] == [("pool", 1, 8)]
 
@@ -251,14 +252,14 @@ def test_search_calls_the_inconsistent_pairs_hook_each_repair_round():
 
 def test_layout_over_the_whole_pool_stays_put_as_claims_get_labeled():
     frame = grouped_pool(6, 4, seed=5)
-    labeled = [c for c in frame if c["uid"] % 3 != 0]
-    grown = sorted(labeled + [frame[9]], key=lambda c: c["uid"])
+    labeled = [c for c in frame if c.uid % 3 != 0]
+    grown = sorted(labeled + [frame[9]], key=lambda c: c.uid)
     before = demo_orders(labeled, "tree", frame)
     after = demo_orders(grown, "tree", frame)
-    uid_of = lambda pool, order: [pool[j]["uid"] for j in order]  # noqa: E731
-    for i, claim in enumerate(labeled):
-        assert sorted(uid_of(labeled, before[i])) == sorted(c["uid"] for c in labeled if c is not claim)
-        new = uid_of(grown, after[grown.index(claim)])
+    uid_of = lambda pool, order: [pool[j].uid for j in order]  # noqa: E731
+    for i, judged in enumerate(labeled):
+        assert sorted(uid_of(labeled, before[i])) == sorted(c.uid for c in labeled if c is not judged)
+        new = uid_of(grown, after[grown.index(judged)])
         assert [u for u in new if u != 9] == uid_of(labeled, before[i])  # the new demonstration is only inserted
     # Without the frame, the tree would be re-cut for the new pool size.
     assert demo_orders(labeled, "reference", frame) == demo_orders(labeled, "reference")

@@ -63,16 +63,17 @@ def test_the_scoring_side_takes_the_prompt_settings_from_the_config():
 
     config = parsed("--label-style", "reference", "--mp-reduce", "sum", "--label-absent", "floor")
     scorer = PoolScorer(ModelAPI(settings=Settings(), route=PromptHashRoute()), config.prompts)
-    assert (scorer.label_style, scorer.token_match, scorer.prompt_layout, scorer.mp_reduce, scorer.label_absent) == (
-        "reference", "whole", "tree", "sum", "floor")
+    assert (scorer.label_style, scorer.token_match, scorer.prompt_layout, scorer.label_absent) == (
+        "reference", "whole", "tree", "floor")
+    assert config.search.mp_reduce == "sum"  # the energy's, so the search's section
 
 
 def test_a_config_round_trips_through_run_json():
     config = RunConfig(
         data=DataConfig(testbed="custom", data=Path("/d/x.csv"), columns="question=q", num_batches=4, batch_index=1,
                         num_seed=2, seed=3),
-        search=SearchConfig(alpha=5.0, K=7, post_flip_fix_K=2, rng_draws="minimal", scheduler="exp"),
-        prompts=PromptConfig(label_style="reference", prompt_layout="reference", label_absent="floor", mp_reduce="sum"),
+        search=SearchConfig(alpha=5.0, K=7, post_flip_fix_K=2, rng_draws="minimal", scheduler="exp", mp_reduce="sum"),
+        prompts=PromptConfig(label_style="reference", prompt_layout="reference", label_absent="floor"),
         route=RouteConfig(model="m", use_vllm=False, requests_per_minute=60.0, cache_dir=Path("/c")),
         invocation=InvocationConfig(output_dir=Path("/out"), no_progress=True),
         paper_mode=False,
@@ -91,7 +92,7 @@ def test_the_gold_derived_consistency_key_is_recorded():
 def test_an_old_flat_run_json_reads_with_the_behaviour_runs_had_before_the_later_settings():
     config = RunConfig.from_json(OLD_SETTINGS)
     assert config.search == SearchConfig(K=6, rng_draws="minimal", repair_loop="stop-at-first-failure", post_flip_fix_K=None)
-    assert config.prompts == PromptConfig(prompt_layout="reference", label_absent="floor", mp_reduce="mean")
+    assert config.prompts == PromptConfig(prompt_layout="reference", label_absent="floor")
     assert config.data == DataConfig(testbed="demo", data_dir=Path("/data/icm"), batch_size=8, num_seed=2)
     assert config.route == RouteConfig(deterministic=True) and config.paper_mode is False
     oldest = RunConfig.from_json(OLDEST_SETTINGS)

@@ -12,6 +12,7 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.experiments import ICM
 from src.config.run_config import PromptConfig
+from src.data.claims import claim_from_label_row
 from src.pipeline.pool_scoring import PoolScorer
 from tests.stand_in_pipeline import PromptHashRoute, use_stand_in
 
@@ -132,7 +133,7 @@ def test_every_claim_gets_a_score_and_the_fields_say_what_they_hold(stand_in, tm
     route = stand_in.instances[0].stand_in
     assert summary["batch_predictions_computed"] == 1 and len(route.batches[-1]) == len(unlabelled)
     # Each unlabelled claim's score is its prediction from all the labelled claims, as the search would make it.
-    claims = {r["uid"]: {**r, "label": None if r["label"] is None else int(r["label"])} for r in labels}
+    claims = {r["uid"]: claim_from_label_row(r) for r in labels}
     scorer = PoolScorer(ModelAPI(settings=Settings(), route=PromptHashRoute()), PromptConfig(prompt_layout="tree"))
     for row in labels:
         assert row["score"] == pytest.approx(scorer.predict_score(claims[row["uid"]], claims), abs=1e-12)

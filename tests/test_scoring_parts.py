@@ -6,6 +6,7 @@ import pytest
 from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
 from src.pipeline.label_scores import PROB_FLOOR, label_logodds, token_label
 from src.prompts.prompts import DEMO_SEPARATOR, judge_prompt, leave_one_out_prompts
+from tests.claim_factory import claim
 
 
 def test_whole_token_matching_does_not_count_untrue_as_true():
@@ -63,7 +64,7 @@ def test_malformed_responses_say_what_is_wrong(response, message):
 
 
 def claims(n):
-    return [{"uid": i, "label": i % 2, "prompt": f"Question: q{i}\nClaim: c{i}\nI think this claim is"} for i in range(n)]
+    return [claim(i, i % 2, group=i, text=f"Question: q{i}\nClaim: c{i}\nI think this claim is") for i in range(n)]
 
 
 def test_leave_one_out_prompts_hold_exactly_the_other_claims_in_order():
@@ -75,7 +76,7 @@ def test_leave_one_out_prompts_hold_exactly_the_other_claims_in_order():
         assert [b.split("\n")[1] for b in blocks] == [f"Claim: c{j}" for j in range(4) if j != i] + [f"Claim: c{i}"]
         assert blocks[-1].endswith("I think this claim is")
         assert all(b.endswith((" is True", " is False")) for b in blocks[:-1])
-        assert prompt == judge_prompt(pool[i], [c for c in pool if c["uid"] != i], "space-in-label")
+        assert prompt == judge_prompt(pool[i], [c for c in pool if c.uid != i], "space-in-label")
 
 
 def test_reference_label_style_puts_the_space_in_the_template():

@@ -21,22 +21,22 @@ def planted_search(seed: int, K: int = 300, pool_size: int = 32, num_seed: int =
     search = ICMSearch(scorer, SearchSettings(K=K), rng, state)
     log = []
     search.run(log.append)
-    labels = [state.claims[uid]["label"] for uid in sorted(state.claims)]
+    labels = [state.claims[uid].label for uid in sorted(state.claims)]
     return labels, planted, log, model, scorer, state
 
 
 def test_search_recovers_a_planted_labelling_from_random_seeds():
     for seed in (1, 2, 3):
         labels, planted, log, model, scorer, state = planted_search(seed)
-        seeds = [c for c in state.claims.values() if c["type"] == "seed"]
+        seeds = [c for c in state.claims.values() if c.seed]
         assert all(label is not None for label in labels), f"seed {seed}: search left claims unlabeled"
         recovered = sum(a == b for a, b in zip(labels, planted)) / len(planted)
         assert recovered >= 0.9, f"seed {seed}: recovered {recovered:.0%} of the planted labelling"
         # The planted model alone, zero-shot, is much weaker: the search must add to it.
-        zero_shot = sum((model.prior[model._claim_text(c["prompt"])] > 0) == bool(p) for c, p in zip(state.claims.values(), planted)) / len(planted)
+        zero_shot = sum((model.prior[model._claim_text(c.text)] > 0) == bool(p) for c, p in zip(state.claims.values(), planted)) / len(planted)
         assert recovered > zero_shot
         assert log[-1]["inconsistent_num"] == 0
-        assert len(seeds) == 8 and sum(c["vanilla_label"] is not None for c in seeds) == 8
+        assert len(seeds) == 8 and sum(c.gold_label is not None for c in seeds) == 8
 
 
 def test_requests_are_pool_scores_and_unlabeled_predictions_only():

@@ -63,11 +63,11 @@ class MeasuredScorer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scorer, name)
 
-    def evaluate(self, claims: dict) -> dict:
+    def pool_scores(self, claims: dict) -> dict[int, float]:
         with self.recorder.phase("pool"):
-            return self.scorer.evaluate(claims)
+            return self.scorer.pool_scores(claims)
 
-    def predict_score(self, example: dict, claims: dict) -> float:
+    def predict_score(self, example: Any, claims: dict) -> float:
         with self.recorder.phase("predict"):
             return self.scorer.predict_score(example, claims)
 

@@ -9,14 +9,13 @@ Only ``scripts/benchmark_icm.py`` uses it; a real run never should.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from core.llm_api.llm import ModelAPI
 from src.config.run_config import PromptConfig
+from src.data.claims import Claim, labelled_claims
 from src.pipeline.label_scores import TokenMatch, label_logodds
 from src.prompts.prompts import LabelStyle, judge_prompt, leave_one_out_prompts
 from src.search.annealing import Claims, ICMSearch
-from src.pipeline.pool_scoring import labeled_pool, labelling_metric
+from src.search.consistency import InconsistentPair
 
 # What the reference's decision query sends (its get_decision_prompt).
 DECISION_PROMPT = "dummy prompt"
@@ -35,16 +34,13 @@ class ReferencePatternScorer:
         self.decision_queries = 0
 
     def pool_scores(self, claims: Claims) -> dict[int, float]:
-        pool = labeled_pool(claims)
+        pool = labelled_claims(claims)
         logprobs = self.model_api.next_token_logprobs(leave_one_out_prompts(pool, self.label_style, "reference"))
         self.pool_scores_computed += 1
-        return {c["uid"]: label_logodds(lp, self.token_match) for c, lp in zip(pool, logprobs)}
+        return {c.uid: label_logodds(lp, self.token_match) for c, lp in zip(pool, logprobs)}
 
-    def evaluate(self, claims: Claims) -> dict:
-        return labelling_metric(claims, self.pool_scores(claims))
-
-    def predict_score(self, example: dict[str, Any], claims: Claims) -> float:
-        demonstrations = [c for c in labeled_pool(claims) if c["uid"] != example["uid"]]
+    def predict_score(self, example: Claim, claims: Claims) -> float:
+        demonstrations = [c for c in labelled_claims(claims) if c.uid != example.uid]
         [logprobs] = self.model_api.next_token_logprobs([judge_prompt(example, demonstrations, self.label_style)])
         return label_logodds(logprobs, self.token_match)
 
@@ -58,7 +54,7 @@ class ReferencePatternSearch(ICMSearch):
 
     scorer: ReferencePatternScorer
 
-    def inconsistent_pairs(self, claims: Claims) -> dict:
+    def inconsistent_pairs(self, claims: Claims) -> list[InconsistentPair]:
         pairs = super().inconsistent_pairs(claims)
         for _ in pairs:
             self.scorer.decision_query()

@@ -66,6 +66,7 @@ class SearchConfig:
     repair_loop: str = "reference"
     # Rounds of the repair after a proposed flip; None: consistency_fix_K. The reference hard-codes 10 (ICM.py:509).
     post_flip_fix_K: Optional[int] = None
+    mp_reduce: str = "mean"  # mutual predictability: the reference's mean of the log-odds, or the paper's sum
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,6 @@ class PromptConfig:
     # Order of the demonstrations: "tree" shares prefixes between prompts (prompts.py); "reference": pool order.
     prompt_layout: PromptLayout = "tree"
     label_logprobs: str = "auto"  # "auto": exact label logprobs where the server offers them; "topk": the top-20
-    mp_reduce: str = "mean"  # mutual predictability: the reference's mean of the log-odds, or the paper's sum
     label_absent: LabelAbsent = "stop"  # an answer with no label token: stop the run, or the reference's floor (0)
 
     @property

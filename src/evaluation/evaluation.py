@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from core.llm_api.llm import ModelAPI
+from src.data.claims import Claim, claim_from_label_row
 from src.pipeline.label_scores import TokenMatch, label_evidence, median
 from src.prompts.prompts import LabelStyle, judge_prompt
 
@@ -74,12 +75,15 @@ def evaluate_conditions(
     token_match: TokenMatch,
     seed: int = 0,
 ) -> dict[str, ConditionResult]:
-    """Accuracy on ``test_claims`` (each with a gold ``label``) under every condition that can be built."""
+    """Accuracy on ``test_claims`` (testbed records, each with a gold ``label``) under every condition that can be
+    built; ``demos`` are labels.jsonl rows."""
     results = {}
+    judged = [Claim.from_record(record, uid) for uid, record in enumerate(test_claims)]
     for name, shown in demonstration_sets(demos, seed).items():
         if shown is None:
             continue
-        prompts = [judge_prompt(claim, shown, label_style) for claim in test_claims]
+        shown_claims = [claim_from_label_row(row) for row in shown]
+        prompts = [judge_prompt(claim, shown_claims, label_style) for claim in judged]
         logprobs = model_api.next_token_logprobs(prompts)  # one batched call per condition
         evidence = [label_evidence(lp, token_match) for lp in logprobs]
         correct = [e.informative and (e.logodds > 0) == bool(c["label"]) for c, e in zip(test_claims, evidence)]

@@ -59,10 +59,10 @@ def refuse_claims_longer_than_the_context(claims: Sequence[dict], model_api: Mod
     context = model_api.context_tokens
     if context is None:
         return
-    suspects = [c for c in claims if len(query_text(c, label_style).encode("utf-8")) + SPECIAL_TOKENS_MARGIN >= context]
+    suspects = [c for c in claims if len(query_text(c["prompt"], label_style).encode("utf-8")) + SPECIAL_TOKENS_MARGIN >= context]
     if not suspects:
         return
-    for claim, tokens in zip(suspects, model_api.tokenize([query_text(c, label_style) for c in suspects])):
+    for claim, tokens in zip(suspects, model_api.tokenize([query_text(c["prompt"], label_style) for c in suspects])):
         if len(tokens) + 1 > context:  # and one token for the label
             raise DataError(f"{source}, record {claim.get('record')}: its claim alone is {len(tokens):,} tokens, more than "
                             f"the model's {context:,}-token context, so no pool that holds it can be scored: shorten or drop "

@@ -4,6 +4,9 @@ A pool's scores depend only on which claims are labeled and how, so they are mem
 assignment: the consistency fix and the acceptance step often ask for the same labelling twice.
 The prompts go to the engine in the depth-first order of their prefix trie (see prompts.send_order),
 which changes what the engine can reuse but not what the model sees.
+
+The scorer only scores: the metric of a labelling and the consistency rules belong to the search,
+which computes them from ``pool_scores``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from core.llm_api.faults import PromptsRejected
 from core.llm_api.llm import ModelAPI
 from core.llm_api.logprobs import NextTokenLogprobs
 from src.config.run_config import PromptConfig
-from src.search.ICM_tools import calculate_accuracy, pick_two_inconsistent_claims
+from src.data.claims import Claim, labelled_claims
 from src.pipeline.label_scores import LabelAbsent, LabelEvidence, TokenMatch, label_evidence
 from src.prompts.prompts import (
     LabelStyle,
@@ -27,7 +30,7 @@ from src.prompts.prompts import (
     send_order,
 )
 
-Claims = Mapping[int, dict[str, Any]]
+Claims = Mapping[int, Claim]
 DEFAULT_MEMO_ENTRIES = 2048
 
 
@@ -49,27 +52,21 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-def labeled_pool(claims: Claims) -> list[dict[str, Any]]:
-    """Labeled claims in uid order: the positions that demo_orders and the prompt layouts refer to."""
-    return [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is not None]
-
-
-def whole_pool(claims: Claims) -> list[dict[str, Any]]:
+def whole_pool(claims: Claims) -> list[Claim]:
     """All claims, labeled or not, in uid order: the frame the prompt layout is laid over."""
     return [claims[uid] for uid in sorted(claims)]
 
 
-def assignment_key(pool: list[dict[str, Any]]) -> tuple[tuple[int, int], ...]:
-    return tuple((c["uid"], c["label"]) for c in pool)
+def assignment_key(pool: list[Claim]) -> tuple[tuple[int, Optional[int]], ...]:
+    return tuple((c.uid, c.label) for c in pool)
 
 
 class LabelsNotFound(ScoringError):
     """Answers that hold no label token: no score can be made of them."""
 
 
-def describe_claim(claim: dict[str, Any]) -> str:
-    record = claim.get("record")
-    return f"claim {claim['uid']}" + (f" (record {record})" if record is not None else "")
+def describe_claim(claim: Claim) -> str:
+    return f"claim {claim.uid}" + (f" (record {claim.record})" if claim.record is not None else "")
 
 
 def top_tokens(answer: NextTokenLogprobs, n: int = 5) -> str:
@@ -83,9 +80,8 @@ class PoolScorer:
         prompts: PromptConfig,
         memo_entries: int = DEFAULT_MEMO_ENTRIES,
     ) -> None:
-        """``prompts``: the run's prompt settings (label style, token match, layout, mp_reduce, label_absent)."""
+        """``prompts``: the run's prompt settings (label style, token match, layout, label_absent)."""
         self.model_api = model_api
-        self.mp_reduce = prompts.mp_reduce
         self.label_style: LabelStyle = prompts.label_style
         self.token_match: TokenMatch = prompts.token_match
         self.prompt_layout: PromptLayout = prompts.prompt_layout
@@ -97,7 +93,7 @@ class PoolScorer:
         self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
         self.batch_predictions_computed = 0  # predictions of several unlabeled claims in one batched call
 
-    def _evidence(self, claims: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[LabelEvidence]:
+    def _evidence(self, claims: Sequence[Claim], prompts: Sequence[str]) -> list[LabelEvidence]:
         """The label evidence of each claim's answer. Raises LabelsNotFound when no answer holds a label token, or
         (label_absent "stop") when one doesn't; PromptsRejected from the server is re-aimed at the claims."""
         try:
@@ -121,7 +117,7 @@ class PoolScorer:
 
     def _pool_entry(self, claims: Claims) -> tuple[dict[int, float], dict[int, float]]:
         """({uid: score}, {uid: label mass}) of the labelled claims, each predicted from all the others: one batched call."""
-        pool = labeled_pool(claims)
+        pool = labelled_claims(claims)
         key = assignment_key(pool)
         cached = self._pool_memo.get_fresh(key)
         if cached is not None:
@@ -132,8 +128,8 @@ class PoolScorer:
         order = send_order(orders)
         evidence = self._evidence([pool[i] for i in order], [prompts[i] for i in order])
         by_position = dict(zip(order, evidence))
-        entry = ({c["uid"]: by_position[i].logodds for i, c in enumerate(pool)},
-                 {c["uid"]: by_position[i].mass for i, c in enumerate(pool)})
+        entry = ({c.uid: by_position[i].logodds for i, c in enumerate(pool)},
+                 {c.uid: by_position[i].mass for i, c in enumerate(pool)})
         self._pool_memo.put(key, entry)
         self.pool_scores_computed += 1
         return entry
@@ -148,19 +144,19 @@ class PoolScorer:
 
     def known_pool_scores(self, claims: Claims) -> dict[int, float]:
         """The pool's scores if already computed, else {}; never calls the model."""
-        return (self._pool_memo.get(assignment_key(labeled_pool(claims))) or ({}, {}))[0]
+        return (self._pool_memo.get(assignment_key(labelled_claims(claims))) or ({}, {}))[0]
 
     def known_label_masses(self, claims: Claims) -> dict[int, float]:
         """The pool's label masses if already computed, else {}; never calls the model."""
-        return (self._pool_memo.get(assignment_key(labeled_pool(claims))) or ({}, {}))[1]
+        return (self._pool_memo.get(assignment_key(labelled_claims(claims))) or ({}, {}))[1]
 
-    def predict_score(self, example: dict[str, Any], claims: Claims) -> float:
+    def predict_score(self, example: Claim, claims: Claims) -> float:
         """The example's score with every other labeled claim as demonstrations."""
-        if example["label"] is not None:
+        if example.label is not None:
             # Exactly the prompt its pool score already used.
-            return self.pool_scores(claims)[example["uid"]]
-        pool = labeled_pool(claims)
-        key = (example["uid"], assignment_key(pool))
+            return self.pool_scores(claims)[example.uid]
+        pool = labelled_claims(claims)
+        key = (example.uid, assignment_key(pool))
         cached = self._single_memo.get_fresh(key)
         if cached is not None:
             return cached[0]
@@ -172,23 +168,23 @@ class PoolScorer:
     def predict_unlabeled(self, claims: Claims) -> dict[int, float]:
         """Every unlabeled claim's score with all labeled claims as demonstrations, by uid: the prompts
         predict_score would send, those not already known going out in one batched call."""
-        pool = labeled_pool(claims)
+        pool = labelled_claims(claims)
         assignment = assignment_key(pool)
         scores = self.known_predictions(claims)
-        missing = [claims[uid] for uid in sorted(claims) if claims[uid]["label"] is None and uid not in scores]
+        missing = [claims[uid] for uid in sorted(claims) if claims[uid].label is None and uid not in scores]
         if not missing:
             return scores
         demonstrations = self._demonstrations(pool, claims)
         evidence = self._evidence(missing, [judge_prompt(c, demonstrations, self.label_style) for c in missing])
         for claim, found in zip(missing, evidence):
-            scores[claim["uid"]] = found.logodds
-            self._single_memo.put((claim["uid"], assignment), (found.logodds, found.mass))
+            scores[claim.uid] = found.logodds
+            self._single_memo.put((claim.uid, assignment), (found.logodds, found.mass))
         self.batch_predictions_computed += 1
         return scores
 
     def _known_singles(self, claims: Claims) -> dict[int, tuple[float, float]]:
-        assignment = assignment_key(labeled_pool(claims))
-        known = {uid: self._single_memo.get((uid, assignment)) for uid in claims if claims[uid]["label"] is None}
+        assignment = assignment_key(labelled_claims(claims))
+        known = {uid: self._single_memo.get((uid, assignment)) for uid in claims if claims[uid].label is None}
         return {uid: entry for uid, entry in known.items() if entry is not None}
 
     def known_predictions(self, claims: Claims) -> dict[int, float]:
@@ -199,17 +195,7 @@ class PoolScorer:
         """The label mass of each known prediction of an unlabeled claim; never calls the model."""
         return {uid: mass for uid, (_, mass) in self._known_singles(claims).items()}
 
-    def _demonstrations(self, pool: list[dict[str, Any]], claims: Claims) -> list[dict[str, Any]]:
+    def _demonstrations(self, pool: list[Claim], claims: Claims) -> list[Claim]:
         """The labeled claims in the order a claim outside them is judged from (see prompts.full_demo_order)."""
         orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
         return [pool[i] for i in full_demo_order(orders)]
-
-    def evaluate(self, claims: Claims) -> dict:
-        """The search metric (train_prob, inconsistent_num, ...) of a labelling."""
-        return labelling_metric(claims, self.pool_scores(claims), self.mp_reduce)
-
-
-def labelling_metric(claims: Claims, scores: Mapping[int, float], mp_reduce: str = "mean") -> dict:
-    """The search metric of a labelling given each labeled claim's leave-one-out score."""
-    pool = {c["uid"]: {**c, "score": scores[c["uid"]]} for c in labeled_pool(claims)}
-    return calculate_accuracy(pool, pick_two_inconsistent_claims(pool), mp_reduce)

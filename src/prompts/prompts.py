@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence
 
+from src.data.claims import Claim
+
 LabelStyle = Literal["space-in-label", "reference"]
 PromptLayout = Literal["reference", "tree"]
 PROMPT_LAYOUTS = ("reference", "tree")
@@ -26,17 +28,23 @@ LABEL_WORDS = {1: "True", 0: "False"}
 DEMO_SEPARATOR = "\n\n"
 
 
-def query_text(claim: dict, style: LabelStyle) -> str:
-    return claim["prompt"] + (" " if style == "reference" else "")
+def query_text(claim_text: str, style: LabelStyle) -> str:
+    """The part of a prompt that asks for a claim's label (``claim_text``: Claim.text, labels.jsonl's "prompt")."""
+    return claim_text + (" " if style == "reference" else "")
 
 
-def demonstration_text(claim: dict, style: LabelStyle) -> str:
+def demonstration_text(claim_text: str, label: int, style: LabelStyle) -> str:
     space = "" if style == "reference" else " "
-    return query_text(claim, style) + space + LABEL_WORDS[claim["label"]] + DEMO_SEPARATOR
+    return query_text(claim_text, style) + space + LABEL_WORDS[label] + DEMO_SEPARATOR
 
 
-def judge_prompt(claim: dict, demonstrations: Sequence[dict], style: LabelStyle) -> str:
-    return "".join(demonstration_text(d, style) for d in demonstrations) + query_text(claim, style)
+def demonstration(claim: Claim, style: LabelStyle) -> str:
+    """A labelled claim as a demonstration. Raises KeyError for an unlabelled one."""
+    return demonstration_text(claim.text, claim.label, style)  # type: ignore[arg-type]
+
+
+def judge_prompt(claim: Claim, demonstrations: Sequence[Claim], style: LabelStyle) -> str:
+    return "".join(demonstration(d, style) for d in demonstrations) + query_text(claim.text, style)
 
 
 def reference_demo_orders(pool_size: int) -> list[list[int]]:
@@ -44,7 +52,7 @@ def reference_demo_orders(pool_size: int) -> list[list[int]]:
     return [[j for j in range(pool_size) if j != i] for i in range(pool_size)]
 
 
-def tree_demo_orders(pool: Sequence[dict]) -> list[list[int]]:
+def tree_demo_orders(pool: Sequence[Claim]) -> list[list[int]]:
     """For each pool position, the positions of its demonstrations in the divide-and-conquer layout.
 
     The pool is cut into blocks at consistency-group boundaries (consecutive claims of one group form a
@@ -52,7 +60,7 @@ def tree_demo_orders(pool: Sequence[dict]) -> list[list[int]]:
     """
     blocks: list[list[int]] = []
     for i, claim in enumerate(pool):
-        if blocks and pool[blocks[-1][-1]].get("consistency_id") == claim.get("consistency_id"):
+        if blocks and pool[blocks[-1][-1]].group_id == claim.group_id:
             blocks[-1].append(i)
         else:
             blocks.append([i])
@@ -85,7 +93,7 @@ def _halves(blocks: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
     return blocks[:best_cut], blocks[best_cut:]
 
 
-def demo_orders(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequence[dict]] = None) -> list[list[int]]:
+def demo_orders(pool: Sequence[Claim], layout: PromptLayout, frame: Optional[Sequence[Claim]] = None) -> list[list[int]]:
     """For each pool position, the positions of its demonstrations.
 
     ``frame`` is the whole pool, labeled or not, that ``pool`` (its labeled claims) is part of. The layout is
@@ -94,8 +102,8 @@ def demo_orders(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequ
     """
     if frame is None:
         return _layout_orders(pool, layout)
-    position = {claim["uid"]: i for i, claim in enumerate(pool)}
-    in_pool = [position.get(claim["uid"]) for claim in frame]
+    position = {claim.uid: i for i, claim in enumerate(pool)}
+    in_pool = [position.get(claim.uid) for claim in frame]
     orders: list[list[int]] = [[] for _ in pool]
     for claim_at, order in zip(in_pool, _layout_orders(frame, layout)):
         if claim_at is not None:
@@ -103,7 +111,7 @@ def demo_orders(pool: Sequence[dict], layout: PromptLayout, frame: Optional[Sequ
     return orders
 
 
-def _layout_orders(pool: Sequence[dict], layout: PromptLayout) -> list[list[int]]:
+def _layout_orders(pool: Sequence[Claim], layout: PromptLayout) -> list[list[int]]:
     if layout == "reference":
         return reference_demo_orders(len(pool))
     if layout == "tree":
@@ -112,16 +120,16 @@ def _layout_orders(pool: Sequence[dict], layout: PromptLayout) -> list[list[int]
 
 
 def leave_one_out_prompts(
-    pool: Sequence[dict], style: LabelStyle, layout: PromptLayout = "reference", frame: Optional[Sequence[dict]] = None
+    pool: Sequence[Claim], style: LabelStyle, layout: PromptLayout = "reference", frame: Optional[Sequence[Claim]] = None
 ) -> list[str]:
     """For each labeled claim (in pool order), the prompt that judges it from all the others."""
     return prompts_in_order(pool, style, demo_orders(pool, layout, frame))
 
 
-def prompts_in_order(pool: Sequence[dict], style: LabelStyle, orders: Sequence[Sequence[int]]) -> list[str]:
+def prompts_in_order(pool: Sequence[Claim], style: LabelStyle, orders: Sequence[Sequence[int]]) -> list[str]:
     """For each claim (in pool order), the prompt that judges it from the demonstrations ``orders`` gives it."""
-    demos = [demonstration_text(c, style) for c in pool]
-    return ["".join(demos[j] for j in order) + query_text(claim, style) for claim, order in zip(pool, orders)]
+    demos = [demonstration(c, style) for c in pool]
+    return ["".join(demos[j] for j in order) + query_text(claim.text, style) for claim, order in zip(pool, orders)]
 
 
 def send_order(orders: Sequence[Sequence[int]]) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.errors import UserError
+from src.data.claims import Claim
 from src.run_directory.run_outputs import write_atomically
 from src.search.annealing import Claims, SearchState
 
@@ -45,7 +46,7 @@ class CheckpointError(UserError):
     pass
 
 
-# Every field of a claim that the search, the consistency rules or the monitoring read (search.py, ICM_tools.py,
+# Every field of a claim that the search, the consistency rules or the monitoring read (src/search,
 # pool_scoring.py, prompts.py), and how a message names it. Labels are the search's own, so they are not here.
 FINGERPRINT_FIELDS = {
     "prompt": "the claims' text (their prompts)",
@@ -53,6 +54,10 @@ FINGERPRINT_FIELDS = {
     "consistency_key": "the consistency keys (the consistency rules)",
     "vanilla_label": "the gold labels",
 }
+# The fingerprint names each field as claims were dicts when it was defined (the reference's names): it is a file
+# format, so the names stay; this is the Claim attribute each one reads.
+FINGERPRINT_ATTRIBUTES = {"prompt": "text", "consistency_id": "group_id", "consistency_key": "consistency_key",
+                          "vanilla_label": "gold_label"}
 FINGERPRINT_VERSION = "v2"
 
 
@@ -65,7 +70,7 @@ def pool_fingerprint(claims: Claims) -> str:
     uids = sorted(claims)
     parts = []
     for field in FINGERPRINT_FIELDS:
-        values = json.dumps([[uid, claims[uid].get(field)] for uid in uids])
+        values = json.dumps([[uid, getattr(claims[uid], FINGERPRINT_ATTRIBUTES[field])] for uid in uids])
         parts.append(f"{field}={hashlib.sha256(values.encode()).hexdigest()[:16]}")
     return " ".join([FINGERPRINT_VERSION, *parts])
 
@@ -79,7 +84,7 @@ def _fingerprint_v1(claims: Claims) -> str:
     digest = hashlib.sha256()
     for uid in sorted(claims):
         claim = claims[uid]
-        digest.update(json.dumps([uid, claim["consistency_id"], claim["prompt"]]).encode())
+        digest.update(json.dumps([uid, claim.group_id, claim.text]).encode())
     return digest.hexdigest()
 
 
@@ -107,7 +112,7 @@ def check_resumed_pool(run: dict[str, Any], claims: Claims, out: Path, source: s
     change = pool_change(run["pool_fingerprint"], claims)
     if change is not None:
         hint = ""
-        if not _is_current(run["pool_fingerprint"]) and any("choice_2" in c for c in claims.values()):
+        if not _is_current(run["pool_fingerprint"]) and any(c.has_data_field("choice_2") for c in claims.values()):
             hint = (" If it is custom data with choice_2: this version shows choice_2 to the model and earlier ones "
                     "did not, so its prompts differ.")
         raise CheckpointError(f"--resume {out}: the data no longer gives the pool this run was labelling ({change}; "
@@ -148,7 +153,7 @@ def save_checkpoint(out: Path, run: dict, state: SearchState, rng: random.Random
         "iteration": state.iteration,
         "flip_cnt": state.flip_cnt,
         "metric": state.metric,
-        "labels": {str(uid): claim["label"] for uid, claim in state.claims.items()},
+        "labels": {str(uid): claim.label for uid, claim in state.claims.items()},
         "rng": rng_to_json(rng),
     }))
 
@@ -238,7 +243,7 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
         rng = rng_from_json(saved.get("rng"))
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         raise _damaged(path, "the random generator's state can't be restored") from None
-    restored = {uid: {**claim, "label": labels[str(uid)]} for uid, claim in claims.items()}
+    restored: dict[int, Claim] = {uid: claim.relabelled(labels[str(uid)]) for uid, claim in claims.items()}
     return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt), rng
 
 

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Iterator, Optional
 
 from core.errors import UserError
 from core.crash_points import maybe_crash
+from src.data.claims import Claim, label_row
 
 OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
-TEXT_FIELDS = ("question", "choice", "choice_2", "answer")
 
 
 class OutputDirInUse(UserError):
@@ -138,27 +138,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def _as_bool(label: Optional[int]) -> Optional[bool]:
-    return None if label is None else bool(label)
-
-
-def label_rows(claims: dict[int, dict[str, Any]], scores: dict[int, float],
+def label_rows(claims: dict[int, Claim], scores: dict[int, float],
                label_masses: Optional[dict[int, float]] = None) -> Iterable[dict[str, Any]]:
     """labels.jsonl's rows. ``scores``: each labelled claim's leave-one-out score under the final labels, and
     each unlabelled claim's prediction from all labelled ones (missing where not known: null). ``label_masses``:
     the probability each of those answers puts on the label tokens (src/pipeline/label_scores.py)."""
     label_masses = label_masses or {}
     for uid in sorted(claims):
-        claim = claims[uid]
-        row = {"uid": uid, "record": claim.get("record"), "consistency_id": claim["consistency_id"]}
-        row.update({f: claim[f] for f in TEXT_FIELDS if f in claim})
-        row.update(
-            prompt=claim["prompt"],
-            label=_as_bool(claim["label"]), gold_label=_as_bool(claim.get("vanilla_label")),
-            score=scores.get(uid), label_mass=label_masses.get(uid), labelled_by_search=claim["label"] is not None,
-            initial_random_label=claim.get("type") == "seed",
-        )
-        yield row
+        yield label_row(claims[uid], scores.get(uid), label_masses.get(uid))
 
 
 def jsonl(rows: Iterable[dict[str, Any]]) -> str:

@@ -4,36 +4,43 @@ Every random choice draws from the one ``random.Random`` passed in, so a seed fi
 deterministic scorer. With ``rng_draws="reference"`` and ``repair_loop="reference"`` the draws are the
 reference code's, one for one (src/experiments/ICM.py and ICM_tools.py of Jiaxin-Wen/Unsupervised-Elicitation),
 so the same seed follows the same path; tests/test_paper_mode.py spells that order out.
+
+The scorer only scores (each labelled claim's leave-one-out score); the metric, the energy and the consistency
+rules are the search's own (src/search/energy.py, src/search/consistency.py).
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 
 from src.config.run_config import SearchConfig
-from src.search.ICM_tools import (
-    decision_options,
-    get_energy,
-    get_temperature,
+from src.data.claims import Claim
+from src.search.consistency import InconsistentPair, decision_options, inconsistent_pairs, relabel_pair
+from src.search.energy import (
+    LabellingMetric,
+    MutualPredictabilityReduce,
+    annealing_temperature,
+    labelling_energy,
+    labelling_metric,
     metropolis_accept,
-    pick_two_inconsistent_claims,
-    update_assign_based_on_decision,
 )
 
-Claims = dict[int, dict[str, Any]]
+Claims = dict[int, Claim]
 # Unlabeled claims whose consistency group already has a labeled member are this much likelier to be
 # picked next, so groups fill up and their consistency rules start to bite.
 SAME_GROUP_WEIGHT = 100
 
 
 class Scorer(Protocol):
-    def evaluate(self, claims: Claims) -> dict: ...
+    def pool_scores(self, claims: Mapping[int, Claim]) -> dict[int, float]:
+        """Each labelled claim's score (log-odds of True) predicted from all the other labelled claims, by uid."""
+        ...
 
-    def predict_score(self, example: dict[str, Any], claims: Claims) -> float: ...
+    def predict_score(self, example: Claim, claims: Mapping[int, Claim]) -> float: ...
 
 
 # The search's settings are the run configuration's search section (their defaults and meanings are there).
@@ -43,32 +50,21 @@ SearchSettings = SearchConfig
 @dataclass
 class SearchState:
     claims: Claims
-    metric: Optional[dict] = None  # None until the seed labels are scored
+    metric: Optional[LabellingMetric] = None  # None until the seed labels are scored
     iteration: int = 0
     flip_cnt: int = 0
 
 
 def seed_claims(pool: list[dict[str, Any]], num_seed: int, rng: random.Random) -> Claims:
-    """Number the pool and give its first ``num_seed`` claims random labels, half True and half False.
+    """Number the pool's records (src/data/testbeds.py) as Claims and give the first ``num_seed`` random labels,
+    half True and half False (one shuffle of the search's RNG).
 
-    The dataset's label is kept as ``vanilla_label`` for reporting only.
+    The record's label becomes the claim's ``gold_label``, for reporting only.
     """
     seed_labels = [1] * (num_seed // 2) + [0] * (num_seed // 2)
     rng.shuffle(seed_labels)
-    claims: Claims = {}
-    for uid, record in enumerate(pool):
-        claims[uid] = {
-            **record,
-            "uid": uid,
-            "vanilla_label": record.get("label"),
-            "label": seed_labels[uid] if uid < num_seed else None,
-            "type": "seed" if uid < num_seed else "predict",
-        }
-    return claims
-
-
-def labeled_only(claims: Claims) -> Claims:
-    return {uid: c for uid, c in claims.items() if c["label"] is not None}
+    return {uid: Claim.from_record(record, uid, seed_labels[uid] if uid < num_seed else None, seed=uid < num_seed)
+            for uid, record in enumerate(pool)}
 
 
 class ICMSearch:
@@ -80,11 +76,11 @@ class ICMSearch:
         self.uids = sorted(state.claims)
         by_group: dict[Any, list[int]] = {}
         for uid in self.uids:
-            by_group.setdefault(state.claims[uid]["consistency_id"], []).append(uid)
-        self.groupmates = {uid: by_group[state.claims[uid]["consistency_id"]] for uid in self.uids}
+            by_group.setdefault(state.claims[uid].group_id, []).append(uid)
+        self.groupmates = {uid: by_group[state.claims[uid].group_id] for uid in self.uids}
 
-    def energy(self, metric: dict) -> float:
-        return get_energy(metric, self.settings.alpha)
+    def energy(self, metric: LabellingMetric) -> float:
+        return labelling_energy(metric, self.settings.alpha)
 
     def initialise(self) -> None:
         """Score the seed labels and make them consistent (the reference's iteration-0 step)."""
@@ -93,15 +89,20 @@ class ICMSearch:
         metric = self.evaluate(self.state.claims)
         self.state.claims, self.state.metric = self.fix_inconsistency(self.state.claims, metric)
 
-    def evaluate(self, claims: Claims) -> dict:
+    def metric(self, claims: Claims) -> LabellingMetric:
+        """The metric of a labelling, from the scorer's pool scores (memoised there: a labelling is scored once)."""
+        return labelling_metric(claims, self.scorer.pool_scores(claims), self.settings.mp_reduce)
+
+    def evaluate(self, claims: Claims) -> LabellingMetric:
         """The metric of a labelling, at a point where the reference runs an evaluation pipeline."""
-        metric = self.scorer.evaluate(claims)
+        metric = self.metric(claims)
         if self.settings.rng_draws == "reference":
             # The reference's pipeline shuffles the pairs it counts (ICM_tools.py:107); only the draws matter here.
             self.rng.shuffle(list(range(metric["inconsistent_num"])))
         return metric
 
-    def fix_inconsistency(self, claims: Claims, metric: Optional[dict], rounds: Optional[int] = None) -> tuple[Claims, dict]:
+    def fix_inconsistency(self, claims: Claims, metric: Optional[LabellingMetric],
+                          rounds: Optional[int] = None) -> tuple[Claims, LabellingMetric]:
         """Greedy repair: relabel one inconsistent pair at a time, keeping a change that doesn't lower the energy.
 
         ``metric`` None means any first repair is kept (the reference passes a dummy metric of -1e6 there).
@@ -116,10 +117,10 @@ class ICMSearch:
         for _ in range(self.settings.consistency_fix_K if rounds is None else rounds):
             pairs = self.inconsistent_pairs(best_claims)
             improved = False
-            for pair in pairs.values():
+            for pair in pairs:
                 trials = []
                 for labels in decision_options(pair, self.settings.allow_both_false):
-                    candidate = update_assign_based_on_decision(best_claims, pair, labels)
+                    candidate = relabel_pair(best_claims, pair, labels)
                     trials.append((candidate, self.evaluate(candidate)))
                 energies = [self.energy(m) for _, m in trials]
                 pick = int(np.argmax(energies))
@@ -133,20 +134,20 @@ class ICMSearch:
                 break
         if best_metric is None:
             # Nothing was repaired; the reference returns its dummy metric here, and the caller evaluates again.
-            best_metric = self.scorer.evaluate(best_claims)
+            best_metric = self.metric(best_claims)
         return best_claims, best_metric
 
-    def inconsistent_pairs(self, claims: Claims) -> dict:
-        """The labeled claims' inconsistent pairs, in a random order drawn from the search's RNG."""
-        return pick_two_inconsistent_claims(labeled_only(claims), self.rng)
+    def inconsistent_pairs(self, claims: Claims) -> list[InconsistentPair]:
+        """The labelled claims' inconsistent pairs, in a random order drawn from the search's RNG."""
+        return inconsistent_pairs(claims, self.rng)
 
     def pick_example(self) -> int:
         claims = self.state.claims
         weights = [1] * len(self.uids)
         for uid in self.uids:
-            if claims[uid]["label"] is not None:
+            if claims[uid].label is not None:
                 for mate in self.groupmates[uid]:
-                    if claims[mate]["label"] is None:
+                    if claims[mate].label is None:
                         weights[mate] = SAME_GROUP_WEIGHT
         return self.rng.choices(self.uids, weights=weights, k=1)[0]
 
@@ -156,14 +157,14 @@ class ICMSearch:
         uid = self.pick_example()
         score = self.scorer.predict_score(state.claims[uid], state.claims)
         new_label = int(score > 0)
-        old_label = state.claims[uid]["label"]
-        temperature = get_temperature(state.flip_cnt, settings.initial_T, settings.final_T, settings.decay, settings.scheduler)
+        old_label = state.claims[uid].label
+        temperature = annealing_temperature(state.flip_cnt, settings.initial_T, settings.final_T, settings.decay, settings.scheduler)
         record: dict[str, Any] = {
             "iter": state.iteration, "uid": uid, "score": score, "old_label": old_label, "new_label": new_label,
             "proposed": old_label != new_label, "accepted": False, "candidate_energy": None,
         }
         if old_label != new_label:
-            candidate = {**state.claims, uid: {**state.claims[uid], "label": new_label}}
+            candidate = {**state.claims, uid: state.claims[uid].relabelled(new_label)}
             candidate, _ = self.fix_inconsistency(candidate, None, settings.post_flip_fix_K)
             candidate_metric = self.evaluate(candidate)
             delta = self.energy(candidate_metric) - self.energy(state.metric)
