@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from src.config.run_config import PromptConfig
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.pipeline.pool_scoring import PoolScorer
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
@@ -94,5 +95,5 @@ def test_the_pool_scores_are_what_the_synthetic_model_gives():
     pool = sample_pool(records, TESTBED_SPECS["demo"], 16, random.Random(7), "demo")
     claims, _ = scored_pool()
     model = SyntheticModel(pool, [r["label"] for r in pool], seed=7, prior_weight=0.3, prior_noise=1.0)
-    assert PoolScorer(ModelAPI(settings=Settings(), route=model)).pool_scores(claims) == SCORES
+    assert PoolScorer(ModelAPI(settings=Settings(), route=model), PromptConfig(prompt_layout="reference")).pool_scores(claims) == SCORES
 
