@@ -7,7 +7,7 @@ traceback, and nothing half-written.
 ``UserError`` is the base class for bad input the user can fix; ``run_main`` also reports the project's other
 error classes that carry such a message (``project_user_errors``), an ``OSError`` on a path, Ctrl-C (exit 130)
 and SIGTERM (exit 143). SIGTERM is turned into an exception for as long as ``run_main`` runs, so that a write
-in progress is cleaned up as it is on Ctrl-C (``run_outputs.write_atomically`` removes its temporary file on any
+in progress is cleaned up as it is on Ctrl-C (``run_directory.write_atomically`` removes its temporary file on any
 exception; the default SIGTERM action would kill the process without running it).
 """
 from __future__ import annotations

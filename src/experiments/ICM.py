@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from core.crash_points import maybe_crash
+from core.crash_points import armed as crash_points_armed, maybe_crash
 from core.interrupts import WaitInterrupted
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.faults import PromptTooLong
@@ -26,17 +26,14 @@ from core.llm_api.response_cache import CACHE_FILE, CacheUnusable
 from core.llm_api.settings import SettingsError, load_settings
 from core.process_exit import exit_process
 from src.run_directory.checkpoint import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    RUN_FILE,
     CheckpointError,
     check_resumed_pool,
     load_checkpoint,
     load_run,
     new_run_id,
     pool_fingerprint,
-    remove_leftover_temporaries,
     restore_state,
+    rewrite_run,
     save_checkpoint,
     save_run,
     trim_log,
@@ -45,10 +42,11 @@ from src.cli.cli_errors import OneLineParser, UserError, network_error_line
 from src.cli.cli_numbers import Bounded, check_bounds
 from src.data.data_provenance import data_record
 from src.pipeline.label_scores import LABEL_ABSENT_CHOICES, LOW_LABEL_MASS, low_mass_warning, median
-from src.run_directory.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
+from src.run_directory.output_paths import data_files, refuse_writing_over
 from src.prompts.prompts import PROMPT_LAYOUTS
 from src.data.record_files import parse_columns
-from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
+from src.run_directory.run_directory import CHECKPOINT_FILE, LABELS_FILE, LOG_FILE, RUN_FILE, SUMMARY_FILE, RunDirectory
+from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable
 from src.run_directory.run_outputs import (
     IterationLog,
     OutputDirInUse,
@@ -57,7 +55,6 @@ from src.run_directory.run_outputs import (
     jsonl,
     label_rows,
     prepare_output_dir,
-    write_atomically,
 )
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.cli.stop_signals import GracefulStop, SearchStopped
@@ -255,7 +252,7 @@ def passed_flags(argv: Optional[Sequence[str]]) -> set[str]:
 
 def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespace:
     """The settings the run was started with, plus the few that may change on resume."""
-    record = load_run(args.resume)
+    record = load_run(RunDirectory(args.resume))
     saved = {**SETTINGS_BEFORE_THEY_EXISTED, **record["settings"]}
     flags = flag_names()
     for name in sorted(passed - CHANGEABLE_ON_RESUME):
@@ -265,7 +262,7 @@ def resumed_args(args: argparse.Namespace, passed: set[str]) -> argparse.Namespa
             raise UsageError(f"--resume {args.resume}: the run was started with {flag} {saved[name]!r}, not {now!r}; "
                              f"drop {flag} to resume it, or start a new run with --output-dir")
     merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in passed or k not in CHANGEABLE_ON_RESUME}})
-    # The settings hold paths as typed, relative to where the run started; run.json's "data" has them resolved.
+    # The settings hold paths as typed, relative to where the run started; the run record's "data" has them resolved.
     resolved = record.get("data") if isinstance(record.get("data"), dict) else {}
     for name in ("data_dir", "data"):
         if name not in passed and isinstance(resolved.get(name), str):
@@ -290,7 +287,7 @@ def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]
                                                     columns)
     if from_test:
         print(f"note: no train split for {args.testbed}; the pool is drawn from {source}. "
-              "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
+              f"Exclude {LABELS_FILE}'s consistency_ids when you evaluate on that file.", file=sys.stderr)
     if args.num_batches is None:
         rng = random.Random(args.seed)
         pool = sample_pool(claims, TESTBED_SPECS[args.testbed], args.batch_size, rng, source)
@@ -305,27 +302,28 @@ def draw_pool(args: argparse.Namespace) -> tuple[list[dict], random.Random, str]
     return pool, rng, source
 
 
-def start_or_resume(args: argparse.Namespace, out: Path, state: SearchState, rng: random.Random,
+def start_or_resume(args: argparse.Namespace, files: RunDirectory, state: SearchState, rng: random.Random,
                     source: str) -> tuple[SearchState, random.Random, dict]:
-    """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
-    remove_leftover_temporaries(out)
+    """A new run's record (run.json), or a resumed run's state, RNG and trimmed log; and the run's record."""
+    out = files.path
+    files.remove_leftover_temporaries()
     data = data_record(args.data_dir, args.data, source)
     if not args.resume:
-        prepare_output_dir(out, args.overwrite)
-        return state, rng, save_run(out, run_settings(args), pool_fingerprint(state.claims), new_run_id(), data)
-    run = load_run(out)
+        prepare_output_dir(files, args.overwrite)
+        return state, rng, save_run(files, run_settings(args), pool_fingerprint(state.claims), new_run_id(), data)
+    run = load_run(files)
     check_resumed_pool(run, state.claims, out, source)
-    saved = load_checkpoint(out, run)
+    saved = load_checkpoint(files, run)
     if saved is not None:
-        state, rng = restore_state(saved, state.claims, out / CHECKPOINT_FILE)
+        state, rng = restore_state(saved, state.claims, files.checkpoint_file)
     if args.K < state.iteration:
         raise UsageError(f"--K {args.K} is below the {state.iteration} iterations this run has done: "
                          f"pass --K {state.iteration} or more, or leave --K out")
-    trim_log(out / LOG_FILE, state.iteration)
+    trim_log(files, state.iteration)
     if run["settings"].get("K") != args.K or run.get("data") != data:
-        run["settings"]["K"] = args.K  # run.json says how long the run is meant to be
+        run["settings"]["K"] = args.K  # the run's record says how long the run is meant to be
         run["data"] = data  # and where its data is now (the pool fingerprint has checked it is the same pool)
-        write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
+        rewrite_run(files, run)
     print(f"resuming {out} at iteration {state.iteration} of {args.K}", file=sys.stderr)
     return state, rng, run
 
@@ -356,7 +354,7 @@ def refuse_writing_over_data(args: argparse.Namespace, out: Path) -> None:
     reads = data_files(args.data_dir, args.data)
     refuse_writing_over(out, "--resume" if args.resume else "--output-dir", reads, folder=True)
     if not args.no_cache and args.cache_dir is not None:
-        own = [(f"the run's {name}", out / name) for name in RUN_OWN_FILES if name != CACHE_FILE]
+        own = [(f"the run's {path.name}", path) for path in RunDirectory(out).own_files() if path.name != CACHE_FILE]
         refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
 
 
@@ -367,10 +365,11 @@ def run(args: argparse.Namespace, out: Path) -> Path:
     pool, rng, source = draw_pool(args)
     route_settings = _settings(args)
     started = time.time()
+    files = RunDirectory(out, before_rename=crash_before_rename if crash_points_armed() else None)
     owns_the_folder = False  # a refused start or resume leaves the folder as it found it
     with GracefulStop() as stop:
         try:
-            state, rng, run_record = start_or_resume(args, out, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
+            state, rng, run_record = start_or_resume(args, files, SearchState(claims=seed_claims(pool, args.num_seed, rng)), rng, source)
             owns_the_folder = True
             try:
                 pipeline = ScoringPipeline(scoring_options(args, out), route_settings)
@@ -388,11 +387,11 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                           "reference does), so these labels are not unsupervised: don't report them as such. "
                           "--no-gold-consistency keeps gold out of the search", file=sys.stderr)
                 search = ICMSearch(scorer, search_settings(args), rng, state)
-                checkpoint = Checkpointer(out, run_record, search, rng)
-                stopped_by = _search_with_log(search, out, args, stop, checkpoint)
+                checkpoint = Checkpointer(files, run_record, search, rng)
+                stopped_by = _search_with_log(search, files, args, stop, checkpoint)
                 if state.metric is not None:
                     scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
-                    unwritten, failure = _write_results(out, args, state, search, model_api, scorer, source,
+                    unwritten, failure = _write_results(files, args, state, search, model_api, scorer, source,
                                                         time.time() - started, stopped_by, scores)
                     if failure is not None and not isinstance(stopped_by, OutputWriteError):
                         stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
@@ -400,21 +399,29 @@ def run(args: argparse.Namespace, out: Path) -> Path:
                         stopped_by = OutputWriteError(f"{stopped_by} ({', '.join(unwritten)} could not be written either)")
         finally:
             if owns_the_folder:
-                discard_unstarted_run(out)
+                discard_unstarted_run(files)
     if stopped_by is not None:
         raise stopped_by
     return out
 
 
+def crash_before_rename(path: Path) -> None:
+    """ICM_CRASH_AT=checkpoint-write:N (core/crash_points.py), injected into the run's RunDirectory: the resume
+    tests' kill (or write failure) at the Nth write of the run's state (run.json, checkpoint.json), its new
+    content written but not yet renamed into place."""
+    if path.name in (RUN_FILE, CHECKPOINT_FILE):
+        maybe_crash("checkpoint-write")
+
+
 class Checkpointer:
     """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
 
-    def __init__(self, out: Path, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
-        self.out, self.run_record, self.search, self.rng = out, run_record, search, rng
-        self.saved_iteration: Optional[int] = search.state.iteration if (out / CHECKPOINT_FILE).exists() else None
+    def __init__(self, files: RunDirectory, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
+        self.files, self.run_record, self.search, self.rng = files, run_record, search, rng
+        self.saved_iteration: Optional[int] = search.state.iteration if files.checkpoint_file.exists() else None
 
     def __call__(self) -> None:
-        save_checkpoint(self.out, self.run_record, self.search.state, self.rng)
+        save_checkpoint(self.files, self.run_record, self.search.state, self.rng)
         self.saved_iteration = self.search.state.iteration
 
 
@@ -444,32 +451,33 @@ def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException
     return {**scorer.known_pool_scores(claims), **scorer.known_predictions(claims)}, stopped_by
 
 
-def _write_results(out: Path, args, state, search, model_api, scorer, source, wall_seconds,
+def _write_results(files: RunDirectory, args, state, search, model_api, scorer, source, wall_seconds,
                    stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
     masses = {**scorer.known_label_masses(state.claims), **scorer.known_prediction_masses(state.claims)}
-    files = {
-        "labels.jsonl": lambda: jsonl(label_rows(state.claims, scores, masses)),
-        "summary.json": lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by),
-                                           indent=2, allow_nan=False) + "\n",
+    results = {
+        files.labels_file: lambda: jsonl(label_rows(state.claims, scores, masses)),
+        files.summary_file: lambda: json.dumps(_summary(args, state, search, model_api, scorer, source, wall_seconds, stopped_by),
+                                               indent=2, allow_nan=False) + "\n",
     }
     unwritten: list[str] = []
     failure: Optional[OSError] = None
-    for name, text in files.items():
+    for path, text in results.items():
         try:
-            write_atomically(out / name, text())
+            files.write(path, text())
         except OSError as exc:
-            unwritten.append(name)
+            unwritten.append(path.name)
             failure = failure or exc
     if not unwritten:
-        print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+        print(f"wrote {files.path}/{LABELS_FILE}, {LOG_FILE}, {SUMMARY_FILE}", file=sys.stderr)
     return unwritten, failure
 
 
-def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, stop: GracefulStop,
+def _search_with_log(search: ICMSearch, files: RunDirectory, args: argparse.Namespace, stop: GracefulStop,
                      checkpoint: Checkpointer) -> Optional[BaseException]:
     """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
+    out = files.path
     bar = tqdm(total=args.K, initial=search.state.iteration, desc="ICM search", unit="iter",
                disable=not show_progress_bars(args.no_progress))
     log: Optional[IterationLog] = None
@@ -483,7 +491,7 @@ def _search_with_log(search: ICMSearch, out: Path, args: argparse.Namespace, sto
         stop.check()
 
     try:
-        log = IterationLog(out / LOG_FILE)
+        log = IterationLog(files.log_file)
         stop.check()
         if search.state.metric is None:
             search.initialise()
@@ -599,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             validate(args)  # before the lock, so a mistyped flag leaves no folder behind
         out = output_dir(args)
         refuse_writing_over_data(args, out)
-        with RunLock(out):
+        with RunDirectory(out).lock():
             if args.resume is not None:
                 args = resumed_args(args, passed)
             run(apply_paper_mode(args, passed), out)
