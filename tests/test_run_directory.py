@@ -191,9 +191,8 @@ def test_the_lock_keeps_a_second_holder_out_names_the_first_and_goes_when_releas
     files = RunDirectory(out)
     with files.lock():
         assert files.lock_file.read_text() == f"{os.getpid()}\n"
-        with pytest.raises(OutputDirLocked) as second:
-            with RunDirectory(out).lock():
-                pass
+        with pytest.raises(OutputDirLocked) as second, RunDirectory(out).lock():
+            pass
         assert second.value.holder == str(os.getpid())
     assert not files.lock_file.exists() and not out.exists()  # a folder the lock made, and nothing else used, goes
     with RunDirectory(out).lock():

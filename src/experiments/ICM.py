@@ -22,7 +22,7 @@ from core.llm_api.faults import PromptTooLong
 from core.llm_api.llm import RouteUnavailable
 from core.llm_api.model_files import ModelFileMissing
 from core.llm_api.redaction import scrub_credentials
-from core.llm_api.response_cache import CACHE_FILE, CacheUnusable
+from core.llm_api.response_cache import CacheUnusable
 from core.llm_api.settings import SettingsError, load_settings
 from core.process_exit import exit_process
 from src.run_directory.checkpoint import (
@@ -354,7 +354,8 @@ def refuse_writing_over_data(args: argparse.Namespace, out: Path) -> None:
     reads = data_files(args.data_dir, args.data)
     refuse_writing_over(out, "--resume" if args.resume else "--output-dir", reads, folder=True)
     if not args.no_cache and args.cache_dir is not None:
-        own = [(f"the run's {path.name}", path) for path in RunDirectory(out).own_files() if path.name != CACHE_FILE]
+        files = RunDirectory(out)
+        own = [(f"the run's {path.name}", path) for path in files.own_files() if path != files.cache_file]
         refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
 
 

@@ -24,7 +24,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from core.llm_api.response_cache import CACHE_FILE
 from src.run_directory.run_lock import RunLock
@@ -123,7 +123,7 @@ class RunDirectory:
         """The run's own files (RUN_OWN_FILES), whether they exist or not."""
         return [self.path / name for name in RUN_OWN_FILES]
 
-    def existing(self, names: tuple[str, ...] | frozenset[str]) -> list[str]:
+    def existing(self, names: Iterable[str]) -> list[str]:
         """Those of ``names`` (in their order) that exist in the folder."""
         return [name for name in names if (self.path / name).exists()]
 

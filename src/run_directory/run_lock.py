@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+
 class OutputDirLocked(ValueError):
     def __init__(self, message: str, holder: str = "unknown") -> None:
         super().__init__(message)

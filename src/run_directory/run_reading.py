@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 from src.cli.cli_errors import UserError
 from src.run_directory.run_directory import RUN_FILE, SUMMARY_FILE, RunDirectory
 
-
 # How to mend a damaged file of a run: the run's record can only come from a copy; what the run wrote at its
 # end (labels, summary), a resume writes again.
 RUN_FILE_ADVICE = "restore it from a copy; it records how the run was made"
