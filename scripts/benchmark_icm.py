@@ -42,7 +42,8 @@ from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
 from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
 from src.prompts.prompts import PROMPT_LAYOUTS
-from src.run_directory.run_outputs import IterationLog, write_atomically
+from src.run_directory.run_directory import RunDirectory, write_atomically
+from src.run_directory.run_outputs import IterationLog
 from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_claims
 from src.data.testbeds import TESTBED_SPECS, TESTBEDS, load_testbed_claims, sample_pool
 from src.config.run_config import PromptConfig
@@ -143,14 +144,14 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         run_record = {"run_id": "benchmark", "pool_fingerprint": pool_fingerprint(claims)}
 
         with tempfile.TemporaryDirectory() as out_name:
-            out = Path(out_name)
-            log = IterationLog(out / "log.jsonl")
+            files = RunDirectory(Path(out_name))
+            log = IterationLog(files.log_file)
             bar = tqdm(total=args.K, desc=f"{mode:9s}", unit="iter", disable=args.no_progress, leave=False)
 
             def on_step(record: dict) -> None:
                 # The CLI's per-iteration work: one log line and one checkpoint.
                 log(record)
-                save_checkpoint(out, run_record, search.state, rng)
+                save_checkpoint(files, run_record, search.state, rng)
                 bar.update(1)
                 if search.state.iteration == RSS_EARLY_ITERATION:
                     rss_early.append(peak_rss_mb())

@@ -17,8 +17,9 @@ from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.config.run_config import RunConfig
 from src.run_directory.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
 from src.prompts.prompts import LABEL_WORDS, query_text
-from src.run_directory.run_outputs import jsonl, write_atomically
-from src.run_directory.run_reading import label_row_problem, read_json_lines, run_settings, run_summary
+from src.run_directory.run_directory import LABELS_FILE, RunDirectory, export_file_name, write_atomically
+from src.run_directory.run_outputs import jsonl
+from src.run_directory.run_reading import label_row_problem, read_json_lines, rewrite_advice, run_settings, run_summary
 from src.run_directory.run_status import warn_if_partial
 
 HF_FIELDS = ("uid", "consistency_id", "question", "choice", "choice_2", "answer", "prompt", "label", "gold_label", "score",
@@ -42,7 +43,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--format", choices=("sft", "hf"), required=True)
-    parser.add_argument("--output", type=Path, default=None, help="default: OUT/export_<format>.jsonl")
+    parser.add_argument("--output", type=Path, default=None, help=f"default: OUT/{export_file_name('<format>')}")
     return parser
 
 
@@ -51,15 +52,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    labels = args.run_dir / "labels.jsonl"
+    files = RunDirectory(args.run_dir)
+    labels = files.labels_file
     if not labels.is_file():
-        raise UserError(f"{args.run_dir} has no labels.jsonl; pass an ICM.py output directory")
+        raise UserError(f"{args.run_dir} has no {LABELS_FILE}; pass an ICM.py output directory")
     settings = run_settings(args.run_dir)
-    output = args.output or args.run_dir / f"export_{args.format}.jsonl"
+    output = args.output or files.export_file(args.format)
     refuse_writing_over(output, "--output", run_files(args.run_dir) + recorded_data_files(settings), folder=False)
     refuse_run_file(output, "--output")
-    rows = read_json_lines(labels, f"restore it, or write it again with python src/experiments/ICM.py --resume {args.run_dir}",
-                           check=label_row_problem)
+    rows = read_json_lines(labels, rewrite_advice(args.run_dir), check=label_row_problem)
     exported = export_rows(rows, args.format, RunConfig.from_json(settings).prompts.label_style)
     if not exported:
         raise UserError(f"{labels} has no labelled claims to export")

@@ -30,7 +30,7 @@ from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
 from src.data.claims import Claim
 from src.run_directory.output_paths import data_files, refuse_run_file, refuse_writing_over
-from src.run_directory.run_outputs import write_atomically
+from src.run_directory.run_directory import write_atomically
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer

@@ -15,8 +15,9 @@ from typing import Optional, Sequence
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.run_directory.output_paths import refuse_run_folder, refuse_writing_over
-from src.run_directory.run_outputs import jsonl, write_atomically
-from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object
+from src.run_directory.run_directory import LABELS_FILE, SUMMARY_FILE, RunDirectory
+from src.run_directory.run_outputs import jsonl
+from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object, rewrite_advice
 
 # Settings that differ between the jobs of one sharded run, or don't change what was computed.
 PER_JOB = {"batch_index", "cache_dir", "no_cache", "data_dir", "data"}
@@ -27,19 +28,20 @@ class MergeError(UserError):
 
 
 def read_shard(run: Path) -> tuple[dict, dict, list[dict]]:
-    for name in ("run.json", "summary.json", "labels.jsonl"):
-        if not (run / name).is_file():
-            raise MergeError(f"{run}: no {name}; pass the output directories of finished ICM.py runs")
-    resume = f"restore it, or write it again with python src/experiments/ICM.py --resume {run}"
-    settings = read_json_object(run / "run.json", "restore it from a copy; it records how the shard was made").get("settings")
+    files = RunDirectory(run)
+    for path in (files.run_file, files.summary_file, files.labels_file):
+        if not path.is_file():
+            raise MergeError(f"{run}: no {path.name}; pass the output directories of finished ICM.py runs")
+    resume = rewrite_advice(run)
+    settings = read_json_object(files.run_file, "restore it from a copy; it records how the shard was made").get("settings")
     if not isinstance(settings, dict) or not isinstance(settings.get("K"), int):
-        raise MergeError(f"{run / 'run.json'} is damaged (no settings or K): restore it from a copy")
-    summary = read_json_object(run / "summary.json", resume)
-    rows = read_json_lines(run / "labels.jsonl", resume, check=label_row_problem)
+        raise MergeError(f"{files.run_file} is damaged (no settings or K): restore it from a copy")
+    summary = read_json_object(files.summary_file, resume)
+    rows = read_json_lines(files.labels_file, resume, check=label_row_problem)
     if settings.get("num_batches") is None:
         raise MergeError(f"{run}: not a sharded run (it was started without --num-batches)")
     if not isinstance(settings.get("num_batches"), int) or not isinstance(settings.get("batch_index"), int):
-        raise MergeError(f"{run / 'run.json'} is damaged (num_batches or batch_index is not a number): restore it from a copy")
+        raise MergeError(f"{files.run_file} is damaged (num_batches or batch_index is not a number): restore it from a copy")
     if summary.get("stopped_early") or summary.get("iterations") != settings["K"]:
         raise MergeError(f"{run}: the run did not finish ({summary.get('iterations')} of {settings['K']} iterations); "
                          f"finish it with ICM.py --resume {run}")
@@ -88,7 +90,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="the output directories of the shards")
     parser.add_argument("--output", type=Path, required=True,
-                        help="folder for the merged labels.jsonl and summary.json: not a shard, nor inside or around one")
+                        help=f"folder for the merged {LABELS_FILE} and {SUMMARY_FILE}: not a shard, nor inside or around one")
     return parser
 
 
@@ -101,8 +103,9 @@ def write_merge(args: argparse.Namespace) -> int:
     refuse_run_folder(args.output, "--output")
     rows, summary = merge(args.runs)
     args.output.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.output / "labels.jsonl", jsonl(rows))
-    write_atomically(args.output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    merged = RunDirectory(args.output)
+    merged.write(merged.labels_file, jsonl(rows))
+    merged.write(merged.summary_file, json.dumps(summary, indent=2) + "\n")
     print(f"merged {len(args.runs)} shards, {summary['claims']} claims ({summary['labelled']} labelled) into {args.output}")
     return 0
 

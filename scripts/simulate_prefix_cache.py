@@ -36,7 +36,7 @@ from src.prompts.prompts import (
     query_text,
     send_order,
 )
-from src.run_directory.run_outputs import write_atomically
+from src.run_directory.run_directory import write_atomically
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool
 
 LABEL_STYLE = PromptConfig().label_style  # what a default run sends

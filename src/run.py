@@ -20,13 +20,12 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from core.crash_points import maybe_crash
+from core.crash_points import armed as crash_points_armed, maybe_crash
 from core.errors import UserError
 from core.interrupts import WaitInterrupted
 from core.llm_api.base_llm import ScoringError
 from core.llm_api.faults import PromptTooLong
 from core.llm_api.redaction import scrub_credentials
-from core.llm_api.response_cache import CACHE_FILE
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.cli.cli_errors import UsageError
 from src.cli.stop_signals import GracefulStop, SearchStopped
@@ -43,22 +42,19 @@ from src.pipeline.pipeline import (
     show_progress_bars,
 )
 from src.run_directory.checkpoint import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    RUN_FILE,
     check_resumed_pool,
     load_checkpoint,
     load_run,
     new_run_id,
     pool_fingerprint,
-    remove_leftover_temporaries,
     restore_state,
+    rewrite_run,
     save_checkpoint,
     save_run,
     trim_log,
 )
-from src.run_directory.output_paths import RUN_OWN_FILES, data_files, refuse_writing_over
-from src.run_directory.run_lock import RunLock
+from src.run_directory.output_paths import data_files, refuse_writing_over
+from src.run_directory.run_directory import CHECKPOINT_FILE, LABELS_FILE, LOG_FILE, RUN_FILE, SUMMARY_FILE, RunDirectory
 from src.run_directory.run_outputs import (
     IterationLog,
     OutputWriteError,
@@ -66,7 +62,6 @@ from src.run_directory.run_outputs import (
     jsonl,
     label_rows,
     prepare_output_dir,
-    write_atomically,
 )
 from src.search.annealing import ICMSearch, SearchState, seed_claims
 
@@ -89,9 +84,9 @@ def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
         validate(config)  # before the lock, so a mistyped flag leaves no folder behind
     out = output_dir(config)
     refuse_writing_over_data(config, out)
-    with RunLock(out):
+    with RunDirectory(out).lock():
         if config.invocation.resume is not None:
-            config = RunConfig.resumed(load_run(out), config, set(passed))
+            config = RunConfig.resumed(load_run(RunDirectory(out)), config, set(passed))
         try:
             return run_in(config.with_paper_mode(set(passed)), out)
         except PromptTooLong as exc:
@@ -121,7 +116,7 @@ def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
                                                     columns)
     if from_test:
         print(f"note: no train split for {data.testbed}; the pool is drawn from {source}. "
-              "Exclude labels.jsonl's consistency_ids when you evaluate on that file.", file=sys.stderr)
+              f"Exclude {LABELS_FILE}'s consistency_ids when you evaluate on that file.", file=sys.stderr)
     if data.num_batches is None:
         rng = random.Random(data.seed)
         pool = sample_pool(claims, TESTBED_SPECS[data.testbed], data.batch_size, rng, source)
@@ -136,28 +131,29 @@ def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
     return pool, rng, source
 
 
-def start_or_resume(config: RunConfig, out: Path, state: SearchState, rng: random.Random,
+def start_or_resume(config: RunConfig, files: RunDirectory, state: SearchState, rng: random.Random,
                     source: str) -> tuple[SearchState, random.Random, dict]:
-    """A new run's run.json, or a resumed run's state, RNG and trimmed log; and the run's record."""
-    remove_leftover_temporaries(out)
+    """A new run's record (run.json), or a resumed run's state, RNG and trimmed log; and the run's record."""
+    out = files.path
+    files.remove_leftover_temporaries()
     data = data_record(config.data.data_dir, config.data.data, source)
     K = config.search.K
     if not config.invocation.resume:
-        prepare_output_dir(out, config.invocation.overwrite)
-        return state, rng, save_run(out, config.to_json(), pool_fingerprint(state.claims), new_run_id(), data)
-    run = load_run(out)
+        prepare_output_dir(files, config.invocation.overwrite)
+        return state, rng, save_run(files, config.to_json(), pool_fingerprint(state.claims), new_run_id(), data)
+    run = load_run(files)
     check_resumed_pool(run, state.claims, out, source)
-    saved = load_checkpoint(out, run)
+    saved = load_checkpoint(files, run)
     if saved is not None:
-        state, rng = restore_state(saved, state.claims, out / CHECKPOINT_FILE)
+        state, rng = restore_state(saved, state.claims, files.checkpoint_file)
     if K < state.iteration:
         raise UsageError(f"--K {K} is below the {state.iteration} iterations this run has done: "
                          f"pass --K {state.iteration} or more, or leave --K out")
-    trim_log(out / LOG_FILE, state.iteration)
+    trim_log(files, state.iteration)
     if run["settings"].get("K") != K or run.get("data") != data:
-        run["settings"]["K"] = K  # run.json says how long the run is meant to be
+        run["settings"]["K"] = K  # the run's record says how long the run is meant to be
         run["data"] = data  # and where its data is now (the pool fingerprint has checked it is the same pool)
-        write_atomically(out / RUN_FILE, json.dumps(run, indent=2))
+        rewrite_run(files, run)
     print(f"resuming {out} at iteration {state.iteration} of {K}", file=sys.stderr)
     return state, rng, run
 
@@ -178,7 +174,8 @@ def refuse_writing_over_data(config: RunConfig, out: Path) -> None:
     refuse_writing_over(out, "--resume" if config.invocation.resume else "--output-dir", reads, folder=True)
     route = config.route
     if not route.no_cache and route.cache_dir is not None:
-        own = [(f"the run's {name}", out / name) for name in RUN_OWN_FILES if name != CACHE_FILE]
+        files = RunDirectory(out)
+        own = [(f"the run's {path.name}", path) for path in files.own_files() if path != files.cache_file]
         refuse_writing_over(route.cache_dir, "--cache-dir", reads + own, folder=False)
 
 
@@ -189,10 +186,11 @@ def run_in(config: RunConfig, out: Path) -> Path:
     pool, rng, source = draw_pool(config.data)
     route_settings = _settings(config.invocation)
     started = time.time()
+    files = RunDirectory(out, before_rename=crash_before_rename if crash_points_armed() else None)
     owns_the_folder = False  # a refused start or resume leaves the folder as it found it
     with GracefulStop() as stop:
         try:
-            state, rng, run_record = start_or_resume(config, out, SearchState(claims=seed_claims(pool, config.data.num_seed, rng)),
+            state, rng, run_record = start_or_resume(config, files, SearchState(claims=seed_claims(pool, config.data.num_seed, rng)),
                                                      rng, source)
             owns_the_folder = True
             try:
@@ -211,11 +209,11 @@ def run_in(config: RunConfig, out: Path) -> Path:
                           "reference does), so these labels are not unsupervised: don't report them as such. "
                           "--no-gold-consistency keeps gold out of the search", file=sys.stderr)
                 search = ICMSearch(scorer, config.search, rng, state)
-                checkpoint = Checkpointer(out, run_record, search, rng)
-                stopped_by = _search_with_log(search, out, config, stop, checkpoint)
+                checkpoint = Checkpointer(files, run_record, search, rng)
+                stopped_by = _search_with_log(search, files, config, stop, checkpoint)
                 if state.metric is not None:
                     scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
-                    unwritten, failure = _write_results(out, config, state, search, model_api, scorer, source,
+                    unwritten, failure = _write_results(files, config, state, search, model_api, scorer, source,
                                                         time.time() - started, stopped_by, scores)
                     if failure is not None and not isinstance(stopped_by, OutputWriteError):
                         stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
@@ -223,21 +221,29 @@ def run_in(config: RunConfig, out: Path) -> Path:
                         stopped_by = OutputWriteError(f"{stopped_by} ({', '.join(unwritten)} could not be written either)")
         finally:
             if owns_the_folder:
-                discard_unstarted_run(out)
+                discard_unstarted_run(files)
     if stopped_by is not None:
         raise stopped_by
     return out
 
 
+def crash_before_rename(path: Path) -> None:
+    """ICM_CRASH_AT=checkpoint-write:N (core/crash_points.py), injected into the run's RunDirectory: the resume
+    tests' kill (or write failure) at the Nth write of the run's state (run.json, checkpoint.json), its new
+    content written but not yet renamed into place."""
+    if path.name in (RUN_FILE, CHECKPOINT_FILE):
+        maybe_crash("checkpoint-write")
+
+
 class Checkpointer:
     """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
 
-    def __init__(self, out: Path, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
-        self.out, self.run_record, self.search, self.rng = out, run_record, search, rng
-        self.saved_iteration: Optional[int] = search.state.iteration if (out / CHECKPOINT_FILE).exists() else None
+    def __init__(self, files: RunDirectory, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
+        self.files, self.run_record, self.search, self.rng = files, run_record, search, rng
+        self.saved_iteration: Optional[int] = search.state.iteration if files.checkpoint_file.exists() else None
 
     def __call__(self) -> None:
-        save_checkpoint(self.out, self.run_record, self.search.state, self.rng)
+        save_checkpoint(self.files, self.run_record, self.search.state, self.rng)
         self.saved_iteration = self.search.state.iteration
 
 
@@ -267,32 +273,33 @@ def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException
     return {**scorer.known_pool_scores(claims), **scorer.known_predictions(claims)}, stopped_by
 
 
-def _write_results(out: Path, config: RunConfig, state, search, model_api, scorer, source, wall_seconds,
+def _write_results(files: RunDirectory, config: RunConfig, state, search, model_api, scorer, source, wall_seconds,
                    stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
     masses = {**scorer.known_label_masses(state.claims), **scorer.known_prediction_masses(state.claims)}
-    files = {
-        "labels.jsonl": lambda: jsonl(label_rows(state.claims, scores, masses)),
-        "summary.json": lambda: json.dumps(_summary(config, state, search, model_api, scorer, source, wall_seconds, stopped_by),
-                                           indent=2, allow_nan=False) + "\n",
+    results = {
+        files.labels_file: lambda: jsonl(label_rows(state.claims, scores, masses)),
+        files.summary_file: lambda: json.dumps(_summary(config, state, search, model_api, scorer, source, wall_seconds,
+                                                        stopped_by), indent=2, allow_nan=False) + "\n",
     }
     unwritten: list[str] = []
     failure: Optional[OSError] = None
-    for name, text in files.items():
+    for path, text in results.items():
         try:
-            write_atomically(out / name, text())
+            files.write(path, text())
         except OSError as exc:
-            unwritten.append(name)
+            unwritten.append(path.name)
             failure = failure or exc
     if not unwritten:
-        print(f"wrote {out}/labels.jsonl, log.jsonl, summary.json", file=sys.stderr)
+        print(f"wrote {files.path}/{LABELS_FILE}, {LOG_FILE}, {SUMMARY_FILE}", file=sys.stderr)
     return unwritten, failure
 
 
-def _search_with_log(search: ICMSearch, out: Path, config: RunConfig, stop: GracefulStop,
+def _search_with_log(search: ICMSearch, files: RunDirectory, config: RunConfig, stop: GracefulStop,
                      checkpoint: Checkpointer) -> Optional[BaseException]:
     """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
+    out = files.path
     bar = tqdm(total=config.search.K, initial=search.state.iteration, desc="ICM search", unit="iter",
                disable=not show_progress_bars(config.invocation.no_progress))
     log: Optional[IterationLog] = None
@@ -306,7 +313,7 @@ def _search_with_log(search: ICMSearch, out: Path, config: RunConfig, stop: Grac
         stop.check()
 
     try:
-        log = IterationLog(out / LOG_FILE)
+        log = IterationLog(files.log_file)
         stop.check()
         if search.state.metric is None:
             search.initialise()

@@ -8,9 +8,8 @@ import pytest
 
 from src.data.claims import Claim, claim_from_label_row, label_row, labelled_claims
 from src.data.testbeds import TESTBED_SPECS, normalise_records
-from src.run_directory.checkpoint import (
-    CHECKPOINT_FILE, load_checkpoint, pool_fingerprint, restore_state, save_checkpoint,
-)
+from src.run_directory.checkpoint import load_checkpoint, pool_fingerprint, restore_state, save_checkpoint
+from src.run_directory.run_directory import RunDirectory
 from src.run_directory.run_outputs import jsonl, label_rows
 from src.search.annealing import SearchState, seed_claims
 from tests.claim_factory import by_uid, claim
@@ -68,10 +67,11 @@ def test_a_checkpoint_restores_the_claims_it_saved(tmp_path):
     searched = {0: pool[0].relabelled(1 - pool[0].label), 1: pool[1].relabelled(None)}
     metric = {"train_prob": 0.5, "inconsistent_num": 0, "train_accuracy": None, "train_size": 1}
     run = {"format": 2, "run_id": "r", "pool_fingerprint": pool_fingerprint(pool)}
-    save_checkpoint(tmp_path, run, SearchState(searched, metric, iteration=3, flip_cnt=1), random.Random(1))
-    saved = load_checkpoint(tmp_path, run)
+    files = RunDirectory(tmp_path)
+    save_checkpoint(files, run, SearchState(searched, metric, iteration=3, flip_cnt=1), random.Random(1))
+    saved = load_checkpoint(files, run)
     assert saved["labels"] == {"0": searched[0].label, "1": None}
-    state, _ = restore_state(saved, pool, tmp_path / CHECKPOINT_FILE)
+    state, _ = restore_state(saved, pool, files.checkpoint_file)
     assert state.claims == searched and (state.iteration, state.flip_cnt, state.metric) == (3, 1, metric)
 
 

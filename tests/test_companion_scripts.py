@@ -324,7 +324,7 @@ def test_a_signal_during_a_large_export_leaves_no_temporary_file_and_no_half_exp
 
 
 def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path):
-    from src.run_directory.run_outputs import atomic_path
+    from src.run_directory.run_directory import atomic_path
 
     figure = tmp_path / "progress.png"
     figure.write_bytes(b"the old figure")

@@ -340,11 +340,11 @@ def test_a_vllm_run_is_scored_by_its_own_model_and_eval_json_says_where(tmp_path
 
 def test_a_live_run_is_refused_at_once_naming_its_process(tmp_path, monkeypatch, capsys):
     from src.experiments import evaluate
-    from src.run_directory.run_lock import RunLock
+    from src.run_directory.run_directory import RunDirectory
 
     out = write_run(tmp_path / "run", iterations=5, K=6)
     opened = fake_pipeline(monkeypatch, evaluate)
-    with RunLock(out):  # what a live ICM.py holds
+    with RunDirectory(out).lock():  # what a live ICM.py holds
         assert evaluate_main(["--run-dir", str(out)]) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert f"is in use by process {os.getpid()}" in line
@@ -353,14 +353,15 @@ def test_a_live_run_is_refused_at_once_naming_its_process(tmp_path, monkeypatch,
 
 def test_evaluation_holds_the_runs_lock_while_it_scores(tmp_path, monkeypatch, capsys):
     from src.experiments import evaluate
-    from src.run_directory.run_lock import OutputDirLocked, RunLock
+    from src.run_directory.run_directory import RunDirectory
+    from src.run_directory.run_lock import OutputDirLocked
 
     out = write_run(tmp_path / "run")
     refused = []
 
     def try_to_start_a_resume():
         try:
-            with RunLock(out):
+            with RunDirectory(out).lock():
                 refused.append(False)
         except OutputDirLocked:
             refused.append(True)

@@ -7,7 +7,7 @@ traceback, and nothing half-written.
 ``UserError`` (core/errors.py) is the base class of every error the user can fix: a flag, a data file, the run
 directory, a model route. ``run_main`` reports it, an ``OSError`` on a path, Ctrl-C (exit 130)
 and SIGTERM (exit 143). SIGTERM is turned into an exception for as long as ``run_main`` runs, so that a write
-in progress is cleaned up as it is on Ctrl-C (``run_outputs.write_atomically`` removes its temporary file on any
+in progress is cleaned up as it is on Ctrl-C (``run_directory.write_atomically`` removes its temporary file on any
 exception; the default SIGTERM action would kill the process without running it).
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 from src.cli.cli_errors import UserError
 from src.data.data_provenance import BUILT_IN_DEMO, content_hash
 from src.data.testbeds import TESTBED_SPECS, data_file_for, demo_records, normalise_records, read_records
+from src.run_directory.run_directory import RUN_FILE, SUMMARY_FILE
 
 POOL_SOURCE_FLAG = "--pool-source"
 
@@ -57,7 +58,7 @@ def pool_source(run_data: Optional[dict], legacy_source: Optional[str], explicit
         given = identify(explicit)
         if recorded is not None and given.sha256 != recorded:
             raise HeldOutError(f"{POOL_SOURCE_FLAG} {explicit} is not the data the run's pool was drawn from: its content "
-                               f"differs from {run_data.get('pool_source')}, whose sha256 run.json records; leave "
+                               f"differs from {run_data.get('pool_source')}, whose sha256 {RUN_FILE} records; leave "
                                f"{POOL_SOURCE_FLAG} out")
         return given
     if run_data is not None and run_data.get("pool_source") == BUILT_IN_DEMO:
@@ -69,7 +70,7 @@ def pool_source(run_data: Optional[dict], legacy_source: Optional[str], explicit
     if legacy_source and Path(legacy_source).is_absolute() and Path(legacy_source).exists():
         return identify(Path(legacy_source))
     if not legacy_source:
-        why = "the run records no pool source (no summary.json)"
+        why = f"the run records no pool source (no {SUMMARY_FILE})"
     elif not Path(legacy_source).is_absolute():
         why = (f"the run recorded its pool source as {legacy_source!r}, relative to the folder ICM.py ran in, and no "
                "content hash")
@@ -89,7 +90,7 @@ def test_data_dir(given: Optional[Path], run_data: Optional[dict], typed: Option
     if not typed:
         return None
     if not Path(typed).is_absolute():
-        raise HeldOutError(f"the run's --data-dir {str(typed)!r} is relative to the folder ICM.py ran in, which run.json "
+        raise HeldOutError(f"the run's --data-dir {str(typed)!r} is relative to the folder ICM.py ran in, which {RUN_FILE} "
                            "does not record (a run from before it did): pass --data-dir DIR, or --test-data FILE")
     return Path(typed)
 

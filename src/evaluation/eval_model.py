@@ -13,6 +13,7 @@ from typing import Optional
 from src.cli.cli_errors import UserError
 from core.llm_api.llm import RouteUnavailable, choose_route
 from core.llm_api.settings import Settings
+from src.run_directory.run_directory import EVAL_FILE, SUMMARY_FILE
 
 ALLOW_OTHER_MODEL = "--allow-other-model"
 # ScoringOptions.use_vllm that makes choose_route pick each route, when the environment offers it.
@@ -51,7 +52,7 @@ def recorded_model(summary: Optional[dict]) -> Optional[ModelIdentity]:
 
 
 def _override(this: str) -> str:
-    return f"or pass {ALLOW_OTHER_MODEL} to evaluate with {this} on purpose (eval.json then records the difference)"
+    return f"or pass {ALLOW_OTHER_MODEL} to evaluate with {this} on purpose ({EVAL_FILE} then records the difference)"
 
 
 def choose_evaluation_route(run: Optional[ModelIdentity], settings: Settings, allow_other: bool) -> tuple[Optional[bool], str]:
@@ -69,7 +70,7 @@ def choose_evaluation_route(run: Optional[ModelIdentity], settings: Settings, al
     if allow_other:
         return None, here
     if run is None:
-        raise OtherModel("can't tell which model the run labelled with (its summary.json records no route and model), "
+        raise OtherModel(f"can't tell which model the run labelled with (its {SUMMARY_FILE} records no route and model), "
                          f"so evaluating here, on the {here} route, may use another: {_override(f'the {here} route')}")
     needs = WHAT_EACH_ROUTE_NEEDS.get(run.route, "score on the run's route").format(
         model=run.model, endpoint=run.endpoint or "endpoint not recorded")

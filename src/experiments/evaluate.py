@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from core.llm_api.response_cache import CACHE_FILE
 from core.llm_api.settings import load_settings
 from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
@@ -35,11 +34,19 @@ from src.evaluation.eval_model import (
 from src.evaluation.evaluation import CHANCE, evaluate_conditions
 from src.evaluation.figures import accuracy_chart
 from src.data.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
-from src.run_directory.output_paths import RUN_OWN_FILES, data_files, recorded_data_files, refuse_writing_over
+from src.run_directory.output_paths import data_files, recorded_data_files, refuse_writing_over
 from src.data.record_files import parse_columns
-from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable, RunLock
-from src.run_directory.run_outputs import atomic_path, write_atomically
-from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object, run_settings, run_summary
+from src.run_directory.run_directory import EVAL_FILE, EVAL_FIGURE, LABELS_FILE, RUN_FILE, RunDirectory, atomic_path
+from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable
+from src.run_directory.run_reading import (
+    RUN_FILE_ADVICE,
+    label_row_problem,
+    read_json_lines,
+    read_json_object,
+    rewrite_advice,
+    run_settings,
+    run_summary,
+)
 from src.run_directory.run_status import warn_if_partial
 from src.data.testbeds import TESTBED_SPECS
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
@@ -67,15 +74,16 @@ def _json_object(path: Path, advice: str) -> Optional[dict]:
 
 def read_run(run_dir: Path) -> RunFiles:
     """The run's settings, labels and records. Raises UserError for a missing or damaged file."""
-    labels_path = run_dir / "labels.jsonl"
+    files = RunDirectory(run_dir)
+    labels_path = files.labels_file
     if not labels_path.is_file():
-        raise EvaluationError(f"--run-dir {run_dir}: no labels.jsonl there; run ICM.py first (or point at its --output-dir)")
-    rewrite = f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}"
+        raise EvaluationError(f"--run-dir {run_dir}: no {LABELS_FILE} there; run ICM.py first (or point at its --output-dir)")
+    rewrite = rewrite_advice(run_dir)
     settings = run_settings(run_dir, required=True)
     if settings.get("testbed") not in TESTBED_SPECS:
         raise EvaluationError(f"{run_dir}: its recorded settings name no known testbed ({settings.get('testbed')!r}); "
-                              "restore run.json from a copy")
-    run_record = _json_object(run_dir / "run.json", "restore it from a copy; it records how the run was made")
+                              f"restore {RUN_FILE} from a copy")
+    run_record = _json_object(files.run_file, RUN_FILE_ADVICE)
     summary = run_summary(run_dir)
     rows = read_json_lines(labels_path, rewrite, check=label_row_problem)
     raw = labels_path.read_bytes()  # the run's lock is held: these are the bytes just parsed
@@ -89,7 +97,7 @@ def run_lock_for_evaluation(run_dir: Path) -> Iterator[None]:
     if not run_dir.is_dir():
         raise EvaluationError(f"--run-dir {run_dir}: no such folder; point it at an ICM.py --output-dir")
     try:
-        with RunLock(run_dir):
+        with RunDirectory(run_dir).lock():
             yield
     except OutputDirLocked as exc:
         raise EvaluationError(f"--run-dir {run_dir} is in use by process {exc.holder} (an ICM run, or another evaluation): "
@@ -97,7 +105,7 @@ def run_lock_for_evaluation(run_dir: Path) -> Iterator[None]:
                               "its labels so far)") from None
     except OutputDirUnusable as exc:
         cause = getattr(exc.__context__, "strerror", None) or "not writable"
-        raise EvaluationError(f"--run-dir {run_dir} can't be written ({cause}), and the run's lock and eval.json go there: "
+        raise EvaluationError(f"--run-dir {run_dir} can't be written ({cause}), and the run's lock and {EVAL_FILE} go there: "
                               "make it writable, or evaluate a copy of the run") from None
 
 
@@ -108,7 +116,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
     parser.add_argument("--test-data", type=Path, default=None, help="a test JSON file (default: test_<testbed>.json in --data-dir)")
     parser.add_argument(POOL_SOURCE_FLAG, dest="pool_source", type=Path, default=None, metavar="FILE",
-                        help="the data file the run's pool was drawn from, for runs whose run.json predates its "
+                        help=f"the data file the run's pool was drawn from, for runs whose {RUN_FILE} predates its "
                              "content hash: its claims' groups are left out when it is the test data")
     parser.add_argument("--limit", type=int, default=None, action=Bounded, at_least=1,
                         help="evaluate on this many test claims, drawn at random (default: all)")
@@ -117,7 +125,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--model", default=None, help="default: the run's")
     parser.add_argument(ALLOW_OTHER_MODEL, dest="allow_other_model", action="store_true",
                         help="score with the route and model this environment gives (and --model), even when they are "
-                             "not the run's; eval.json records both")
+                             f"not the run's; {EVAL_FILE} records both")
     parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0,
                         help="for --limit, the random labels and the bootstrap (0 or more)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -166,7 +174,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         claims = random.Random(args.seed).sample(claims, min(args.limit, len(claims)))
     demos = [r for r in run.rows if r["label"] is not None][: args.max_demos]
     if not demos:
-        raise EvaluationError(f"{args.run_dir}/labels.jsonl has no labelled claims to use as demonstrations")
+        raise EvaluationError(f"{args.run_dir}/{LABELS_FILE} has no labelled claims to use as demonstrations")
 
     run_model = recorded_model(run.summary)
     route_settings = load_settings()
@@ -202,13 +210,14 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         "majority_class_rate": max(gold_rate, 1 - gold_rate),
         "conditions": {name: result.as_dict() for name, result in results.items()},
     }
-    write_atomically(args.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-    with atomic_path(args.run_dir / "eval.png") as temporary:
+    files = RunDirectory(args.run_dir)
+    files.write(files.eval_file, json.dumps(report, indent=2) + "\n")
+    with atomic_path(files.eval_figure) as temporary:
         accuracy_chart(report["conditions"], eval_title(args.run_dir, config.data.seed, report),
                        report["majority_class_rate"], temporary)
     for name, result in report["conditions"].items():
         print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
-    print(f"wrote {args.run_dir}/eval.json and eval.png", file=sys.stderr)
+    print(f"wrote {args.run_dir}/{EVAL_FILE} and {EVAL_FIGURE}", file=sys.stderr)
     return report
 
 
@@ -224,11 +233,12 @@ def refuse_writing_over_inputs(args: argparse.Namespace, settings: dict) -> None
     given = [("the --test-data file", args.test_data)] if args.test_data else []
     given += [("the --pool-source file", args.pool_source)] if args.pool_source else []
     reads = given + recorded_data_files(settings) + data_files(args.data_dir)
-    for name in ("eval.json", "eval.png"):
-        refuse_writing_over(args.run_dir / name, "--run-dir", reads, folder=False)
+    files = RunDirectory(args.run_dir)
+    for path in (files.eval_file, files.eval_figure):
+        refuse_writing_over(path, "--run-dir", reads, folder=False)
     if not args.no_cache and args.cache_dir is not None:
-        own = [(f"the run's {name}", args.run_dir / name) for name in (*RUN_OWN_FILES, "eval.json", "eval.png")
-               if name != CACHE_FILE]
+        own = [(f"the run's {path.name}", path) for path in (*files.own_files(), files.eval_file, files.eval_figure)
+               if path != files.cache_file]
         refuse_writing_over(args.cache_dir, "--cache-dir", reads + own, folder=False)
 
 

@@ -15,15 +15,16 @@ from core.process_exit import exit_process
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.evaluation.figures import RunLog, figure_formats, progress_chart
 from src.run_directory.output_paths import recorded_data_files, refuse_run_file, refuse_writing_over, run_files
-from src.run_directory.run_outputs import atomic_path
+from src.run_directory.run_directory import LOG_FILE, PROGRESS_FIGURE, RunDirectory, atomic_path
 from src.run_directory.run_reading import read_json_lines, run_settings
 
 
 def run_seed(run_dir: Path) -> Optional[int]:
-    """The run's --seed, from run.json's settings, else summary.json's; None if neither says."""
-    for name in ("run.json", "summary.json"):
+    """The run's --seed, from its record's settings (run.json), else its summary's; None if neither says."""
+    files = RunDirectory(run_dir)
+    for path in (files.run_file, files.summary_file):
         try:
-            settings = json.loads((run_dir / name).read_text(encoding="utf-8")).get("settings")
+            settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
         except (OSError, ValueError, AttributeError, RecursionError):
             continue
         seed = settings.get("seed") if isinstance(settings, dict) else None
@@ -35,7 +36,7 @@ def run_seed(run_dir: Path) -> Optional[int]:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="ICM.py output directories")
-    parser.add_argument("--output", type=Path, default=None, help="default: progress.png in the first run directory")
+    parser.add_argument("--output", type=Path, default=None, help=f"default: {PROGRESS_FIGURE} in the first run directory")
     return parser
 
 
@@ -56,7 +57,7 @@ def log_line_problem(record: dict) -> str:
 
 
 def plot(args: argparse.Namespace) -> int:
-    output = args.output or args.runs[0] / "progress.png"
+    output = args.output or RunDirectory(args.runs[0]).progress_figure
     for run in args.runs:
         refuse_writing_over(output, "--output", run_files(run) + recorded_data_files(run_settings(run)), folder=False)
     refuse_run_file(output, "--output")
@@ -66,9 +67,9 @@ def plot(args: argparse.Namespace) -> int:
                         "(matplotlib picks the format by it)")
     runs = []
     for run in args.runs:
-        log = run / "log.jsonl"
+        log = RunDirectory(run).log_file
         if not log.is_file():
-            raise UserError(f"{run} has no log.jsonl; pass ICM.py output directories")
+            raise UserError(f"{run} has no {LOG_FILE}; pass ICM.py output directories")
         records = read_json_lines(log, f"repair or delete that line, or resume the run (ICM.py --resume {run}), "
                                        "which checks its log", cut_last_line_ok=True, check=log_line_problem)
         if not records:

@@ -1,7 +1,8 @@
 """The search's full state on disk after every iteration, so a killed run resumes exactly where it was.
 
 ``run.json`` is written once, before any model call: the run's identity (a random id), the settings it was
-started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256). ``checkpoint.json`` is rewritten after the seeds are scored and
+started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256); a
+resume rewrites it only to record a new --K or where the data is now (rewrite_run). ``checkpoint.json`` is rewritten after the seeds are scored and
 after every iteration: the labels, the current metric, the iteration and flip counters and the RNG state,
 with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
 atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
@@ -22,12 +23,9 @@ from typing import Any, Optional
 
 from core.errors import UserError
 from src.data.claims import Claim
-from src.run_directory.run_outputs import write_atomically
+from src.run_directory.run_directory import RUN_FILE, RunDirectory
 from src.search.annealing import Claims, SearchState
 
-CHECKPOINT_FILE = "checkpoint.json"
-RUN_FILE = "run.json"
-LOG_FILE = "log.jsonl"
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 (no run id) was written before run identities existed
 METRIC_FIELDS = ("train_prob", "inconsistent_num", "train_accuracy", "train_size")
@@ -137,16 +135,23 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def save_run(out: Path, settings: dict, fingerprint: str, run_id: str, data: Optional[dict] = None) -> dict[str, Any]:
-    """Write run.json and return what it holds. ``data`` says which data the run read (data_provenance.data_record)."""
+def save_run(files: RunDirectory, settings: dict, fingerprint: str, run_id: str,
+             data: Optional[dict] = None) -> dict[str, Any]:
+    """Write the run's record (run.json) and return what it holds. ``data`` says which data the run read
+    (data_provenance.data_record)."""
     run = {"format": FORMAT_VERSION, "run_id": run_id, "settings": settings, "pool_fingerprint": fingerprint,
            **({"data": data} if data is not None else {})}
-    write_atomically(out / RUN_FILE, crash_point="checkpoint-write", text=json.dumps(run, indent=2))
+    rewrite_run(files, run)
     return run
 
 
-def save_checkpoint(out: Path, run: dict, state: SearchState, rng: random.Random) -> None:
-    write_atomically(out / CHECKPOINT_FILE, crash_point="checkpoint-write", text=json.dumps({
+def rewrite_run(files: RunDirectory, run: dict[str, Any]) -> None:
+    """Write ``run`` (a record save_run made, or load_run read) over the run's record."""
+    files.write(files.run_file, json.dumps(run, indent=2))
+
+
+def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: random.Random) -> None:
+    files.write(files.checkpoint_file, json.dumps({
         "format": FORMAT_VERSION,
         "run_id": run.get("run_id"),
         "pool_fingerprint": run["pool_fingerprint"],
@@ -178,9 +183,9 @@ def _read(path: Path) -> dict[str, Any]:
     return saved
 
 
-def load_run(out: Path) -> dict[str, Any]:
-    """The identity, settings and pool fingerprint of the run in ``out``."""
-    path = out / RUN_FILE
+def load_run(files: RunDirectory) -> dict[str, Any]:
+    """The identity, settings and pool fingerprint of the run in ``files``."""
+    path, out = files.run_file, files.path
     if not path.is_file():
         raise CheckpointError(f"--resume {out}: no {RUN_FILE} there, so no run to resume; start a new run with --output-dir")
     run = _read(path)
@@ -191,28 +196,21 @@ def load_run(out: Path) -> dict[str, Any]:
     return run
 
 
-def remove_leftover_temporaries(out: Path) -> None:
-    """Temporary files of a write that a crash cut short; the real files are intact. Only call this while
-    holding the run's lock: a live run's temporary file looks the same."""
-    for leftover in out.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
-
-
-def load_checkpoint(out: Path, run: dict[str, Any]) -> Optional[dict[str, Any]]:
+def load_checkpoint(files: RunDirectory, run: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The last saved search state of the run ``run``, or None if it stopped before its first checkpoint."""
-    path = out / CHECKPOINT_FILE
+    path = files.checkpoint_file
     if not path.is_file():
         return None
     saved = _read(path)
     if saved["format"] != run["format"]:
-        raise CheckpointError(f"{path} (format {saved['format']}) does not belong to the run in {out / RUN_FILE} "
+        raise CheckpointError(f"{path} (format {saved['format']}) does not belong to the run in {files.run_file} "
                               f"(format {run['format']}): restore this run's checkpoint, or {START_AGAIN}")
     if saved["format"] >= 2:
         if saved.get("run_id") != run["run_id"]:
             raise CheckpointError(f"{path} belongs to another run (run id {saved.get('run_id')!r}, this run's is "
                                   f"{run['run_id']!r}): restore this run's checkpoint, or {START_AGAIN}")
         if saved.get("pool_fingerprint") != run["pool_fingerprint"]:
-            raise CheckpointError(f"{path} was saved over another pool than the run in {out / RUN_FILE}: "
+            raise CheckpointError(f"{path} was saved over another pool than the run in {files.run_file}: "
                                   f"restore this run's checkpoint, or {START_AGAIN}")
     return saved
 
@@ -247,11 +245,12 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
     return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt), rng
 
 
-def trim_log(path: Path, iterations: int) -> None:
+def trim_log(files: RunDirectory, iterations: int) -> None:
     """Keep exactly the log lines of the iterations the checkpoint covers, and drop later ones (the resumed
     run redoes those iterations). A last line cut short by a crash is dropped too. Anything else wrong (a
     damaged line with lines after it, a missing or repeated iteration) stops the resume: the log is the
     run's record, and is never cut silently."""
+    path = files.log_file
     if not path.exists():
         if iterations:
             print(f"note: {path} is missing; the resumed log starts at iteration {iterations}", file=sys.stderr)
@@ -282,4 +281,4 @@ def trim_log(path: Path, iterations: int) -> None:
     if dropped:
         print(f"note: {path}: dropped {dropped} line(s) past the checkpoint (iteration {iterations}); "
               "those iterations are redone", file=sys.stderr)
-    write_atomically(path, "".join(kept))
+    files.write(path, "".join(kept))

@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from src.cli.cli_errors import UserError
-
-# What an ICM.py run keeps in its output directory, and reads back on resume: never an output of another tool.
-RUN_OWN_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "run.json", "checkpoint.json", "responses.sqlite")
-# A folder holding any of these holds an ICM.py run (a merge's output holds only labels.jsonl and summary.json).
-RUN_MARKERS = ("run.json", "checkpoint.json", "log.jsonl")
+from src.run_directory.run_directory import MERGE_FILES, RUN_MARKERS, RUN_OWN_FILES, RunDirectory
 
 
 def real(path: Path) -> Path:
@@ -48,7 +44,7 @@ def refuse_run_file(output: Path, flag: str) -> None:
     """Raise UserError if the file ``output`` would replace a run's own file (labels.jsonl, summary.json, ...)
     in a folder that holds a run or a merge, or an existing file of that name."""
     folder = real(output).parent
-    holds_run = any((folder / name).exists() for name in (*RUN_MARKERS, "labels.jsonl", "summary.json"))
+    holds_run = bool(RunDirectory(folder).existing((*RUN_MARKERS, *MERGE_FILES)))
     if Path(output).name in RUN_OWN_FILES and (holds_run or real(output).exists()):
         raise UserError(f"{flag} {output} would replace a run's own {Path(output).name}: choose another {flag}")
 
@@ -56,15 +52,15 @@ def refuse_run_file(output: Path, flag: str) -> None:
 def refuse_run_folder(output: Path, flag: str) -> None:
     """Raise UserError if the folder ``output`` holds an ICM.py run, whose labels.jsonl and summary.json a
     tool writing there would replace."""
-    found = [name for name in RUN_MARKERS if (Path(output) / name).exists()]
+    found = RunDirectory(Path(output)).existing(RUN_MARKERS)
     if found:
         raise UserError(f"{flag} {output} holds an ICM.py run ({', '.join(found)}); writing there would replace its "
-                        f"labels.jsonl and summary.json. Choose another {flag}")
+                        f"{' and '.join(MERGE_FILES)}. Choose another {flag}")
 
 
 def run_files(run_dir: Path) -> list[tuple[str, Path]]:
     """A run's own files, as (what, path) inputs."""
-    return [(f"the run's {name}", Path(run_dir) / name) for name in RUN_OWN_FILES]
+    return [(f"the run's {path.name}", path) for path in RunDirectory(Path(run_dir)).own_files()]
 
 
 def data_files(data_dir: Optional[Any], data: Optional[Any] = None) -> list[tuple[str, Path]]:

@@ -1,7 +1,7 @@
 """One process per output directory: an exclusive lock held for the run's whole life.
 
 Two runs writing one directory would interleave their log lines and delete each other's temporary files.
-The lock is ``flock`` on ``OUT/.lock``: the kernel drops it when its process dies, however it dies, so a
+The lock is ``flock`` on the run's lock file (RunDirectory.lock_file): the kernel drops it when its process dies, however it dies, so a
 lock left by a killed run never blocks a resume. The file holds the owner's process id, for the message a
 second process prints.
 """
@@ -15,8 +15,6 @@ from typing import Optional
 
 from core.errors import UserError
 
-LOCK_FILE = ".lock"
-
 
 class OutputDirLocked(UserError):
     def __init__(self, message: str, holder: str = "unknown") -> None:
@@ -29,9 +27,11 @@ class OutputDirUnusable(UserError):
 
 
 class RunLock:
-    def __init__(self, out: Path) -> None:
+    """Take it with RunDirectory(out).lock(): ``out`` is the folder (made if missing), ``path`` its lock file."""
+
+    def __init__(self, out: Path, path: Path) -> None:
         self.out = out
-        self.path = out / LOCK_FILE
+        self.path = path
         self._fd: Optional[int] = None
         self._made_dir = False
 

@@ -1,19 +1,15 @@
-"""What a run leaves in its output directory: labels.jsonl, log.jsonl and summary.json."""
+"""What a run leaves in its output directory (run_directory.py names the files): its rows, its log, and the
+rules for starting a new run in a folder that holds an old one."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 from core.errors import UserError
-from core.crash_points import maybe_crash
 from src.data.claims import Claim, label_row
-
-OUTPUT_FILES = ("labels.jsonl", "log.jsonl", "summary.json", "checkpoint.json", "run.json")
+from src.run_directory.run_directory import CHECKPOINT_FILE, NEVER_STARTED, OUTPUT_FILES, RunDirectory
 
 
 class OutputDirInUse(UserError):
@@ -30,34 +26,18 @@ class OutputWriteError(UserError):
         if saved_iteration is None:
             kept = "nothing was checkpointed yet: once it can be written, run the same command again"
         else:
-            kept = (f"{out}/checkpoint.json is intact at iteration {saved_iteration}: once {out} can be written "
+            kept = (f"{out}/{CHECKPOINT_FILE} is intact at iteration {saved_iteration}: once {out} can be written "
                     f"(free space, or make it writable), resume with --resume {out}")
         return cls(f"could not write {where} ({error.strerror or error}); {kept}")
 
 
-# A run that never got past its first scoring has only these; nothing in them is worth keeping.
-NEVER_STARTED = {"run.json", "log.jsonl"}
-
-
-# What the companion scripts make from a run's labels (evaluate.py, plot.py, export_labels.py). They describe
-# that run alone, so they go when it is replaced: a figure of another run beside new labels gets published.
-DERIVED_FILES = ("eval.json", "eval.png", "progress.png")
-DERIVED_PATTERNS = ("export_*.jsonl",)
-
-
-def derived_files(path: Path) -> list[str]:
-    """The names of the files in ``path`` made from a run's labels (sorted)."""
-    found = {name for name in DERIVED_FILES if (path / name).exists()}
-    found.update(p.name for pattern in DERIVED_PATTERNS for p in path.glob(pattern))
-    return sorted(found)
-
-
-def prepare_output_dir(path: Path, overwrite: bool) -> None:
+def prepare_output_dir(files: RunDirectory, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one's files, or into files made from them, unless told to replace
     them; --overwrite removes both and keeps the response cache. A run that never saved a checkpoint (killed
     during its first scoring) is replaced, since there is nothing to resume."""
-    existing = [name for name in OUTPUT_FILES if (path / name).exists()]
-    derived = derived_files(path) if path.is_dir() else []
+    path = files.path
+    existing = files.existing(OUTPUT_FILES)
+    derived = files.derived_files() if path.is_dir() else []
     if existing and set(existing) <= NEVER_STARTED and not derived and not overwrite:
         print(f"note: replacing the run in {path}, which never finished its first scoring", file=sys.stderr)
         overwrite = True
@@ -76,66 +56,15 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
         (path / name).unlink()
 
 
-def discard_unstarted_run(path: Path) -> None:
+def discard_unstarted_run(files: RunDirectory) -> None:
     """A run that never saved a checkpoint holds nothing worth resuming: leave nothing that blocks a re-run."""
-    if (path / "checkpoint.json").exists():
+    if files.checkpoint_file.exists():
         return
     for name in NEVER_STARTED:
         try:
-            (path / name).unlink(missing_ok=True)
+            (files.path / name).unlink(missing_ok=True)
         except OSError:
             pass  # the folder can't be changed: prepare_output_dir replaces a run with no checkpoint anyway
-
-
-def write_atomically(path: Path, text: str, crash_point: Optional[str] = None) -> None:
-    """Write to a temporary file beside ``path``, fsync, and rename it over ``path``: a crash leaves the old
-    file or the new one, never half. ``crash_point`` names where the resume tests may kill the process."""
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text[: len(text) // 2])
-            if crash_point:
-                maybe_crash(crash_point)
-            file.write(text[len(text) // 2:])
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as exc:
-        try:
-            Path(temporary).unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            # Name the file the run was writing, not its temporary stand-in.
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    # The rename is durable only once the directory entry is on disk.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix, so a writer that goes by it, like matplotlib, still can) for
-    the caller to write; renamed over ``path`` when the block ends, removed if it raises. For files written by
-    name rather than as text (figures); ``write_atomically`` is the same for text."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        with temporary.open("rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def label_rows(claims: dict[int, Claim], scores: dict[int, float],

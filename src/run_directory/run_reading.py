@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from src.cli.cli_errors import UserError
+from src.run_directory.run_directory import RUN_FILE, SUMMARY_FILE, RunDirectory
+
+# How to mend a damaged file of a run: the run's record can only come from a copy; what the run wrote at its
+# end (labels, summary), a resume writes again.
+RUN_FILE_ADVICE = "restore it from a copy; it records how the run was made"
+
+
+def rewrite_advice(run_dir: Path) -> str:
+    return f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}"
 
 
 def _parse(text: str) -> tuple[Any, str]:
@@ -89,23 +98,22 @@ def label_row_problem(row: dict[str, Any]) -> str:
 def run_settings(run_dir: Path, required: bool = False) -> dict[str, Any]:
     """The settings a run was made with: run.json's, else summary.json's (a merge's folder has only the latter),
     else {} unless ``required``."""
-    for name, advice in (("run.json", "restore it from a copy; it records how the run was made"),
-                         ("summary.json", f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}")):
-        path = run_dir / name
+    files = RunDirectory(run_dir)
+    for path, advice in ((files.run_file, RUN_FILE_ADVICE), (files.summary_file, rewrite_advice(run_dir))):
         if path.is_file():
             settings = read_json_object(path, advice).get("settings")
             if isinstance(settings, dict):
                 return settings
-            if name == "run.json":
+            if path == files.run_file:
                 raise UserError(f"{path} is damaged (no settings): {advice}")
     if required:
-        raise UserError(f"{run_dir}: no run.json or summary.json to say how the run was made")
+        raise UserError(f"{run_dir}: no {RUN_FILE} or {SUMMARY_FILE} to say how the run was made")
     return {}
 
 
 def run_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's summary.json, None if it wrote none; UserError if it is damaged."""
-    path = run_dir / "summary.json"
+    path = RunDirectory(run_dir).summary_file
     if not path.is_file():
         return None
-    return read_json_object(path, f"restore it, or write it again with python src/experiments/ICM.py --resume {run_dir}")
+    return read_json_object(path, rewrite_advice(run_dir))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from src.run_directory.run_directory import SUMMARY_FILE, RunDirectory
+
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -36,15 +38,15 @@ def _count(value: object) -> Optional[int]:
 
 def run_progress(run_dir: Path) -> RunProgress:
     """The progress summary.json records. Never raises: a missing or damaged file gives ``unknown``."""
-    summary_file = run_dir / "summary.json"
+    summary_file = RunDirectory(run_dir).summary_file
     try:
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return RunProgress(None, None, None, unknown="it has no summary.json")
+        return RunProgress(None, None, None, unknown=f"it has no {SUMMARY_FILE}")
     except (OSError, ValueError, RecursionError):
-        return RunProgress(None, None, None, unknown="its summary.json can't be read")
+        return RunProgress(None, None, None, unknown=f"its {SUMMARY_FILE} can't be read")
     if not isinstance(summary, dict):
-        return RunProgress(None, None, None, unknown="its summary.json is not a JSON object")
+        return RunProgress(None, None, None, unknown=f"its {SUMMARY_FILE} is not a JSON object")
     settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
     stopped = summary.get("stopped_early")
     return RunProgress(_count(summary.get("iterations")), _count(settings.get("K")),
