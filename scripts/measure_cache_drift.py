@@ -50,13 +50,13 @@ def measure(args: argparse.Namespace) -> int:
     pool = list(seed_claims(sample_pool(claims, TESTBED_SPECS[args.testbed], args.pool, rng, source), args.pool, rng).values())
     neighbour = list(pool)
     neighbour[len(pool) // 2] = pool[len(pool) // 2].relabelled(pool[len(pool) // 2].label ^ 1)
-    prompts = leave_one_out_prompts(pool, LABEL_STYLE)
+    prompts = leave_one_out_prompts(pool, LABEL_STYLE, "reference")
     settings = Settings()
 
     with ModelAPI(deterministic=True, settings=settings, show_progress=False) as api:
         exact = api.next_token_logprobs(prompts)
     with ModelAPI(deterministic=False, settings=settings, show_progress=False) as api:
-        api.next_token_logprobs(leave_one_out_prompts(neighbour, LABEL_STYLE))
+        api.next_token_logprobs(leave_one_out_prompts(neighbour, LABEL_STYLE, "reference"))
         before = api.stats.computed_tokens
         cached = api.next_token_logprobs(prompts)
         computed, sent = api.stats.computed_tokens - before, api.stats.prompt_tokens

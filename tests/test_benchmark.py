@@ -29,7 +29,7 @@ def tqa_claims(data_dir, n):
 
 @pytest.mark.model
 def test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch(data_dir):
-    prompts = leave_one_out_prompts(tqa_claims(data_dir, 6), "space-in-label")
+    prompts = leave_one_out_prompts(tqa_claims(data_dir, 6), "space-in-label", "reference")
     with ModelAPI(settings=SMALL, show_progress=False) as api:
         tokens = api.tokenize(prompts)
         api.next_token_logprobs(prompts)
@@ -43,7 +43,7 @@ def test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch(data_dir):
 
 @pytest.mark.model
 def test_prompts_sent_singly_are_one_request_each_with_the_same_answers(data_dir):
-    prompts = leave_one_out_prompts(tqa_claims(data_dir, 4), "space-in-label")
+    prompts = leave_one_out_prompts(tqa_claims(data_dir, 4), "space-in-label", "reference")
     settings = Settings(embedded_ctx_per_slot=2048)
     with ModelAPI(settings=settings, deterministic=True, show_progress=False) as api:
         batched = api.next_token_logprobs(prompts)

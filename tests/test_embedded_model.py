@@ -29,7 +29,7 @@ def tqa_pool(data_dir):
 
 
 def test_true_and_false_lead_the_top_logprobs_when_the_space_is_in_the_label(embedded_api, tqa_pool):
-    prompts = leave_one_out_prompts(tqa_pool, "space-in-label")
+    prompts = leave_one_out_prompts(tqa_pool, "space-in-label", "reference")
     for top in embedded_api.next_token_logprobs(prompts):
         tokens = [token for token, _ in top]
         assert " True" in tokens and " False" in tokens
@@ -37,7 +37,7 @@ def test_true_and_false_lead_the_top_logprobs_when_the_space_is_in_the_label(emb
 
 
 def test_the_reference_trailing_space_pushes_the_labels_down(embedded_api, tqa_pool):
-    prompts = leave_one_out_prompts(tqa_pool, "reference")
+    prompts = leave_one_out_prompts(tqa_pool, "reference", "reference")
     for top in embedded_api.next_token_logprobs(prompts):
         assert token_label(top[0][0], "whole") is None, "SmolLM2 was expected to prefer a non-label token here"
 
@@ -54,7 +54,7 @@ def test_a_pool_score_is_one_call_of_the_engine(embedded_api, tqa_pool):
 
 
 def test_deterministic_mode_is_bit_identical_across_repeats_and_batching(tqa_pool):
-    prompts = leave_one_out_prompts(tqa_pool[:4], "space-in-label")
+    prompts = leave_one_out_prompts(tqa_pool[:4], "space-in-label", "reference")
     with ModelAPI(deterministic=True, settings=Settings(embedded_slots=2, embedded_ctx_per_slot=2048), show_progress=False) as api:
         batched = api.next_token_logprobs(prompts)
         again = api.next_token_logprobs(prompts)

@@ -75,13 +75,13 @@ def test_labelling_metric_by_hand():
     # Claims 0 and 1 share a key but not a label (one broken implication); claim 2 is alone in its group.
     data = by_uid(claim(0, 1, key="a", gold=1), claim(1, 0, key="a", gold=1), claim(2, 0, group=1, key="a", gold=0),
                   claim(3, None, gold=1))
-    metric = labelling_metric(data, {0: 2.0, 1: 1.0, 2: -3.0})
+    metric = labelling_metric(data, {0: 2.0, 1: 1.0, 2: -3.0}, "mean")
     # Signed scores: 2, -1, 3 -> mean 4/3; two of three labels match gold; the unlabelled claim counts nowhere.
     assert metric == {"train_accuracy": pytest.approx(2 / 3), "train_prob": pytest.approx(4 / 3), "inconsistent_num": 1,
                       "train_size": 3, "train_predict_distribution": {"1": 1, "0": 2}}
     assert labelling_metric(data, {0: 2.0, 1: 1.0, 2: -3.0}, "sum")["train_prob"] == pytest.approx(4.0)
-    assert labelling_metric(by_uid(claim(0, 1)), {0: 1.0})["train_accuracy"] is None
-    assert labelling_metric(by_uid(claim(0, None)), {})["train_prob"] == 0.0
+    assert labelling_metric(by_uid(claim(0, 1)), {0: 1.0}, "mean")["train_accuracy"] is None
+    assert labelling_metric(by_uid(claim(0, None)), {}, "mean")["train_prob"] == 0.0
 
 
 def test_energy_and_temperature_by_hand():

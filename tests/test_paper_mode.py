@@ -104,7 +104,7 @@ def reference_run(seed: int) -> dict:
         # get_pipeline (ICM.py:142-251) and run_consistencyfix (ICM_tools.py:152-238): the pool's scores, their
         # metric (calculate_accuracy), and pick_two_inconsistent_claims, which shuffles the pairs with the global
         # RNG (ICM_tools.py:107).
-        metric = labelling_metric(assignment, scorer.pool_scores(assignment))
+        metric = labelling_metric(assignment, scorer.pool_scores(assignment), "mean")
         inconsistent_pairs(labeled(assignment), rng)
         return metric
 

@@ -94,7 +94,7 @@ def test_reference_layout_is_paper_mode():
     pool = grouped_pool(3, 4)
     assert send_order(demo_orders(pool, "reference")) == list(range(len(pool)))
     assert full_demo_order(demo_orders(pool, "reference")) == list(range(len(pool)))
-    prompts = leave_one_out_prompts(pool, "space-in-label")
+    prompts = leave_one_out_prompts(pool, "space-in-label", "reference")
     assert prompts == [judge_prompt(c, [d for d in pool if d is not c], "space-in-label") for c in pool]
 
 

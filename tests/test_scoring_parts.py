@@ -69,7 +69,7 @@ def claims(n):
 
 def test_leave_one_out_prompts_hold_exactly_the_other_claims_in_order():
     pool = claims(4)
-    prompts = leave_one_out_prompts(pool, "space-in-label")
+    prompts = leave_one_out_prompts(pool, "space-in-label", "reference")
     assert len(prompts) == 4
     for i, prompt in enumerate(prompts):
         blocks = prompt.split(DEMO_SEPARATOR)

@@ -31,7 +31,7 @@ def http_api(url: str, **kwargs) -> ModelAPI:
 def demo_prompts():
     claims = normalise_records(demo_records()[:5], TESTBED_SPECS["demo"], "demo", True)
     import random
-    return leave_one_out_prompts(list(seed_claims(claims, 4, random.Random(0)).values())[:4], "space-in-label")
+    return leave_one_out_prompts(list(seed_claims(claims, 4, random.Random(0)).values())[:4], "space-in-label", "reference")
 
 
 def health_check(*args: str, secrets=None) -> subprocess.CompletedProcess:

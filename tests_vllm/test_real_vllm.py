@@ -87,7 +87,7 @@ def test_two_runs_give_byte_identical_labels(vllm_server, measured_run, data_dir
 def test_exact_label_logprobs_are_used_and_agree_with_the_top_k_path(vllm_server, data_dir):
     claims, _, _ = load_testbed_claims("truthfulQA", data_dir, None, True)
     pool = seed_claims(claims[:12], 12, random.Random(0))
-    prompts = leave_one_out_prompts([pool[uid] for uid in sorted(pool)], "space-in-label")
+    prompts = leave_one_out_prompts([pool[uid] for uid in sorted(pool)], "space-in-label", "reference")
     settings = Settings(vllm_base_url=vllm_server.url)
     with ModelAPI(settings=settings) as exact, ModelAPI(settings=settings, exact_label_logprobs=False) as top_k:
         assert exact.describe()["label_logprobs"] == "exact"

@@ -120,7 +120,7 @@ def _layout_orders(pool: Sequence[Claim], layout: PromptLayout) -> list[list[int
 
 
 def leave_one_out_prompts(
-    pool: Sequence[Claim], style: LabelStyle, layout: PromptLayout = "reference", frame: Optional[Sequence[Claim]] = None
+    pool: Sequence[Claim], style: LabelStyle, layout: PromptLayout, frame: Optional[Sequence[Claim]] = None
 ) -> list[str]:
     """For each labeled claim (in pool order), the prompt that judges it from all the others."""
     return prompts_in_order(pool, style, demo_orders(pool, layout, frame))

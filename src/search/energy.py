@@ -19,7 +19,7 @@ MutualPredictabilityReduce = Literal["mean", "sum"]
 LabellingMetric = dict[str, Any]
 
 
-def labelling_metric(claims: Claims, scores: Mapping[int, float], mp_reduce: MutualPredictabilityReduce = "mean") -> LabellingMetric:
+def labelling_metric(claims: Claims, scores: Mapping[int, float], mp_reduce: MutualPredictabilityReduce) -> LabellingMetric:
     """The search metric of a labelling, given each labelled claim's leave-one-out score (uid -> log-odds of True).
 
     - ``train_prob``: the mutual predictability, the mean of each labelled claim's score signed by its label, as in
