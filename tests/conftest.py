@@ -156,7 +156,39 @@ def forwarding(local_server):
 MODEL_FIXTURES = {"embedded_api", "local_server", "forwarding", "uninterrupted_demo_run", "uninterrupted"}
 
 
+# The slow tier: tests that each take 10 s or more on 2 cores because they start, kill, restart or wait for real
+# processes (a run killed at a crash point and resumed, a server restarted mid-run, a signal during a retry wait,
+# a full disk), or run a whole script on the real model. `pytest -m "not slow"` (the README's test command) leaves
+# them out; `.ci/run` runs them after it (`pytest -m slow`). Seconds: measured on an idle 2-core machine
+# (`pytest -m model --durations=40`), setup included.
+SLOW_TESTS = {
+    "tests/test_benchmark.py::test_benchmark_script_compares_the_two_patterns_and_writes_json": 61,
+    "tests/test_benchmark.py::test_engine_tokenizer_and_counters_agree_on_a_trie_ordered_batch": 26,
+    "tests/test_benchmark.py::test_prompts_sent_singly_are_one_request_each_with_the_same_answers": 18,
+    "tests/test_reliability.py::test_a_second_run_or_a_resume_on_a_live_directory_stops_at_once_and_names_the_holder": 52,
+    "tests/test_reliability.py::test_sigterm_during_a_retry_wait_stops_the_run_at_once_and_it_resumes_to_the_same_result": 35,
+    "tests/test_reliability.py::test_after_a_context_overflow_the_advised_smaller_batch_starts_in_the_same_directory": 23,
+    "tests/test_reliability.py::test_a_run_killed_during_its_first_scoring_is_replaced_by_the_same_command": 15,
+    "tests/test_reliability.py::test_a_real_write_failure_mid_run_stops_cleanly_and_the_run_resumes_exactly": 25,
+    "tests/test_reliability.py::test_a_lock_left_by_a_killed_run_does_not_block_its_resume": 25,
+    "tests/test_reliability.py::test_a_full_disk_stops_with_the_checkpoint_intact_and_the_run_resumes_exactly": 12,
+    "tests/test_reliability.py::test_a_failed_start_leaves_nothing_that_blocks_the_same_command": 12,
+    "tests/test_faults.py::test_a_server_restarted_mid_run_loses_nothing": 29,
+    "tests/test_faults.py::test_https_to_a_plain_http_port_stops_at_once": 22,
+    "tests/test_faults.py::test_a_run_started_while_the_server_is_down_waits_for_it": 16,
+    "tests/test_evaluation.py::test_evaluate_on_the_embedded_model_writes_eval_json_and_png": 42,
+    "tests/test_scale_out.py::test_two_endpoints_share_the_work_and_survive_losing_one": 26,
+    "tests/test_embedded_model.py::test_a_second_ctrl_c_during_a_batch_exits_130_at_once_with_the_files_written": 17,
+    "tests/test_resume.py::test_killed_run_resumes_to_the_uninterrupted_result": 75,
+    "tests/test_resume.py::test_killed_before_anything_was_computed_says_so_and_a_rerun_works": 10,
+    "tests/test_external_route.py::test_a_200_prompt_batch_stays_within_the_request_limit": 14,
+    "tests/test_vllm_route.py::test_a_server_that_rejects_list_prompts_is_detected_once": 11,
+}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

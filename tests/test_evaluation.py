@@ -69,6 +69,22 @@ def small_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def stand_in_run(tmp_path_factory):
+    """A finished run of the same shape as ``small_run``, scored in-process by the stand-in route: for the tests
+    that read a run's files (plot, export) rather than its scores."""
+    from src.experiments import ICM
+    from tests.stand_in_pipeline import use_stand_in
+
+    out = tmp_path_factory.mktemp("eval-stand-in") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        use_stand_in(patch, out.parent)
+        code = ICM.main(["--testbed", "demo", "--batch_size", "8", "--num_seed", "4", "--K", "4", "--output-dir", str(out),
+                         "--no-progress"])
+    assert code == 0
+    return out
+
+
 @pytest.mark.model
 def test_evaluate_on_the_embedded_model_writes_eval_json_and_png(small_run):
     result = run_script("src/experiments/evaluate.py", "--run-dir", small_run, "--limit", "12", "--no-progress",
@@ -82,10 +98,9 @@ def test_evaluate_on_the_embedded_model_writes_eval_json_and_png(small_run):
     assert (small_run / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.model
-def test_plot_overlays_runs(small_run, tmp_path, capsys):
+def test_plot_overlays_runs(stand_in_run, tmp_path, capsys):
     output = tmp_path / "progress.png"
-    code, stderr = call(plot, [small_run, small_run, "--output", output], capsys)
+    code, stderr = call(plot, [stand_in_run, stand_in_run, "--output", output], capsys)
     assert code == 0, stderr
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, stderr = call(plot, [tmp_path], capsys)
@@ -98,23 +113,21 @@ def export(run, fmt, tmp_path):
     return output
 
 
-@pytest.mark.model
-def test_sft_export_pairs_each_claim_prompt_with_its_label_token(small_run, tmp_path):
-    labelled = [json.loads(l) for l in (small_run / "labels.jsonl").read_text().splitlines() if json.loads(l)["label"] is not None]
-    rows = [json.loads(l) for l in export(small_run, "sft", tmp_path).read_text().splitlines()]
+def test_sft_export_pairs_each_claim_prompt_with_its_label_token(stand_in_run, tmp_path):
+    labelled = [json.loads(l) for l in (stand_in_run / "labels.jsonl").read_text().splitlines() if json.loads(l)["label"] is not None]
+    rows = [json.loads(l) for l in export(stand_in_run, "sft", tmp_path).read_text().splitlines()]
     assert len(rows) == len(labelled) >= 4
     for row, claim in zip(rows, labelled):
         assert row == {"prompt": claim["prompt"], "completion": " True" if claim["label"] else " False"}
         assert row["prompt"].endswith("I think this claim is")
 
 
-@pytest.mark.model
-def test_hf_export_loads_with_datasets(small_run, tmp_path):
+def test_hf_export_loads_with_datasets(stand_in_run, tmp_path):
     datasets = pytest.importorskip("datasets")
-    path = export(small_run, "hf", tmp_path)
+    path = export(stand_in_run, "hf", tmp_path)
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     loaded = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf-cache"))
-    labelled = [json.loads(l) for l in (small_run / "labels.jsonl").read_text().splitlines() if json.loads(l)["label"] is not None]
+    labelled = [json.loads(l) for l in (stand_in_run / "labels.jsonl").read_text().splitlines() if json.loads(l)["label"] is not None]
     assert loaded.num_rows == len(labelled)
     assert loaded["label"] == [c["label"] for c in labelled]
     assert {"prompt", "question", "choice", "consistency_id", "gold_label"} <= set(loaded.column_names)
