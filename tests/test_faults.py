@@ -25,14 +25,15 @@ TRANSIENT = {  # switch -> what the final error says once the retries are spent
 
 
 def client(url: str, fault: str = "", **settings) -> ModelAPI:
-    # A short timeout only where a stall is the fault: elsewhere a busy machine must not add retries.
-    base = dict(vllm_base_url=url, vllm_backoff_seconds=0.05, vllm_timeout_seconds=3.0 if fault == "stall_first" else 60.0)
+    # A short timeout only where a stall is the fault: elsewhere a busy machine must not add retries. Even there it
+    # leaves a loaded 2-core machine 5 s for a real answer, and the stall (10 s) outlasts it.
+    base = dict(vllm_base_url=url, vllm_backoff_seconds=0.05, vllm_timeout_seconds=5.0 if fault == "stall_first" else 60.0)
     base.update(settings)
     return ModelAPI(settings=Settings(**base), deterministic=True)
 
 
 def switches(fault: str, count: int) -> dict:
-    return {fault: count, **({"stall_seconds": 8.0} if fault == "stall_first" else {})}
+    return {fault: count, **({"stall_seconds": 10.0} if fault == "stall_first" else {})}
 
 
 @pytest.mark.parametrize("fault", sorted(TRANSIENT))
