@@ -30,7 +30,7 @@ from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.cli.cli_errors import UsageError
 from src.cli.stop_signals import GracefulStop, SearchStopped
 from src.config.run_config import PAPER_MODE_TOP_K, DataConfig, InvocationConfig, RunConfig
-from src.config.run_flags import validate
+from src.config.run_flags import recorded_setting_problem, validate
 from src.data.data_provenance import data_record
 from src.data.record_files import parse_columns
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
@@ -43,6 +43,7 @@ from src.pipeline.pipeline import (
 )
 from src.run_directory.checkpoint import (
     check_resumed_pool,
+    damaged,
     load_checkpoint,
     load_run,
     new_run_id,
@@ -86,7 +87,12 @@ def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
     refuse_writing_over_data(config, out)
     with RunDirectory(out).lock():
         if config.invocation.resume is not None:
-            config = RunConfig.resumed(load_run(RunDirectory(out)), config, set(passed))
+            files = RunDirectory(out)
+            record = load_run(files)
+            problem = recorded_setting_problem(record["settings"])
+            if problem is not None:
+                raise damaged(files.run_file, f"its setting {problem}")
+            config = RunConfig.resumed(record, config, set(passed))
         try:
             return run_in(config.with_paper_mode(set(passed)), out)
         except PromptTooLong as exc:

@@ -139,6 +139,33 @@ def test_a_run_records_its_config_and_a_resume_reads_it_back(stand_in, tmp_path,
     assert "the run was started with --mp-reduce 'sum', not 'mean'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("setting, garbage, said", [
+    ("prompt_layout", "sideways", "prompt_layout 'sideways' is not one of reference, tree"),
+    ("scheduler", None, "scheduler None is not one of log, exp"),
+    ("K", "abc", "K 'abc' is not a whole number"),
+    ("alpha", float("nan"), "alpha nan is not a finite number"),
+    ("batch_size", 8.5, "batch_size 8.5 is not a whole number"),
+])
+def test_a_resume_refuses_a_recorded_setting_the_command_line_would_refuse(stand_in, tmp_path, capsys, setting, garbage,
+                                                                           said):
+    """A run.json edited by hand (or damaged) names the file and the setting in one line, before the model loads,
+    and the run's files stay as they were (the fresh-user pass found tracebacks here)."""
+    from tests.cli_helpers import refused, snapshot
+
+    out = tmp_path / "run"
+    assert ICM.main(["--testbed", "demo", "--batch_size", "8", "--num_seed", "2", "--K", "2", "--no-progress",
+                     "--output-dir", str(out)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    record = json.loads((out / "run.json").read_text())
+    record["settings"][setting] = garbage
+    (out / "run.json").write_text(json.dumps(record))
+    before = snapshot(out)
+    code = ICM.main(["--resume", str(out), "--K", "3"])
+    line = refused(code, capsys.readouterr().err, f"{out / 'run.json'} is damaged", said)
+    assert "restore the file" in line
+    assert snapshot(out) == before
+
+
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path):
     return use_stand_in(monkeypatch, tmp_path)

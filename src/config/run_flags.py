@@ -7,8 +7,9 @@ defaults to the dataclasses').
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from src.cli.cli_errors import OneLineParser
 from src.cli.cli_numbers import Bounded, check_bounds
@@ -150,3 +151,21 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+def recorded_setting_problem(settings: Mapping[str, Any]) -> Optional[str]:
+    """What is wrong with a run's recorded settings (run.json) that the command line would have refused: a value
+    outside its flag's choices, or a number that is not a finite number of the flag's kind. None when nothing is.
+    A resume reads these instead of flags, so they get the same checks before anything runs."""
+    for action in build_parser()._actions:
+        if action.dest not in settings or not action.option_strings:
+            continue
+        value = settings[action.dest]
+        if action.choices is not None and value not in action.choices:
+            return f"{action.dest} {value!r} is not one of {', '.join(map(str, action.choices))}"
+        if action.type in (int, float) and value is not None:
+            kinds = (int,) if action.type is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+                kind = "a whole number" if action.type is int else "a finite number"
+                return f"{action.dest} {value!r} is not {kind}"
+    return None

@@ -163,7 +163,8 @@ def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: ran
     }))
 
 
-def _damaged(path: Path, what: str) -> CheckpointError:
+def damaged(path: Path, what: str) -> CheckpointError:
+    """The error for a run file that can't be read back as written: the file, what is wrong, and the fix."""
     return CheckpointError(f"{path} is damaged ({what}), so the run can't be resumed from it: restore the file, "
                            f"or {START_AGAIN}")
 
@@ -172,11 +173,11 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _damaged(path, "not JSON") from None
+        raise damaged(path, "not JSON") from None
     except RecursionError:
-        raise _damaged(path, "nested too deeply") from None
+        raise damaged(path, "nested too deeply") from None
     if not isinstance(saved, dict):
-        raise _damaged(path, f"it holds {json.dumps(saved)[:40]}, not an object")
+        raise damaged(path, f"it holds {json.dumps(saved)[:40]}, not an object")
     if saved.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{path} has format {saved.get('format')!r}, which this version of icm (format "
                               f"{FORMAT_VERSION}) can't read: resume it with the icm version that wrote it, or {START_AGAIN}")
@@ -190,9 +191,9 @@ def load_run(files: RunDirectory) -> dict[str, Any]:
         raise CheckpointError(f"--resume {out}: no {RUN_FILE} there, so no run to resume; start a new run with --output-dir")
     run = _read(path)
     if not isinstance(run.get("settings"), dict) or not isinstance(run.get("pool_fingerprint"), str):
-        raise _damaged(path, "no settings or pool fingerprint")
+        raise damaged(path, "no settings or pool fingerprint")
     if run["format"] >= 2 and not isinstance(run.get("run_id"), str):
-        raise _damaged(path, "no run id")
+        raise damaged(path, "no run id")
     return run
 
 
@@ -223,24 +224,24 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
     """The saved search state over the rebuilt pool (whose fingerprint the caller has checked)."""
     labels = saved.get("labels")
     if not isinstance(labels, dict):
-        raise _damaged(path, "no labels")
+        raise damaged(path, "no labels")
     if set(labels) != {str(uid) for uid in claims}:
         raise CheckpointError(f"{path}: its claims do not match the pool rebuilt from the data; restore this run's "
                               f"checkpoint and data, or {START_AGAIN}")
     bad = next((f"{uid}: {value!r}" for uid, value in labels.items() if value not in (0, 1, None) or isinstance(value, (bool, float))), None)
     if bad is not None:
-        raise _damaged(path, f"label of claim {bad}; a label is 0, 1 or null")
+        raise damaged(path, f"label of claim {bad}; a label is 0, 1 or null")
     iteration, flip_cnt, metric = saved.get("iteration"), saved.get("flip_cnt"), saved.get("metric")
     if not _count(iteration):
-        raise _damaged(path, f"iteration {iteration!r} is not a whole number")
+        raise damaged(path, f"iteration {iteration!r} is not a whole number")
     if not _count(flip_cnt) or flip_cnt > iteration:
-        raise _damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to the iteration")
+        raise damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to the iteration")
     if not isinstance(metric, dict) or any(not _metric_value(f, metric.get(f)) for f in METRIC_FIELDS):
-        raise _damaged(path, f"the metric lacks one of {', '.join(METRIC_FIELDS)}")
+        raise damaged(path, f"the metric lacks one of {', '.join(METRIC_FIELDS)}")
     try:
         rng = rng_from_json(saved.get("rng"))
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
-        raise _damaged(path, "the random generator's state can't be restored") from None
+        raise damaged(path, "the random generator's state can't be restored") from None
     restored: dict[int, Claim] = {uid: claim.relabelled(labels[str(uid)]) for uid, claim in claims.items()}
     return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt), rng
 
