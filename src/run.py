@@ -85,9 +85,9 @@ def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
         validate(config)  # before the lock, so a mistyped flag leaves no folder behind
     out = output_dir(config)
     refuse_writing_over_data(config, out)
-    with RunDirectory(out).lock():
+    files = RunDirectory(out)
+    with files.lock():
         if config.invocation.resume is not None:
-            files = RunDirectory(out)
             record = load_run(files)
             problem = recorded_setting_problem(record["settings"])
             if problem is not None:
