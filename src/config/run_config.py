@@ -44,6 +44,12 @@ class DataConfig:
     batch_size: int = 256  # claims in the pool (unused with num_batches)
     num_seed: int = 8  # claims that start with random labels, half True and half False
     seed: int = 27565976
+    # Imbalance stress (Canavan et al. 2026): draw the pool with exactly this share of gold-True claims. It reads
+    # the gold labels to subsample, so run.json records it among the settings that use gold; off under paper mode.
+    true_share: Optional[float] = None
+    # Draw the pool with this seed instead of --seed (the search's labels and draws still follow --seed), so runs
+    # of several seeds label the same pool and their labels can be compared. None: the pool follows --seed.
+    pool_seed: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ class SearchConfig:
     # Rounds of the repair after a proposed flip; None: consistency_fix_K. The reference hard-codes 10 (ICM.py:509).
     post_flip_fix_K: Optional[int] = None
     mp_reduce: str = "mean"  # mutual predictability: the reference's mean of the log-odds, or the paper's sum
+    # Who labels the pool: "icm" (the search), or a cheap baseline on the same pool and scorer (src/search/baselines.py):
+    # "random" labels, "bootstrap" (each round relabels every claim by its leave-one-out prediction), or
+    # "bootstrap-consistency" (the same, with the consistency repair after each round).
+    labeller: str = "icm"
+    bootstrap_rounds: int = 10  # the bootstrap labellers' round limit (they stop earlier once no label changes)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ PAPER_MODE: dict[str, Any] = {
     "allow_both_false": False,
     "no_gold_consistency": False,
     "label_absent": "floor",
+    "labeller": "icm",
+    "true_share": None,
+    "pool_seed": None,
 }
 # The hosted API's top-k under paper mode: the reference asks for 20.
 PAPER_MODE_TOP_K = 20
@@ -225,6 +239,9 @@ class RunConfig:
             return self
         for name, value in PAPER_MODE.items():
             if name in passed and self.setting(name) != value:
+                if value is None:
+                    raise UsageError(f"{flag(name)} contradicts --paper-mode, which draws and labels the pool as the "
+                                     f"reference does (without {flag(name)}); drop one of the two")
                 if isinstance(value, bool):
                     raise UsageError(f"{flag(name)} contradicts --paper-mode, which follows the reference (without "
                                      f"{flag(name)}); drop one of the two")

@@ -19,6 +19,8 @@ from src.data.testbeds import TESTBEDS
 from src.pipeline.label_scores import LABEL_ABSENT_CHOICES
 from src.prompts.prompts import PROMPT_LAYOUTS
 
+LABELLERS = ("icm", "random", "bootstrap", "bootstrap-consistency")
+
 
 def build_parser() -> argparse.ArgumentParser:
     default = RunConfig().flat()  # each setting's one default
@@ -89,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-absent", default=default["label_absent"], choices=LABEL_ABSENT_CHOICES,
                         help="an answer whose top-k holds neither label token: stop the run (default; it says nothing about "
                              "the label), or floor: score it 0, as the reference does")
+    parser.add_argument("--labeller", default=default["labeller"], choices=LABELLERS,
+                        help="who labels the pool: icm (the search; default), or a cheap baseline on the same pool and "
+                             "model: random, bootstrap (each round relabels every claim by its leave-one-out prediction), "
+                             "bootstrap-consistency (the same, with the consistency repair after each round)")
+    parser.add_argument("--bootstrap-rounds", type=int, default=default["bootstrap_rounds"], action=Bounded, at_least=1,
+                        help="round limit of the bootstrap labellers (they stop earlier once no label changes)")
+    parser.add_argument("--true-share", type=float, default=default["true_share"], action=Bounded, at_least=0, at_most=1,
+                        help="imbalance stress: draw the pool with exactly this share of gold-True claims, in [0, 1]. It "
+                             "reads the gold labels to subsample (run.json records that); not under --paper-mode")
+    parser.add_argument("--pool-seed", type=int, default=default["pool_seed"], action=Bounded, at_least=0,
+                        help="draw the pool with this seed (0 or more) instead of --seed, so runs of several --seed label the same pool")
     parser.add_argument("--paper-mode", action="store_true", default=default["paper_mode"],
                         help="every behaviour of the reference code that changes results; see the README's paper-mode table")
     route = parser.add_mutually_exclusive_group()
@@ -146,6 +159,9 @@ def validate(config: RunConfig) -> None:
         if data.data is None:
             raise UsageError("--columns names the columns of --data FILE: pass --data, or drop --columns")
         parse_columns(data.columns)
+    if data.num_batches is not None and (data.true_share is not None or data.pool_seed is not None):
+        raise UsageError("--true-share and --pool-seed draw one pool of --batch_size; --num-batches splits the data "
+                         "into shards instead: drop one of them")
     if data.num_batches is not None:
         checks = [c for c in checks if "--batch_size" not in c[1]]  # the shard decides the pool size
     for ok, message in checks:
