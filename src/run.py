@@ -34,6 +34,7 @@ from src.config.run_flags import recorded_setting_problem, validate
 from src.data.data_provenance import data_record
 from src.data.record_files import parse_columns
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
+from src.data.true_share_pool import sample_pool_with_true_share, unlabelled_count
 from src.pipeline.label_scores import LOW_LABEL_MASS, low_mass_warning, median
 from src.pipeline.pipeline import (
     ScoringOptions,
@@ -123,9 +124,16 @@ def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
     if from_test:
         print(f"note: no train split for {data.testbed}; the pool is drawn from {source}. "
               f"Exclude {LABELS_FILE}'s consistency_ids when you evaluate on that file.", file=sys.stderr)
+    if data.true_share is not None and unlabelled_count(claims):
+        print(f"note: {unlabelled_count(claims)} claims of {source} have no gold label; --true-share never draws them",
+              file=sys.stderr)
     if data.num_batches is None:
         rng = random.Random(data.seed)
-        pool = sample_pool(claims, TESTBED_SPECS[data.testbed], data.batch_size, rng, source)
+        pool = _sample(data, claims, rng, source)
+        if data.pool_seed is not None:
+            # The pool comes from --pool-seed; the search's RNG goes on from where --seed's own draw of the pool left
+            # it, so the seed labels and the search take the random numbers they would take without --pool-seed.
+            pool = _sample(data, claims, random.Random(data.pool_seed), source)
         if data.num_seed > len(pool):
             raise UsageError(f"--num_seed {data.num_seed} is larger than the pool: whole consistency groups of {source} "
                              f"fill only {len(pool)} of --batch_size {data.batch_size}; lower --num_seed or raise --batch_size")
@@ -135,6 +143,14 @@ def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
         if data.num_seed > len(pool):
             raise UsageError(f"--num_seed {data.num_seed} is larger than this shard's {len(pool)} claims: use fewer --num-batches")
     return pool, rng, source
+
+
+def _sample(data: DataConfig, claims: list[dict], rng: random.Random, source: str) -> list[dict]:
+    """One pool of --batch_size drawn with ``rng``: whole groups at random, or with --true-share's share of gold-True."""
+    testbed = TESTBED_SPECS[data.testbed]
+    if data.true_share is None:
+        return sample_pool(claims, testbed, data.batch_size, rng, source)
+    return sample_pool_with_true_share(claims, testbed, data.batch_size, data.true_share, rng, source)
 
 
 def start_or_resume(config: RunConfig, files: RunDirectory, state: SearchState, rng: random.Random,
@@ -214,6 +230,10 @@ def run_in(config: RunConfig, out: Path) -> Path:
                     print(f"note: --testbed {config.data.testbed} derives its consistency key from the gold labels (as the "
                           "reference does), so these labels are not unsupervised: don't report them as such. "
                           "--no-gold-consistency keeps gold out of the search", file=sys.stderr)
+                if config.data.true_share is not None:
+                    print(f"note: --true-share {config.data.true_share} drew the pool by its gold labels, so these labels "
+                          "are not unsupervised: report them as a stress test of an imbalanced pool, not as labels "
+                          "found without gold", file=sys.stderr)
                 search = ICMSearch(scorer, config.search, rng, state)
                 checkpoint = Checkpointer(files, run_record, search, rng)
                 stopped_by = _search_with_log(search, files, config, stop, checkpoint)

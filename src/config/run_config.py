@@ -13,10 +13,10 @@ library's are the same values. ``with_paper_mode`` and ``resumed`` are the two w
 flags are read; both refuse a contradicting flag by name.
 
 run.json's and summary.json's "settings" are ``to_json()``: one flat JSON object keyed by setting name (the
-flag's name with underscores, e.g. "batch_size", "label_style"), plus "consistency_key_from_gold". It stays
-flat because every run on disk was written that way; ``from_json`` reads those too, including runs recorded
-before a setting existed (SETTINGS_BEFORE_THEY_EXISTED says how such a run behaved). ``from_json`` is the only
-reader of recorded settings.
+flag's name with underscores, e.g. "batch_size", "label_style"), plus what used the gold labels ("gold_used_by",
+and the older "consistency_key_from_gold"). It stays flat because every run on disk was written that way;
+``from_json`` reads those too, including runs recorded before a setting existed (SETTINGS_BEFORE_THEY_EXISTED
+says how such a run behaved). ``from_json`` is the only reader of recorded settings.
 """
 from __future__ import annotations
 
@@ -141,6 +141,8 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
     "paper_mode": False, "prompt_layout": "reference", "label_absent": "floor", "columns": None,
 }
+# What may read the gold labels beyond reporting, as run.json's "gold_used_by" names it.
+GOLD_USERS = ("consistency_key", "true_share")
 # Settings that may differ when a run is resumed: they don't change what the search computes.
 CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
                         "output_dir", "overwrite"}
@@ -212,17 +214,25 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The run's settings as run.json and summary.json record them: flat, by setting name, paths as text,
-        without the invocation's settings, plus whether the consistency key came from the gold labels."""
+        without the invocation's settings, plus what of the run used the gold labels: "gold_used_by" (GOLD_USERS
+        that apply, [] for none) and, for readers older than that list, "consistency_key_from_gold"."""
         recorded = {name: (str(v) if isinstance(v, Path) else v) for name, v in self.flat().items()
                     if name not in INVOCATION_SETTINGS}
-        return {**recorded, "consistency_key_from_gold": self.consistency_key_from_gold}
+        return {**recorded, "consistency_key_from_gold": self.consistency_key_from_gold, "gold_used_by": self.gold_used_by}
 
     @classmethod
     def from_json(cls, settings: Mapping[str, Any]) -> "RunConfig":
         """The config recorded as ``settings`` (run.json's or summary.json's). A setting the run predates takes
         the behaviour runs had before it existed (SETTINGS_BEFORE_THEY_EXISTED), else its default; keys that are
-        not settings (consistency_key_from_gold) are ignored."""
+        not settings (consistency_key_from_gold, gold_used_by) are ignored."""
         return cls.from_flat({**SETTINGS_BEFORE_THEY_EXISTED, **settings})
+
+    @property
+    def gold_used_by(self) -> list[str]:
+        """What of this run reads the gold labels beyond reporting, in GOLD_USERS' order: "consistency_key" (the
+        search's consistency rule), "true_share" (which claims enter the pool). Empty: the labels are unsupervised."""
+        uses = {"consistency_key": self.consistency_key_from_gold, "true_share": self.data.true_share is not None}
+        return [name for name in GOLD_USERS if uses[name]]
 
     @property
     def consistency_key_from_gold(self) -> bool:
@@ -239,9 +249,9 @@ class RunConfig:
             return self
         for name, value in PAPER_MODE.items():
             if name in passed and self.setting(name) != value:
-                if value is None:
-                    raise UsageError(f"{flag(name)} contradicts --paper-mode, which draws and labels the pool as the "
-                                     f"reference does (without {flag(name)}); drop one of the two")
+                if value is None:  # --true-share, --pool-seed
+                    raise UsageError(f"{flag(name)} {self.setting(name)} contradicts --paper-mode, which draws the pool "
+                                     "as the reference does (whole groups at random by --seed); drop one of the two")
                 if isinstance(value, bool):
                     raise UsageError(f"{flag(name)} contradicts --paper-mode, which follows the reference (without "
                                      f"{flag(name)}); drop one of the two")
