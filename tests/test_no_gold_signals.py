@@ -132,7 +132,9 @@ def test_the_signals_never_read_gold(tmp_path):
 
 
 def test_the_signals_of_several_seeds(tmp_path):
-    final = lambda energy, violations: {"energy": energy, "inconsistent_num": violations}
+    def final(energy: float, violations: int) -> dict:
+        return {"energy": energy, "inconsistent_num": violations}
+
     one = labelled(tmp_path, "one", [True, False, True, False], shares=[0.5, 0.5], final=final(-1.0, 0))
     two = labelled(tmp_path, "two", [False, True, False, True], shares=[0.5, 0.75], final=final(-3.0, 2))
     three = labelled(tmp_path, "three", [True, False, True, True], shares=[1.0, 0.75], final=final(-2.0, 1))
@@ -163,7 +165,7 @@ def test_what_cant_be_read_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match="give two or more run directories"):
         seed_signals([labelled(tmp_path, "one", [True] * 4)])
     with pytest.raises(UserError, match=f"^{tmp_path / 'empty'} has no labels.jsonl"):
-        run_signals((tmp_path / "empty"))
+        run_signals(tmp_path / "empty")
     damaged = labelled(tmp_path, "damaged", [True] * 4)
     (damaged / "labels.jsonl").write_text('{"label": 7, "prompt": "x", "consistency_id": 0}\n')
     with pytest.raises(UserError, match="labels.jsonl line 1 is damaged"):

@@ -35,8 +35,9 @@ def test_the_pool_holds_exactly_the_asked_share_of_gold_true_claims(data_dir, te
     assert true_count(pool) == true_quota(share, 64)
     assert all(claim in claims for claim in pool)
     # Each group's claims sit together in the pool.
-    firsts = [claim["consistency_id"] for i, claim in enumerate(pool) if i == 0 or pool[i - 1]["consistency_id"] != claim["consistency_id"]]
-    assert len(firsts) == len(set(firsts))
+    runs = [claim["consistency_id"] for i, claim in enumerate(pool)
+            if i == 0 or pool[i - 1]["consistency_id"] != claim["consistency_id"]]
+    assert len(runs) == len(set(runs))
 
 
 @pytest.mark.parametrize("testbed", ["alpaca", "truthfulQA-preference"])
@@ -68,7 +69,9 @@ def test_the_share_is_rounded_half_up_on_the_written_decimal():
 def test_the_pool_follows_its_rng(data_dir):
     claims, source, _ = load_testbed_claims("gsm8k", data_dir, None, True)
     spec = TESTBED_SPECS["gsm8k"]
-    draw = lambda seed: records(sample_pool_with_true_share(claims, spec, 32, 0.3, random.Random(seed), source))
+    def draw(seed: int) -> list[int]:
+        return records(sample_pool_with_true_share(claims, spec, 32, 0.3, random.Random(seed), source))
+
     assert draw(1) == draw(1) and draw(1) != draw(2)
 
 
@@ -139,7 +142,9 @@ def test_runs_of_two_seeds_with_one_pool_seed_label_the_same_pool_differently(st
     assert ICM.main(demo_run(first, "--seed", "1", "--pool-seed", "7")) == 0, capsys.readouterr().err
     assert ICM.main(demo_run(second, "--seed", "2", "--pool-seed", "7")) == 0, capsys.readouterr().err
     assert [r["record"] for r in rows(first)] == [r["record"] for r in rows(second)]
-    picked = lambda out: [(line["uid"], line["new_label"]) for line in rows(out, "log.jsonl")]
+    def picked(out: Path) -> list[tuple]:
+        return [(line["uid"], line["new_label"]) for line in rows(out, "log.jsonl")]
+
     assert picked(first) != picked(second)  # the search's draws follow --seed
     # --pool-seed S --seed S is the run without --pool-seed, to the byte.
     assert ICM.main(demo_run(plain, "--seed", "7")) == 0
@@ -189,8 +194,8 @@ def test_a_resume_keeps_the_pool_options_and_refuses_changing_them(stand_in, tmp
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--true-share", "0.2"], "--true-share 0.2 contradicts --paper-mode, which draws the pool as the reference does "
-                              "(whole groups at random by --seed); drop one of the two"),
+    (["--true-share", "0.2"], ("--true-share 0.2 contradicts --paper-mode, which draws the pool as the reference does "
+                               "(whole groups at random by --seed); drop one of the two")),
     (["--pool-seed", "5"], "--pool-seed 5 contradicts --paper-mode, which draws the pool as the reference does"),
 ])
 def test_paper_mode_refuses_the_pool_options(stand_in, tmp_path, capsys, flags, said):

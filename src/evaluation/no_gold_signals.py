@@ -33,7 +33,7 @@ from statistics import mean
 from typing import Any, Hashable, Optional, Sequence
 
 from src.cli.cli_errors import UserError
-from src.run_directory.run_directory import LABELS_FILE, LOG_FILE, RunDirectory
+from src.run_directory.run_directory import LABELS_FILE, RunDirectory
 from src.run_directory.run_reading import label_row_problem, read_json_lines, rewrite_advice, run_summary
 
 ClaimIdentity = tuple[Hashable, str, int]  # (consistency_id, prompt, occurrence of that pair in the pool)
