@@ -1,4 +1,5 @@
-"""The project's figures: test accuracy per condition (the paper's Figure 1 style) and search progress."""
+"""The project's figures: test accuracy per condition and per labeller (the paper's Figure 1 style) and search
+progress."""
 from __future__ import annotations
 
 import math
@@ -15,7 +16,12 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-CONDITION_COLOURS = {"zero-shot": "#9e9e9e", "random labels": "#c9a227", "gold labels": "#e8a33d", "ICM labels": "#3b6fb6"}
+CONDITION_COLOURS = {"zero-shot": "#9e9e9e", "random labels": "#c9a227", "gold labels": "#e8a33d", "ICM labels": "#3b6fb6",
+                     "random-labeller labels": "#d8c27a", "bootstrap labels": "#7fb07f",
+                     "bootstrap-consistency labels": "#3d8c5a"}
+# comparison_figure's bars, by kind: the baselines and golden as in eval.png, each labeller its own colour.
+BAR_COLOURS = {"zero-shot": "#9e9e9e", "random": "#d8c27a", "bootstrap": "#7fb07f", "bootstrap-consistency": "#3d8c5a",
+               "icm": "#3b6fb6", "gold": "#e8a33d"}
 
 
 def figure_formats() -> set[str]:
@@ -52,6 +58,43 @@ def accuracy_figure(results: dict[str, dict], title: str, majority_rate: float) 
 def accuracy_chart(results: dict[str, dict], title: str, majority_rate: float, path: Path) -> None:
     """accuracy_figure, saved to ``path`` (PNG)."""
     _save(accuracy_figure(results, title, majority_rate), path)
+
+
+def comparison_figure(panels: Sequence[dict], title: str) -> Figure:
+    """Test accuracy of zero-shot, each labeller and golden labels, side by side with their 95% intervals, one
+    panel per testbed and model (``panels``: comparison.json's "figure", fractions in [0, 1]). A bar over one
+    run carries that run's bootstrap interval over test items; over several, the t-interval across runs, and the
+    number of runs is written under it."""
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(1.2 + 1.25 * max(len(p["bars"]) for p in panels) * len(panels), 4.6),
+                                     dpi=150, squeeze=False, sharey=True)
+    for axes, panel in zip(axes_list[0], panels):
+        bars = panel["bars"]
+        mean = [100 * b["mean"] for b in bars]
+        below = [0 if b["ci_low"] is None else 100 * (b["mean"] - b["ci_low"]) for b in bars]
+        above = [0 if b["ci_high"] is None else 100 * (b["ci_high"] - b["mean"]) for b in bars]
+        drawn = axes.bar(range(len(bars)), mean, yerr=[below, above], capsize=5, edgecolor="black", linewidth=0.6,
+                         color=[BAR_COLOURS.get(b["kind"], "#777777") for b in bars])
+        for bar, value, spec in zip(drawn, mean, bars):
+            axes.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, 1.5), ha="center", va="bottom",
+                          fontsize=8, color="white", fontweight="bold")
+            if spec["runs"] > 1:
+                axes.annotate(f"n={spec['runs']}", (bar.get_x() + bar.get_width() / 2, 8), ha="center", va="bottom",
+                              fontsize=7, color="white")
+        axes.set_xticks(range(len(bars)), [b["bar"] for b in bars], rotation=30, ha="right", fontsize=8)
+        axes.set_ylim(0, 100)
+        axes.set_title(f"{panel['testbed']} · {panel['model']}", fontsize=9)
+        axes.spines[["top", "right"]].set_visible(False)
+    axes_list[0][0].set_ylabel("Test accuracy (%)")
+    figure.suptitle(textwrap.fill(title, 90), fontsize=10)
+    figure.text(0.01, 0.01, "95% intervals: one run, bootstrap over test items; n runs, t across runs", fontsize=7,
+                color="#444444")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    return figure
+
+
+def comparison_chart(panels: Sequence[dict], title: str, path: Path) -> None:
+    """comparison_figure, saved to ``path`` (PNG)."""
+    _save(comparison_figure(panels, title), path)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,19 @@
-"""Evaluate a run's labels on the held-out test split against the paper's baselines.
+"""Evaluate runs' labels on the held-out test split against the paper's baselines, and compare labellers.
 
     python src/experiments/evaluate.py --run-dir OUT [--testbed truthfulQA --data-dir DIR] [--limit 200]
+    python src/experiments/evaluate.py --run-dir A B C --compare-out DIR [--limit 200]
+    python src/experiments/evaluate.py --sweep SWEEP [--compare-out DIR] [--limit 200]
 
-Writes OUT/eval.json (accuracy, 95% bootstrap interval and n per condition, and what was evaluated: the test
-data and its hash, the model, the labels' iteration and hash) and OUT/eval.png. Scores with the run's own
-route and model, and holds the run's lock meanwhile, so a run can't change its labels under it.
+Writes OUT/eval.json per run (accuracy, 95% bootstrap interval, n and the 1/0 correctness per test item for
+each condition, and what was evaluated: the test items, the test data and its hash, the model, the labels'
+iteration and hash) and OUT/eval.png. Scores with the run's own route and model, and holds the run's lock
+meanwhile, so a run can't change its labels under it. A run whose eval.json was made from the same labels,
+test items (data, --limit, --seed), --max-demos and model is not scored again (--rescore scores it anyway).
+
+With several runs (--run-dir A B C, or --sweep: every folder under SWEEP holding labels.jsonl), writes
+comparison.json and comparison.png to --compare-out (required for several --run-dir; for --sweep, SWEEP by
+default): per run its test accuracy, performance gap recovered and pool-label accuracy with 95% intervals, and
+per labeller the mean and 95% t-interval across seeds.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import json
 import random
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -31,12 +40,21 @@ from src.evaluation.eval_model import (
     model_to_request,
     recorded_model,
 )
-from src.evaluation.evaluation import CHANCE, evaluate_conditions
-from src.evaluation.figures import accuracy_chart
+from src.evaluation.comparison import comparison_report, comparison_table, pool_label_accuracy
+from src.evaluation.evaluation import CHANCE, evaluate_conditions, run_condition_name
+from src.evaluation.figures import accuracy_chart, comparison_chart
 from src.data.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
-from src.run_directory.output_paths import data_files, recorded_data_files, refuse_writing_over
+from src.run_directory.output_paths import data_files, real, recorded_data_files, refuse_writing_over, run_files
 from src.data.record_files import parse_columns
-from src.run_directory.run_directory import EVAL_FILE, EVAL_FIGURE, LABELS_FILE, RUN_FILE, RunDirectory, atomic_path
+from src.run_directory.run_directory import (
+    EVAL_FILE,
+    EVAL_FIGURE,
+    LABELS_FILE,
+    RUN_FILE,
+    RunDirectory,
+    atomic_path,
+    write_atomically,
+)
 from src.run_directory.run_lock import OutputDirLocked, OutputDirUnusable
 from src.run_directory.run_reading import (
     RUN_FILE_ADVICE,
@@ -52,8 +70,42 @@ from src.data.testbeds import TESTBED_SPECS
 from src.pipeline.pipeline import ScoringOptions, ScoringPipeline, show_progress_bars
 
 
+COMPARISON_FILE = "comparison.json"
+COMPARISON_FIGURE = "comparison.png"
+
+
 class EvaluationError(UserError):
     pass
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How to evaluate each run: evaluate.py's flags other than which runs and where a comparison goes."""
+    testbed: Optional[str] = None  # None: the run's
+    data_dir: Optional[Path] = None  # None: the run's
+    test_data: Optional[Path] = None
+    pool_source: Optional[Path] = None
+    limit: Optional[int] = None  # test claims drawn at random with ``seed``; None: all
+    max_demos: Optional[int] = None
+    model: Optional[str] = None
+    allow_other_model: bool = False
+    seed: int = 0  # for --limit, the random labels and the bootstraps
+    cache_dir: Optional[Path] = None  # None: the run directory
+    no_cache: bool = False
+    no_progress: bool = True
+    rescore: bool = False  # score even when the run's eval.json could be reused
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvaluationOptions":
+        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class EvaluatedRun:
+    run_dir: Path
+    settings: dict  # the run's recorded settings
+    report: dict  # its eval.json
+    reused: bool  # eval.json was already there for these labels, test items and model
 
 
 @dataclass
@@ -72,12 +124,40 @@ def _json_object(path: Path, advice: str) -> Optional[dict]:
     return read_json_object(path, advice) if path.is_file() else None
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Raise EvaluationError unless ``run_dir`` is a folder holding labels.jsonl."""
+    if not run_dir.is_dir():
+        raise EvaluationError(f"--run-dir {run_dir}: no such folder; point it at an ICM.py --output-dir")
+    if not RunDirectory(run_dir).labels_file.is_file():
+        raise EvaluationError(f"--run-dir {run_dir}: no {LABELS_FILE} there; run ICM.py first (or point at its --output-dir)")
+
+
+def sweep_runs(sweep: Path) -> list[Path]:
+    """Every folder under ``sweep`` (at any depth, itself included) that holds labels.jsonl, sorted by path.
+    Raises EvaluationError when there is none."""
+    if not sweep.is_dir():
+        raise EvaluationError(f"--sweep {sweep}: no such folder; point it at the folder a sweep writes its runs into")
+    found = sorted({path.parent for path in sweep.rglob(LABELS_FILE) if path.is_file()})
+    if not found:
+        raise EvaluationError(f"--sweep {sweep}: no run directories under it (folders holding {LABELS_FILE}); run the "
+                              "sweep's cells first, or point at the folder they write into")
+    return found
+
+
+def distinct_runs(run_dirs: Sequence[Path]) -> list[Path]:
+    """``run_dirs`` checked (check_run_dir), each once (the same folder named twice would count its seed twice)."""
+    seen: dict[Path, Path] = {}
+    for run_dir in run_dirs:
+        check_run_dir(Path(run_dir))
+        seen.setdefault(real(Path(run_dir)), Path(run_dir))
+    return list(seen.values())
+
+
 def read_run(run_dir: Path) -> RunFiles:
     """The run's settings, labels and records. Raises UserError for a missing or damaged file."""
     files = RunDirectory(run_dir)
     labels_path = files.labels_file
-    if not labels_path.is_file():
-        raise EvaluationError(f"--run-dir {run_dir}: no {LABELS_FILE} there; run ICM.py first (or point at its --output-dir)")
+    check_run_dir(run_dir)
     rewrite = rewrite_advice(run_dir)
     settings = run_settings(run_dir, required=True)
     if settings.get("testbed") not in TESTBED_SPECS:
@@ -111,7 +191,14 @@ def run_lock_for_evaluation(run_dir: Path) -> Iterator[None]:
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="an ICM.py --output-dir")
+    runs = parser.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--run-dir", type=Path, nargs="+", metavar="DIR",
+                      help="one or more ICM.py --output-dir (of any --labeller); several need --compare-out")
+    runs.add_argument("--sweep", type=Path, default=None, metavar="DIR",
+                      help=f"evaluate and compare every run directory under DIR (every folder holding {LABELS_FILE})")
+    parser.add_argument("--compare-out", type=Path, default=None, metavar="DIR",
+                        help=f"where {COMPARISON_FILE} and {COMPARISON_FIGURE} go (made if missing). Required with several "
+                             "--run-dir; with --sweep, default: the sweep's folder; with one --run-dir, none unless given")
     parser.add_argument("--testbed", default=None, help="default: the run's")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
     parser.add_argument("--test-data", type=Path, default=None, help="a test JSON file (default: test_<testbed>.json in --data-dir)")
@@ -132,30 +219,83 @@ def build_parser() -> OneLineParser:
                         help="where the response cache lives (default: the run directory, whose cache the run filled)")
     parser.add_argument("--no-cache", action="store_true", help="no response cache")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help=f"score every run again, even one whose {EVAL_FILE} matches its labels, test items and model")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
-        evaluate(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        options = EvaluationOptions.from_args(args)
+        run_dirs = distinct_runs(args.run_dir) if args.run_dir else sweep_runs(args.sweep)
+        out = args.compare_out if args.compare_out is not None else args.sweep
+        if out is None and len(run_dirs) > 1:
+            raise EvaluationError(f"{len(run_dirs)} runs given: pass --compare-out DIR, the folder for "
+                                  f"{COMPARISON_FILE} and {COMPARISON_FIGURE}")
+        if out is None:
+            evaluate_run(run_dirs[0], options)
+            return 0
+        comparison = compare_runs(run_dirs, options, out=out)
+        print(comparison_table(comparison))
+        print(f"wrote {out / COMPARISON_FILE} and {COMPARISON_FIGURE}", file=sys.stderr)
         return 0
 
     return run_main(body)
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    with run_lock_for_evaluation(args.run_dir):
-        return _evaluate_held_run(args)
+def compare_runs(run_dirs: Sequence[Path], options: Optional[EvaluationOptions] = None, *,
+                 out: Optional[Path] = None) -> dict:
+    """Evaluate each run of ``run_dirs`` (evaluate_run: an eval.json that matches is reused, not scored again)
+    and compare them: comparison.json's content (src/evaluation/comparison.py, plus the evaluation's settings
+    under "evaluation"). With ``out``, also writes out/comparison.json and out/comparison.png (the folder is made
+    if missing). Raises UserError (EvaluationError) for a missing run or labels.jsonl, before any scoring."""
+    options = options or EvaluationOptions()
+    run_dirs = distinct_runs(run_dirs)
+    if out is not None:
+        refuse_comparison_over_inputs(out, options, run_dirs)
+    evaluated = [evaluate_run(run_dir, options) for run_dir in run_dirs]
+    comparison = {
+        "evaluation": {"limit": options.limit, "max_demos": options.max_demos, "seed": options.seed},
+        **comparison_report([(str(e.run_dir), e.settings, e.report, e.reused) for e in evaluated]),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / COMPARISON_FILE, json.dumps(comparison, indent=2) + "\n")
+        testbeds = sorted({e.report["testbed"] for e in evaluated})
+        with atomic_path(out / COMPARISON_FIGURE) as temporary:
+            comparison_chart(comparison["figure"], f"Test accuracy by labeller: {len(evaluated)} runs on "
+                                                   f"{', '.join(testbeds)}", temporary)
+    return comparison
 
 
-def _evaluate_held_run(args: argparse.Namespace) -> dict:
-    run = read_run(args.run_dir)
+def refuse_comparison_over_inputs(out: Path, options: EvaluationOptions, run_dirs: Sequence[Path]) -> None:
+    """comparison.json and comparison.png must not land on the test data, a run's data or a run's own files."""
+    reads = [("the --test-data file", options.test_data)] if options.test_data else []
+    reads += [("the --pool-source file", options.pool_source)] if options.pool_source else []
+    reads += data_files(options.data_dir)
+    for run_dir in run_dirs:
+        reads += recorded_data_files(run_settings(run_dir)) + run_files(run_dir)
+    for name in (COMPARISON_FILE, COMPARISON_FIGURE):
+        refuse_writing_over(out / name, "--compare-out", reads, folder=False)
+
+
+def evaluate_run(run_dir: Path, options: Optional[EvaluationOptions] = None) -> EvaluatedRun:
+    """Evaluate one run under its lock, writing run_dir/eval.json and eval.png, or reuse its eval.json when that
+    was made from the same labels, test items, --max-demos and model (unless ``options.rescore``)."""
+    options = options or EvaluationOptions()
+    with run_lock_for_evaluation(run_dir):
+        return _evaluate_held_run(Path(run_dir), options)
+
+
+def _evaluate_held_run(run_dir: Path, args: EvaluationOptions) -> EvaluatedRun:
+    run = read_run(run_dir)
     settings, config = run.settings, run.config
-    progress = warn_if_partial(args.run_dir)
+    progress = warn_if_partial(run_dir)
     testbed = args.testbed or settings.get("testbed")
     if testbed != settings.get("testbed"):
         raise EvaluationError(f"--testbed {testbed}: the run labelled {settings.get('testbed')}; evaluate it on that")
-    refuse_writing_over_inputs(args, settings)
+    refuse_writing_over_inputs(run_dir, args, settings)
     legacy_source = run.summary.get("data_source") if run.summary else None
     try:
         pool = pool_source(run.data, legacy_source if isinstance(legacy_source, str) else None, args.pool_source)
@@ -174,9 +314,24 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         claims = random.Random(args.seed).sample(claims, min(args.limit, len(claims)))
     demos = [r for r in run.rows if r["label"] is not None][: args.max_demos]
     if not demos:
-        raise EvaluationError(f"{args.run_dir}/{LABELS_FILE} has no labelled claims to use as demonstrations")
+        raise EvaluationError(f"{run_dir}/{LABELS_FILE} has no labelled claims to use as demonstrations")
 
+    files = RunDirectory(run_dir)
+    own_condition = run_condition_name(settings.get("labeller"))
     run_model = recorded_model(run.summary)
+    # What makes an eval.json this evaluation's: the same labels, test items, demonstrations and seed.
+    identity = {"labels_sha256": run.labels_sha256, "test_sha256": held_out.source.sha256,
+                "test_source": held_out.source.where, "limit": args.limit, "max_demos": args.max_demos,
+                "seed": args.seed, "test_items": [c["record"] for c in claims], "run_condition": own_condition}
+    previous = reusable_report(files, identity, run_model, args)
+    if previous is not None:
+        print(f"{run_dir}: reusing its {EVAL_FILE} (made from the same labels, test items and model; --rescore "
+              "scores again)", file=sys.stderr)
+        if not files.eval_figure.exists():
+            draw_eval_figure(run_dir, config.data.seed, previous)
+        print_conditions(run_dir, previous)
+        return EvaluatedRun(run_dir, settings, previous, reused=True)
+
     route_settings = load_settings()
     use_vllm, route = choose_evaluation_route(run_model, route_settings, args.allow_other_model)
     # The run's prompts and --deterministic, with this evaluation's model, route and response cache.
@@ -184,7 +339,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         RouteConfig(model=model_to_request(run_model, route, args.model, config.route.model), use_vllm=use_vllm,
                     deterministic=config.route.deterministic),
         config.prompts, show_progress=show_progress_bars(args.no_progress),
-        cache_dir=None if args.no_cache else (args.cache_dir or args.run_dir),
+        cache_dir=None if args.no_cache else (args.cache_dir or run_dir),
     )
     with ScoringPipeline(options, route_settings) as pipeline:
         api = pipeline.model_api
@@ -193,7 +348,7 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         print(f"route: {used.route}  model: {used.model}  test claims: {len(claims)} from {held_out.source.where}"
               f"  demonstrations: {len(demos)}", file=sys.stderr)
         results = evaluate_conditions(api, claims, demos, label_style=options.label_style,
-                                      token_match=options.token_match, seed=args.seed)
+                                      token_match=options.token_match, seed=args.seed, own_condition=own_condition)
     gold_rate = sum(c["label"] for c in claims) / len(claims)
     report = {
         "testbed": testbed,
@@ -206,18 +361,60 @@ def _evaluate_held_run(args: argparse.Namespace) -> dict:
         "run_model": run_model.as_dict() if run_model else None, "differs_from_run": differs,
         "labels_used": {"sha256": run.labels_sha256, "iterations": progress.iterations, "K": progress.planned,
                         "finished": progress.finished, "stopped_early": progress.stopped_early},
-        "seed": args.seed, "chance": CHANCE,
+        "seed": args.seed, "limit": args.limit, "max_demos": args.max_demos, "chance": CHANCE,
         "majority_class_rate": max(gold_rate, 1 - gold_rate),
+        "labeller": settings.get("labeller") or "icm", "run_condition": own_condition,
+        "pool_label_accuracy": pool_label_accuracy(run.rows),
+        "test_items": identity["test_items"],  # each test claim's position in test_source, in scoring order
         "conditions": {name: result.as_dict() for name, result in results.items()},
     }
-    files = RunDirectory(args.run_dir)
     files.write(files.eval_file, json.dumps(report, indent=2) + "\n")
+    draw_eval_figure(run_dir, config.data.seed, report)
+    print_conditions(run_dir, report)
+    print(f"wrote {run_dir}/{EVAL_FILE} and {EVAL_FIGURE}", file=sys.stderr)
+    return EvaluatedRun(run_dir, settings, report, reused=False)
+
+
+def draw_eval_figure(run_dir: Path, run_seed: Optional[int], report: dict) -> None:
+    files = RunDirectory(run_dir)
     with atomic_path(files.eval_figure) as temporary:
-        accuracy_chart(report["conditions"], eval_title(args.run_dir, config.data.seed, report),
-                       report["majority_class_rate"], temporary)
+        accuracy_chart(report["conditions"], eval_title(run_dir, run_seed, report), report["majority_class_rate"], temporary)
+
+
+def print_conditions(run_dir: Path, report: dict) -> None:
+    print(f"{run_dir}:")
     for name, result in report["conditions"].items():
-        print(f"  {name:14s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
-    print(f"wrote {args.run_dir}/{EVAL_FILE} and {EVAL_FIGURE}", file=sys.stderr)
+        print(f"  {name:28s} {100 * result['accuracy']:5.1f}%  [{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}]  n={result['n']}")
+
+
+def reusable_report(files: RunDirectory, identity: dict, run_model: Optional[ModelIdentity],
+                    options: EvaluationOptions) -> Optional[dict]:
+    """The run's eval.json if it was made with ``identity`` (labels' hash, test data, items, --limit,
+    --max-demos, --seed, the run's condition) by the run's own route and model, and holds every condition's
+    per-item correctness; else None (also for an eval.json that is unreadable: it is made again)."""
+    if options.rescore or options.allow_other_model or run_model is None or not files.eval_file.is_file():
+        return None
+    try:
+        report = json.loads(files.eval_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("conditions"), dict):
+        return None
+    recorded = {"labels_sha256": (report.get("labels_used") or {}).get("sha256"),
+                **{key: report.get(key, "absent") for key in identity if key != "labels_sha256"}}
+    if identity["test_sha256"] is not None:  # the same content wherever the file now is
+        recorded["test_source"] = identity["test_source"]
+    if recorded != identity:
+        return None
+    differs = report.get("differs_from_run") or {}
+    same_model = (report.get("route"), report.get("model")) == (run_model.route, run_model.model) and \
+        differs.get("route") is False and differs.get("model") is False
+    if not same_model or options.model not in (None, run_model.model):
+        return None
+    n = len(identity["test_items"])
+    if not all(isinstance(c, dict) and isinstance(c.get("correct"), list) and len(c["correct"]) == n
+               for c in report["conditions"].values()):
+        return None
     return report
 
 
@@ -228,12 +425,12 @@ def eval_title(run_dir: Path, run_seed: Optional[int], report: dict) -> str:
             f"{report['n_demos']} demonstrations, {report['n_test']} test claims, 95% bootstrap CI")
 
 
-def refuse_writing_over_inputs(args: argparse.Namespace, settings: dict) -> None:
+def refuse_writing_over_inputs(run_dir: Path, args: EvaluationOptions, settings: dict) -> None:
     """eval.json, eval.png and the response cache must not land on the test data, the run's data or its files."""
     given = [("the --test-data file", args.test_data)] if args.test_data else []
     given += [("the --pool-source file", args.pool_source)] if args.pool_source else []
     reads = given + recorded_data_files(settings) + data_files(args.data_dir)
-    files = RunDirectory(args.run_dir)
+    files = RunDirectory(run_dir)
     for path in (files.eval_file, files.eval_figure):
         refuse_writing_over(path, "--run-dir", reads, folder=False)
     if not args.no_cache and args.cache_dir is not None:
