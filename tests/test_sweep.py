@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from src.experiments import plot, sweep
+from src.run_directory.run_directory import RunDirectory
 from src.sweep import cell_runs
 from src.sweep.aggregate import CELL_COLUMNS, SUMMARY_COLUMNS, eval_columns, summarise, t_interval
 from src.sweep.grid import expand, parse_axes
@@ -154,6 +155,17 @@ def test_cell_I_runs_that_cell_only_with_or_without_the_grid(stand_in, tmp_path,
     code, stdout, _ = run_sweep(capsys, "--out", out, "--list")
     assert [line.split("\t")[1] for line in stdout.splitlines()] == ["new", "done", "done", "new"]
     assert_refused(*run_sweep(capsys, "--out", out, "--cell", "4")[::2], "--cell 4: the sweep in")
+
+
+def test_a_cell_another_process_is_running_is_skipped_and_the_rest_run(stand_in, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert run_sweep(capsys, "--out", out, *GRID, "--cell", "0", "--", *SHARED)[0] == 0  # the array's first task
+    with RunDirectory(out / NAMES[1]).lock():  # as the task running cell 1 holds it
+        code, _, err = run_sweep(capsys, "--out", out, *GRID, "--", *SHARED)
+    assert code == 0, err
+    assert f"note: cell 1 ({NAMES[1]}) is being run by another process" in err
+    assert [cell_runs.cell_state(out / n) for n in NAMES] == ["done", "new", "done", "done"]
+    assert not (out / "sweep.csv").exists() and "aggregate once they are" in err
 
 
 @pytest.mark.parametrize("axis, flag, value", [("--seeds", "--seed", "3"), ("--alphas", "--alpha", "5"),
