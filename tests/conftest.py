@@ -183,6 +183,9 @@ SLOW_TESTS = {
     "tests/test_resume.py::test_killed_before_anything_was_computed_says_so_and_a_rerun_works": 10,
     "tests/test_external_route.py::test_a_200_prompt_batch_stays_within_the_request_limit": 14,
     "tests/test_vllm_route.py::test_a_server_that_rejects_list_prompts_is_detected_once": 11,
+    # Four embedded runs (2 seeds x 2 labellers); measured 208 s at a load of 5.5 on 2 cores, where one such run took 55 s.
+    "tests/test_sweep.py::test_a_small_sweep_of_two_seeds_and_two_labellers_on_the_embedded_model": 208,
+    "tests/test_sweep.py::test_sigterm_stops_every_cell_it_started_and_the_same_command_resumes_them": 15,
 }
 
 

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from src.experiments import ICM, evaluate, plot
+from src.experiments import ICM, evaluate, plot, sweep
 from tests.cli_helpers import call, load_script, refused
 from tests.fake_runs import make_run
 
 SCRIPTS = {name: load_script(name) for name in ("export_labels", "merge_labels", "benchmark_icm", "simulate_prefix_cache",
                                                  "measure_cache_drift", "measure_order_sensitivity", "serve_local")}
-ENTRY_POINTS = {"ICM": ICM, "evaluate": evaluate, "plot": plot, **SCRIPTS}
+ENTRY_POINTS = {"ICM": ICM, "evaluate": evaluate, "plot": plot, "sweep": sweep, **SCRIPTS}
 
 
 DEMO = ["--testbed", "demo", "--batch_size", "4", "--num_seed", "2"]
@@ -59,6 +59,11 @@ CASES = [
     ("export_labels", ["{run}"], "the following arguments are required: --format"),
     ("merge_labels", ["{run}", "--output"], "argument --output: expected one argument"),
     ("plot", ["{run}", "--colour", "red"], "unrecognized arguments: --colour red"),
+    ("sweep", ["--out", "{run}-sweep", "--jobs", "0"], "--jobs 0 must be at least 1"),
+    ("sweep", ["--out", "{run}-sweep", "--cell", "-1"], "--cell -1 must not be negative"),
+    ("sweep", ["--out", "{run}-sweep", "--alphas", "-30"], "--alphas -30: --alpha -30.0 must be a positive number"),
+    ("sweep", ["--out", "{run}-sweep", "--seeds", "1.5"], "--seeds 1.5: argument --seed: invalid int value: '1.5'"),
+    ("sweep", ["--out", "{run}-sweep", "--seeds", "1", "--", "--K", "-1"], "after --: --K -1 must not be negative"),
 ]
 
 
@@ -91,7 +96,7 @@ def test_a_resumed_run_whose_recorded_alpha_is_negative_is_refused(tmp_path, cap
 ZERO_IS_ORDINARY = {"--seed", "--batch-index"}
 
 
-@pytest.mark.parametrize("entry", ["ICM", "benchmark_icm", "evaluate", "measure_cache_drift", "measure_order_sensitivity",
+@pytest.mark.parametrize("entry", ["ICM", "sweep", "benchmark_icm", "evaluate", "measure_cache_drift", "measure_order_sensitivity",
                                    "serve_local", "simulate_prefix_cache"])
 def test_help_says_what_0_means_wherever_0_is_allowed(entry):
     from src.cli.cli_numbers import Bounded

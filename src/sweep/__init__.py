@@ -1,0 +1,1 @@
+"""Sweeps: a grid of ICM runs (src/experiments/sweep.py), each cell an ordinary run directory."""
