@@ -19,7 +19,9 @@ from scipy import stats
 from src.experiments import plot, sweep
 from src.run_directory.run_directory import RunDirectory
 from src.sweep import cell_runs
-from src.sweep.aggregate import CELL_COLUMNS, SUMMARY_COLUMNS, eval_columns, summarise, t_interval
+from src.evaluation.comparison import gap_recovered
+from src.evaluation.no_gold_signals import seed_signals
+from src.sweep.aggregate import CELL_COLUMNS, SUMMARY_COLUMNS, eval_columns, summarise
 from src.sweep.grid import expand, parse_axes
 from tests.conftest import REPO_ROOT, SMALL_EMBEDDED, run_outcome
 from tests.stand_in_pipeline import use_stand_in
@@ -113,6 +115,24 @@ def test_every_cell_is_an_ordinary_run_with_its_settings_and_the_sweep_is_aggreg
     seeds = [float(r["pool_label_accuracy"]) for r in rows[:2]]
     assert float(summary_rows[0]["pool_label_accuracy_mean"]) == pytest.approx(sum(seeds) / 2)
     assert (out / "sweep.png").stat().st_size > 10_000
+
+
+def test_the_summary_reports_the_seeds_agreement_on_one_pool_and_the_drift_of_each_cell(stand_in, tmp_path, capsys):
+    # With --pool-seed every seed labels the same pool, so their labels can be compared (up to the global flip).
+    out = tmp_path / "sweep"
+    code, _, err = run_sweep(capsys, "--out", out, "--seeds", "1", "2", "3", "--", *SHARED, "--pool-seed", "4")
+    assert code == 0, err
+    dirs = [out / f"demo/seed={seed}" for seed in (1, 2, 3)]
+    expected = seed_signals(dirs)
+    (line,) = csv_rows(out / "sweep_summary.csv")
+    assert int(line["seed_pairs_compared"]) == 3 and int(line["seed_pairs_flipped"]) == expected["agreement"]["flipped"]
+    assert 0.5 <= float(line["seed_agreement_mean"]) <= 1
+    assert float(line["seed_agreement_mean"]) == pytest.approx(expected["agreement"]["mean"])
+    assert float(line["final_energy_mean"]) == pytest.approx(expected["energy"]["mean"])
+    for row, run_dir in zip(csv_rows(out / "sweep.csv"), dirs):
+        log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+        shares = [x["share_true"] for x in log if x["share_true"] is not None]
+        assert float(row["share_true_drift"]) == pytest.approx(shares[-1] - shares[0])
 
 
 def test_the_same_command_again_skips_finished_cells(stand_in, tmp_path, capsys):
@@ -238,24 +258,6 @@ def test_a_new_sweep_is_not_mixed_into_a_run_or_other_files(stand_in, tmp_path, 
 
 # --- aggregation arithmetic ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("values", [[0.5, 0.7], [0.61, 0.58, 0.77, 0.70, 0.66], [1.0, 0.0, 0.25]])
-def test_the_t_interval_is_scipys(values):
-    mean, low, high = t_interval(values)
-    n = len(values)
-    sem = stats.sem(values)
-    half = stats.t.ppf(0.975, n - 1) * sem
-    assert mean == pytest.approx(sum(values) / n)
-    assert (low, high) == pytest.approx((mean - half, mean + half))
-    ci = stats.ttest_1samp(values, 0).confidence_interval(0.95)
-    assert (low, high) == pytest.approx((ci.low, ci.high))
-
-
-def test_one_seed_has_no_interval_and_equal_seeds_a_point():
-    assert t_interval([]) == (None, None, None)
-    assert t_interval([0.6]) == (0.6, None, None)
-    assert t_interval([0.6, 0.6, 0.6]) == pytest.approx((0.6, 0.6, 0.6))
-
-
 def test_the_summary_groups_done_cells_over_seeds():
     base = {"testbed": "demo", "labeller": "icm", "true_share": None, "test_accuracy": None, "gap_recovered": None}
     rows = [{**base, "alpha": 30.0, "seed": s, "state": "done", "pool_label_accuracy": v} for s, v in [(1, 0.5), (2, 0.7), (3, 0.9)]]
@@ -270,17 +272,22 @@ def test_the_summary_groups_done_cells_over_seeds():
     assert (second["alpha"], second["pool_label_accuracy_mean"], second["pool_label_accuracy_ci_low"]) == (10.0, 0.8, None)
 
 
-def test_eval_json_gives_test_accuracy_and_gap_recovered():
-    report = {"conditions": {"zero-shot": {"accuracy": 0.5}, "random labels": {"accuracy": 0.55},
-                             "gold labels": {"accuracy": 0.9},
-                             "ICM labels": {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.88, "n": 200}}}
+def test_eval_json_gives_test_accuracy_and_gap_recovered_with_its_paired_interval():
+    # Ten test items: zero-shot gets 5 right, golden 9, the run's labels 8, so the gap recovered is (8-5)/(9-5).
+    zero, gold, own = [1] * 5 + [0] * 5, [1] * 9 + [0], [1] * 8 + [0] * 2
+    report = {"run_condition": "bootstrap-consistency labels", "seed": 3, "conditions": {
+        "zero-shot": {"accuracy": 0.5, "correct": zero}, "random labels": {"accuracy": 0.6, "correct": [1] * 6 + [0] * 4},
+        "gold labels": {"accuracy": 0.9, "correct": gold},
+        "bootstrap-consistency labels": {"accuracy": 0.8, "ci_low": 0.6, "ci_high": 1.0, "n": 10, "correct": own}}}
     columns = eval_columns(report)
-    assert columns["test_accuracy"] == 0.8 and (columns["test_ci_low"], columns["test_ci_high"]) == (0.7, 0.88)
-    assert columns["gap_recovered"] == pytest.approx((0.8 - 0.5) / (0.9 - 0.5))
-    given = eval_columns({**report, "gap_recovered": {"value": 0.7, "ci_low": 0.5, "ci_high": 0.9}})
-    assert (given["gap_recovered"], given["gap_recovered_ci_low"], given["gap_recovered_ci_high"]) == (0.7, 0.5, 0.9)
-    no_gap = eval_columns({"conditions": {**report["conditions"], "gold labels": {"accuracy": 0.5}}})
+    assert columns["test_accuracy"] == 0.8 and (columns["test_ci_low"], columns["test_ci_high"]) == (0.6, 1.0)
+    expected = gap_recovered(zero, gold, own, seed=3)
+    assert columns["gap_recovered"] == pytest.approx(0.75) == expected["value"]
+    assert (columns["gap_recovered_ci_low"], columns["gap_recovered_ci_high"]) == (expected["ci_low"], expected["ci_high"])
+    no_gap = eval_columns({**report, "conditions": {**report["conditions"], "gold labels": {"accuracy": 0.5, "correct": zero}}})
     assert no_gap["gap_recovered"] is None  # gold no better than zero-shot: no gap to recover
+    older = {"conditions": {name: {k: v for k, v in c.items() if k != "correct"} for name, c in report["conditions"].items()}}
+    assert eval_columns(older) == {}  # no run_condition, no per-item correctness: nothing guessed
 
 
 # --- cells as processes ---------------------------------------------------------------------------------------------

@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from scipy import stats
-
 from core.errors import UserError
+from src.evaluation.comparison import GOLD, ZERO_SHOT, gap_recovered, pool_label_accuracy, t_interval
+from src.evaluation.no_gold_signals import seed_signals, share_true_drift
 from src.run_directory.run_directory import RunDirectory, write_atomically
 from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object, rewrite_advice
 from src.sweep.cell_runs import cell_state
@@ -35,16 +34,17 @@ CELL_COLUMNS = [
     "wall_seconds", "stopped_early",
     "test_accuracy", "test_ci_low", "test_ci_high", "n_test", "zero_shot_accuracy", "gold_accuracy",
     "gap_recovered", "gap_recovered_ci_low", "gap_recovered_ci_high",
+    "share_true_first", "share_true_drift",
 ]
 # What sweep_summary.csv gives a mean and interval of, over the seeds of one setting.
 SUMMARY_METRICS = ("pool_label_accuracy", "test_accuracy", "gap_recovered")
 GROUP_COLUMNS = [name for name in AXIS_COLUMNS if name != "seed"]
+# Signals without gold over the seeds of one setting (src/evaluation/no_gold_signals.seed_signals).
+SIGNAL_COLUMNS = ["seed_agreement_mean", "seed_pairs_compared", "seed_pairs_flipped", "final_energy_mean",
+                  "inconsistent_num_mean", "share_true_drift_mean"]
 SUMMARY_COLUMNS = [*GROUP_COLUMNS, "cells", "done",
-                   *(f"{metric}_{part}" for metric in SUMMARY_METRICS for part in ("n", "mean", "ci_low", "ci_high"))]
-CONFIDENCE = 0.95
-# eval.json's condition for the run's own labels: evaluate.py names it "ICM labels" (other labellers may get
-# their own name); the baselines beside it are these.
-BASELINE_CONDITIONS = ("zero-shot", "random labels", "gold labels")
+                   *(f"{metric}_{part}" for metric in SUMMARY_METRICS for part in ("n", "mean", "ci_low", "ci_high")),
+                   *SIGNAL_COLUMNS]
 
 
 @dataclass
@@ -60,51 +60,33 @@ def _number(value: Any) -> Optional[float]:
     return value
 
 
-def pool_label_accuracy(rows: Sequence[dict]) -> tuple[Optional[float], int, Optional[float], int]:
-    """From labels.jsonl's rows: the share of labelled claims with a gold label whose label equals it, and how
-    many those are; the share of labelled claims labelled True, and how many are labelled."""
+def label_columns(rows: Sequence[dict]) -> dict[str, Any]:
+    """From labels.jsonl's rows: the pool's size, how many claims are labelled and how many of those have gold,
+    pool-label accuracy against gold (comparison.pool_label_accuracy) and the share of labelled claims labelled True."""
     labelled = [r for r in rows if r.get("label") is not None]
-    with_gold = [r for r in labelled if r.get("gold_label") is not None]
-    accuracy = sum(bool(r["label"]) == bool(r["gold_label"]) for r in with_gold) / len(with_gold) if with_gold else None
-    share_true = sum(bool(r["label"]) for r in labelled) / len(labelled) if labelled else None
-    return accuracy, len(with_gold), share_true, len(labelled)
-
-
-def run_condition(conditions: dict) -> Optional[dict]:
-    """eval.json's result for the run's own labels: "ICM labels", else the one condition that is no baseline."""
-    if isinstance(conditions.get("ICM labels"), dict):
-        return conditions["ICM labels"]
-    own = [v for k, v in conditions.items() if k not in BASELINE_CONDITIONS and isinstance(v, dict)]
-    return own[0] if len(own) == 1 else None
-
-
-def gap_recovered(accuracy: Optional[float], zero_shot: Optional[float], gold: Optional[float]) -> Optional[float]:
-    """(accuracy - zero-shot) / (gold - zero-shot): the share of the zero-shot to golden many-shot gap the labels
-    recover (1: as good as gold; 0: no better than no demonstrations). None when a term is missing or the gap is 0."""
-    if accuracy is None or zero_shot is None or gold is None or gold == zero_shot:
-        return None
-    return (accuracy - zero_shot) / (gold - zero_shot)
+    accuracy = pool_label_accuracy(rows)
+    return {"pool_size": len(rows), "labelled": len(labelled), "gold_labelled": accuracy["n"] if accuracy else 0,
+            "pool_label_accuracy": accuracy["accuracy"] if accuracy else None,
+            "share_true": sum(bool(r["label"]) for r in labelled) / len(labelled) if labelled else None}
 
 
 def eval_columns(report: dict) -> dict[str, Any]:
-    """The test-set columns of a cell from its eval.json. A per-run "gap_recovered" field (a number, or an object
-    with value/ci_low/ci_high) is taken as written; otherwise the gap is computed from the conditions."""
+    """The test-set columns of a cell from its eval.json: the run's own condition (eval.json's "run_condition") with
+    its bootstrap interval, zero-shot and golden accuracy, and the gap recovered with its paired bootstrap interval
+    (comparison.gap_recovered, from the per-item correctness). An eval.json written before those existed gives
+    empty columns rather than numbers computed some other way."""
+    columns: dict[str, Any] = {}
     conditions = report.get("conditions") if isinstance(report.get("conditions"), dict) else {}
-    own = run_condition(conditions) or {}
-    accuracy = _number(own.get("accuracy"))
-    zero = _number((conditions.get("zero-shot") or {}).get("accuracy"))
-    gold = _number((conditions.get("gold labels") or {}).get("accuracy"))
-    columns = {"test_accuracy": accuracy, "test_ci_low": _number(own.get("ci_low")),
-               "test_ci_high": _number(own.get("ci_high")), "n_test": _number(own.get("n")),
-               "zero_shot_accuracy": zero, "gold_accuracy": gold,
-               "gap_recovered": gap_recovered(accuracy, zero, gold)}
-    written = report.get("gap_recovered", own.get("gap_recovered"))
-    if isinstance(written, dict):
-        columns.update(gap_recovered=_number(written.get("value", written.get("estimate"))),
-                       gap_recovered_ci_low=_number(written.get("ci_low")),
-                       gap_recovered_ci_high=_number(written.get("ci_high")))
-    elif _number(written) is not None:
-        columns["gap_recovered"] = written
+    own = conditions.get(report.get("run_condition"))
+    if not isinstance(own, dict) or not all(isinstance(conditions.get(c), dict) for c in (ZERO_SHOT, GOLD)):
+        return columns
+    zero, gold = conditions[ZERO_SHOT], conditions[GOLD]
+    columns.update(test_accuracy=_number(own.get("accuracy")), test_ci_low=_number(own.get("ci_low")),
+                   test_ci_high=_number(own.get("ci_high")), n_test=_number(own.get("n")),
+                   zero_shot_accuracy=_number(zero.get("accuracy")), gold_accuracy=_number(gold.get("accuracy")))
+    if all(isinstance(c.get("correct"), list) for c in (own, zero, gold)):
+        gap = gap_recovered(zero["correct"], gold["correct"], own["correct"], seed=report.get("seed") or 0)
+        columns.update(gap_recovered=gap["value"], gap_recovered_ci_low=gap["ci_low"], gap_recovered_ci_high=gap["ci_high"])
     return columns
 
 
@@ -130,10 +112,7 @@ def read_cell(sweep: Sweep, cell: Cell) -> CellResult:
 
 
 def _read_labels(path: Path, result: CellResult, where: Path) -> None:
-    rows = read_json_lines(path, rewrite_advice(where), check=label_row_problem)
-    accuracy, gold_n, share_true, labelled = pool_label_accuracy(rows)
-    result.row.update(pool_size=len(rows), labelled=labelled, gold_labelled=gold_n, pool_label_accuracy=accuracy,
-                      share_true=share_true)
+    result.row.update(label_columns(read_json_lines(path, rewrite_advice(where), check=label_row_problem)))
 
 
 def _read_summary(path: Path, result: CellResult, where: Path) -> None:
@@ -155,23 +134,27 @@ def _read_eval(path: Path, result: CellResult, where: Path) -> None:
 
 def _read_log(path: Path, result: CellResult, where: Path) -> None:
     result.log = read_json_lines(path, rewrite_advice(where), cut_last_line_ok=True)
+    drift = share_true_drift(where)
+    if drift is not None:
+        result.row.update(share_true_first=drift["first"], share_true_drift=drift["drift"])
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[Optional[float], Optional[float], Optional[float]]:
-    """Mean and two-sided ``confidence`` Student-t interval of the mean: mean ± t(n-1) · s/√n (scipy.stats.t).
-    (None, None, None) for no value; the interval is None for one value (no spread to estimate), and the mean
-    itself when all values are equal."""
-    n = len(values)
-    if n == 0:
-        return None, None, None
-    mean = statistics.fmean(values)
-    if n == 1:
-        return mean, None, None
-    sem = statistics.stdev(values) / math.sqrt(n)
-    if sem == 0:
-        return mean, mean, mean
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
+def seed_signal_columns(run_dirs: Sequence[Path]) -> dict[str, Any]:
+    """The no-gold signals of one setting's finished seeds: mean label agreement between them (up to the global
+    flip, over the claims each pair shares), how many pairs were compared and how many agree flipped, and the mean
+    final energy, remaining violations and share-of-True drift. Empty for fewer than two runs."""
+    if len(run_dirs) < 2:
+        return {}
+    signals = seed_signals(run_dirs)
+    agreement = signals["agreement"]
+
+    def mean_of(name: str) -> Optional[float]:
+        return signals[name]["mean"] if signals[name] else None
+
+    return {"seed_agreement_mean": agreement["mean"],
+            "seed_pairs_compared": sum(p["agreement"] is not None for p in agreement["pairs"]),
+            "seed_pairs_flipped": agreement["flipped"], "final_energy_mean": mean_of("energy"),
+            "inconsistent_num_mean": mean_of("inconsistent_num"), "share_true_drift_mean": mean_of("share_true_drift")}
 
 
 def group_key(row: dict[str, Any]) -> tuple:
@@ -190,9 +173,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out: dict[str, Any] = {**dict(zip(GROUP_COLUMNS, key)), "cells": len(members), "done": len(done)}
         for metric in SUMMARY_METRICS:
             values = [r[metric] for r in done if r[metric] is not None]
-            mean, low, high = t_interval(values)
-            out.update({f"{metric}_n": len(values), f"{metric}_mean": mean, f"{metric}_ci_low": low,
-                        f"{metric}_ci_high": high})
+            interval = t_interval(values) or {}
+            out.update({f"{metric}_n": len(values), f"{metric}_mean": interval.get("mean"),
+                        f"{metric}_ci_low": interval.get("ci_low"), f"{metric}_ci_high": interval.get("ci_high")})
         summary.append(out)
     return summary
 
@@ -213,6 +196,12 @@ def aggregate(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
     results = [read_cell(sweep, cell) for cell in sweep.cells]
     rows = [r.row for r in results]
     summary = summarise(rows)
+    for line in summary:
+        done = [sweep.cell_dir(r.cell) for r in results if r.row["state"] == "done" and group_key(r.row) == group_key(line)]
+        try:
+            line.update(seed_signal_columns(done))
+        except UserError as exc:
+            print(f"warning: the seed signals of {', '.join(map(str, done))} can't be read: {exc}", file=sys.stderr)
     write_atomically(sweep.out / SWEEP_CSV, csv_text(CELL_COLUMNS, rows))
     write_atomically(sweep.out / SWEEP_SUMMARY_CSV, csv_text(SUMMARY_COLUMNS, summary))
     return results, summary
