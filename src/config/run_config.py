@@ -141,8 +141,9 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "rng_draws": "minimal", "repair_loop": "stop-at-first-failure", "post_flip_fix_K": None, "mp_reduce": "mean",
     "paper_mode": False, "prompt_layout": "reference", "label_absent": "floor", "columns": None,
 }
-# Settings that may differ when a run is resumed: they don't change what the search computes.
-CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
+# Settings that may differ when a run is resumed: they don't change what the search computes. K and
+# bootstrap_rounds only say how long the run goes on.
+CHANGEABLE_ON_RESUME = {"K", "bootstrap_rounds", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
                         "output_dir", "overwrite"}
 # The reference code's flags keep its spelling (underscores); ours use hyphens.
 REFERENCE_FLAGS = {"alpha", "seed", "testbed", "model", "batch_size", "num_seed", "K", "consistency_fix_K", "decay",
