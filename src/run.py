@@ -29,7 +29,7 @@ from core.llm_api.redaction import scrub_credentials
 from core.llm_api.settings import Settings, SettingsError, load_settings
 from src.cli.cli_errors import UsageError
 from src.cli.stop_signals import GracefulStop, SearchStopped
-from src.config.run_config import PAPER_MODE_TOP_K, DataConfig, InvocationConfig, RunConfig
+from src.config.run_config import PAPER_MODE_TOP_K, DataConfig, InvocationConfig, RunConfig, flag
 from src.config.run_flags import recorded_setting_problem, validate
 from src.data.data_provenance import data_record
 from src.data.record_files import parse_columns
@@ -65,7 +65,16 @@ from src.run_directory.run_outputs import (
     label_rows,
     prepare_output_dir,
 )
-from src.search.annealing import ICMSearch, SearchState, seed_claims
+from src.search.annealing import SearchState
+from src.search.baselines import (
+    LENGTH_SETTING,
+    UNUSED_SETTINGS,
+    BaselineLabeller,
+    Labeller,
+    initial_claims,
+    make_labeller,
+    planned_iterations,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,10 +103,21 @@ def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
             if problem is not None:
                 raise damaged(files.run_file, f"its setting {problem}")
             config = RunConfig.resumed(record, config, set(passed))
+        note_unused_flags(config, passed)
         try:
             return run_in(config.with_paper_mode(set(passed)), out)
         except PromptTooLong as exc:
             raise PoolTooLong(f"{scrub_credentials(str(exc))}. {context_advice(config.data)}, {exc.server_fix}") from exc
+
+
+def note_unused_flags(config: RunConfig, passed: frozenset[str]) -> None:
+    """Say which of the flags given mean nothing to this run's labeller (--K to a baseline, --bootstrap-rounds to
+    ICM). They are not refused: a grid of runs passes the same flags to every labeller, and none of these changes
+    what the labeller computes."""
+    unused = sorted(passed & UNUSED_SETTINGS[config.search.labeller])
+    if unused:
+        print(f"note: --labeller {config.search.labeller} ignores {', '.join(flag(name) for name in unused)}",
+              file=sys.stderr)
 
 
 def context_advice(data: DataConfig) -> str:
@@ -110,10 +130,13 @@ def context_advice(data: DataConfig) -> str:
 
 
 def default_output_dir(config: RunConfig) -> Path:
-    data, K = config.data, config.search.K
+    """results/<testbed>-K<K>-bs<batch>-seed<seed> for ICM; a baseline's name stands for K<K>, so ICM and the
+    baselines of one pool land side by side."""
+    data, labeller = config.data, config.search.labeller
+    length = f"K{config.search.K}" if labeller == "icm" else labeller
     if data.num_batches is not None:
-        return REPO_ROOT / "results" / f"{data.testbed}-K{K}-seed{data.seed}-shard{data.batch_index}of{data.num_batches}"
-    return REPO_ROOT / "results" / f"{data.testbed}-K{K}-bs{data.batch_size}-seed{data.seed}"
+        return REPO_ROOT / "results" / f"{data.testbed}-{length}-seed{data.seed}-shard{data.batch_index}of{data.num_batches}"
+    return REPO_ROOT / "results" / f"{data.testbed}-{length}-bs{data.batch_size}-seed{data.seed}"
 
 
 def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
@@ -159,7 +182,6 @@ def start_or_resume(config: RunConfig, files: RunDirectory, state: SearchState, 
     out = files.path
     files.remove_leftover_temporaries()
     data = data_record(config.data.data_dir, config.data.data, source)
-    K = config.search.K
     if not config.invocation.resume:
         prepare_output_dir(files, config.invocation.overwrite)
         return state, rng, save_run(files, config.to_json(), pool_fingerprint(state.claims), new_run_id(), data)
@@ -167,16 +189,22 @@ def start_or_resume(config: RunConfig, files: RunDirectory, state: SearchState, 
     check_resumed_pool(run, state.claims, out, source)
     saved = load_checkpoint(files, run)
     if saved is not None:
-        state, rng = restore_state(saved, state.claims, files.checkpoint_file)
-    if K < state.iteration:
-        raise UsageError(f"--K {K} is below the {state.iteration} iterations this run has done: "
-                         f"pass --K {state.iteration} or more, or leave --K out")
+        # ICM flips one label per iteration; a baseline's round may change every label.
+        per_iteration = 1 if config.search.labeller == "icm" else len(state.claims)
+        state, rng = restore_state(saved, state.claims, files.checkpoint_file, per_iteration)
+    planned, length = planned_iterations(config.search), LENGTH_SETTING[config.search.labeller]
+    unit = "iterations" if config.search.labeller == "icm" else "rounds"
+    if planned < state.iteration:
+        raise UsageError(f"{flag(length)} {planned} is below the {state.iteration} {unit} this run has done: "
+                         f"pass {flag(length)} {state.iteration} or more, or leave {flag(length)} out")
     trim_log(files, state.iteration)
-    if run["settings"].get("K") != K or run.get("data") != data:
-        run["settings"]["K"] = K  # the run's record says how long the run is meant to be
+    length_changed = length is not None and run["settings"].get(length) != planned
+    if length_changed or run.get("data") != data:
+        if length is not None:
+            run["settings"][length] = planned  # the run's record says how long the run is meant to be
         run["data"] = data  # and where its data is now (the pool fingerprint has checked it is the same pool)
         rewrite_run(files, run)
-    print(f"resuming {out} at iteration {state.iteration} of {K}", file=sys.stderr)
+    print(f"resuming {out} at {unit[:-1]} {state.iteration} of {planned}", file=sys.stderr)
     return state, rng, run
 
 
@@ -212,8 +240,8 @@ def run_in(config: RunConfig, out: Path) -> Path:
     owns_the_folder = False  # a refused start or resume leaves the folder as it found it
     with GracefulStop() as stop:
         try:
-            state, rng, run_record = start_or_resume(config, files, SearchState(claims=seed_claims(pool, config.data.num_seed, rng)),
-                                                     rng, source)
+            start = SearchState(claims=initial_claims(pool, config.search, config.data.num_seed, rng))
+            state, rng, run_record = start_or_resume(config, files, start, rng, source)
             owns_the_folder = True
             try:
                 pipeline = ScoringPipeline(scoring_options(config, out), route_settings)
@@ -234,7 +262,7 @@ def run_in(config: RunConfig, out: Path) -> Path:
                     print(f"note: --true-share {config.data.true_share} drew the pool by its gold labels, so these labels "
                           "are not unsupervised: report them as a stress test of an imbalanced pool, not as labels "
                           "found without gold", file=sys.stderr)
-                search = ICMSearch(scorer, config.search, rng, state)
+                search = make_labeller(scorer, config.search, rng, state)
                 checkpoint = Checkpointer(files, run_record, search, rng)
                 stopped_by = _search_with_log(search, files, config, stop, checkpoint)
                 if state.metric is not None:
@@ -264,7 +292,7 @@ def crash_before_rename(path: Path) -> None:
 class Checkpointer:
     """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
 
-    def __init__(self, files: RunDirectory, run_record: dict, search: ICMSearch, rng: random.Random) -> None:
+    def __init__(self, files: RunDirectory, run_record: dict, search: Labeller, rng: random.Random) -> None:
         self.files, self.run_record, self.search, self.rng = files, run_record, search, rng
         self.saved_iteration: Optional[int] = search.state.iteration if files.checkpoint_file.exists() else None
 
@@ -322,11 +350,13 @@ def _write_results(files: RunDirectory, config: RunConfig, state, search, model_
     return unwritten, failure
 
 
-def _search_with_log(search: ICMSearch, files: RunDirectory, config: RunConfig, stop: GracefulStop,
+def _search_with_log(search: Labeller, files: RunDirectory, config: RunConfig, stop: GracefulStop,
                      checkpoint: Checkpointer) -> Optional[BaseException]:
     """Run the search, logging and checkpointing each iteration; return what stopped it early, if anything."""
     out = files.path
-    bar = tqdm(total=config.search.K, initial=search.state.iteration, desc="ICM search", unit="iter",
+    labeller = config.search.labeller
+    bar = tqdm(total=planned_iterations(config.search), initial=search.state.iteration,
+               desc="ICM search" if labeller == "icm" else labeller, unit="iter" if labeller == "icm" else "round",
                disable=not show_progress_bars(config.invocation.no_progress))
     log: Optional[IterationLog] = None
 
@@ -383,6 +413,8 @@ def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_s
         "testbed": config.data.testbed,
         "data_source": source,
         "settings": config.to_json(),
+        "labeller": config.search.labeller,
+        **(search.summary_fields() if isinstance(search, BaselineLabeller) else {}),
         **model_api.describe(),
         "stopped_early": None if stopped_by is None else scrub_credentials(str(stopped_by) or type(stopped_by).__name__),
         "iterations": state.iteration,

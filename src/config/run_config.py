@@ -143,8 +143,9 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
 }
 # What may read the gold labels beyond reporting, as run.json's "gold_used_by" names it.
 GOLD_USERS = ("consistency_key", "true_share")
-# Settings that may differ when a run is resumed: they don't change what the search computes.
-CHANGEABLE_ON_RESUME = {"K", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
+# Settings that may differ when a run is resumed: they don't change what the search computes. K and
+# bootstrap_rounds only say how long the run goes on.
+CHANGEABLE_ON_RESUME = {"K", "bootstrap_rounds", "no_progress", "secrets", "data_dir", "data", "columns", "cache_dir", "no_cache", "resume",
                         "output_dir", "overwrite"}
 # The reference code's flags keep its spelling (underscores); ours use hyphens.
 REFERENCE_FLAGS = {"alpha", "seed", "testbed", "model", "batch_size", "num_seed", "K", "consistency_fix_K", "decay",

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labeller", default=default["labeller"], choices=LABELLERS,
                         help="who labels the pool: icm (the search; default), or a cheap baseline on the same pool and "
                              "model: random, bootstrap (each round relabels every claim by its leave-one-out prediction), "
-                             "bootstrap-consistency (the same, with the consistency repair after each round)")
+                             "bootstrap-consistency (the same, with the consistency repair after each round). The baselines "
+                             "label the whole pool from random labels and ignore --K, --num_seed and the temperatures")
     parser.add_argument("--bootstrap-rounds", type=int, default=default["bootstrap_rounds"], action=Bounded, at_least=1,
                         help="round limit of the bootstrap labellers (they stop earlier once no label changes)")
     parser.add_argument("--true-share", type=float, default=default["true_share"], action=Bounded, at_least=0, at_most=1,

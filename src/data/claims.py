@@ -61,6 +61,13 @@ def labelled_claims(claims: Claims) -> list[Claim]:
     return [claims[uid] for uid in sorted(claims) if claims[uid].label is not None]
 
 
+def share_true(claims: Claims) -> Optional[float]:
+    """The share of the labelled claims labelled True, in [0, 1]; None when none is labelled. A labelling that
+    drifts towards one label shows here first (log.jsonl's ``share_true``)."""
+    labelled = labelled_claims(claims)
+    return sum(c.label == 1 for c in labelled) / len(labelled) if labelled else None
+
+
 def _as_bool(label: Optional[int]) -> Optional[bool]:
     return None if label is None else bool(label)
 

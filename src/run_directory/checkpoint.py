@@ -2,8 +2,9 @@
 
 ``run.json`` is written once, before any model call: the run's identity (a random id), the settings it was
 started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256); a
-resume rewrites it only to record a new --K or where the data is now (rewrite_run). ``checkpoint.json`` is rewritten after the seeds are scored and
-after every iteration: the labels, the current metric, the iteration and flip counters and the RNG state,
+resume rewrites it only to record a new --K (a bootstrap run's --bootstrap-rounds) or where the data is now (rewrite_run). ``checkpoint.json`` is rewritten after the seeds are scored and
+after every iteration: the labels, the current metric, the iteration and flip counters (a baseline's rounds and
+labels changed, and whether its labels stopped changing) and the RNG state,
 with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
 atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
 never half. A run killed before its first checkpoint resumes from its seeds.
@@ -157,6 +158,7 @@ def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: ran
         "pool_fingerprint": run["pool_fingerprint"],
         "iteration": state.iteration,
         "flip_cnt": state.flip_cnt,
+        "converged": state.converged,
         "metric": state.metric,
         "labels": {str(uid): claim.label for uid, claim in state.claims.items()},
         "rng": rng_to_json(rng),
@@ -220,8 +222,10 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[SearchState, random.Random]:
-    """The saved search state over the rebuilt pool (whose fingerprint the caller has checked)."""
+def restore_state(saved: dict[str, Any], claims: Claims, path: Path,
+                  flips_per_iteration: int = 1) -> tuple[SearchState, random.Random]:
+    """The saved search state over the rebuilt pool (whose fingerprint the caller has checked).
+    ``flips_per_iteration``: the most labels one iteration can change (ICM 1; a baseline's round, the pool)."""
     labels = saved.get("labels")
     if not isinstance(labels, dict):
         raise damaged(path, "no labels")
@@ -234,8 +238,12 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
     iteration, flip_cnt, metric = saved.get("iteration"), saved.get("flip_cnt"), saved.get("metric")
     if not _count(iteration):
         raise damaged(path, f"iteration {iteration!r} is not a whole number")
-    if not _count(flip_cnt) or flip_cnt > iteration:
-        raise damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to the iteration")
+    if not _count(flip_cnt) or flip_cnt > iteration * flips_per_iteration:
+        what = "the iteration" if flips_per_iteration == 1 else f"{flips_per_iteration} per iteration"
+        raise damaged(path, f"flip_cnt {flip_cnt!r} is not a whole number up to {what}")
+    converged = saved.get("converged", False)  # written since the bootstrap labellers; ICM's is always false
+    if not isinstance(converged, bool):
+        raise damaged(path, f"converged {converged!r} is not true or false")
     if not isinstance(metric, dict) or any(not _metric_value(f, metric.get(f)) for f in METRIC_FIELDS):
         raise damaged(path, f"the metric lacks one of {', '.join(METRIC_FIELDS)}")
     try:
@@ -243,7 +251,7 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path) -> tuple[Se
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         raise damaged(path, "the random generator's state can't be restored") from None
     restored: dict[int, Claim] = {uid: claim.relabelled(labels[str(uid)]) for uid, claim in claims.items()}
-    return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt), rng
+    return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt, converged=converged), rng
 
 
 def trim_log(files: RunDirectory, iterations: int) -> None:

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Optional
 
 from src.run_directory.run_directory import SUMMARY_FILE, RunDirectory
+from src.search.baselines import ICM, LENGTH_SETTING, RANDOM_ROUNDS
 
 
 @dataclass(frozen=True)
 class RunProgress:
-    """``iterations`` done of ``planned`` (the run's --K); None where summary.json doesn't say.
+    """``iterations`` done of ``planned`` (ICM's --K; a bootstrap labeller's --bootstrap-rounds; the random
+    labeller's one round); None where summary.json doesn't say. ``converged``: a bootstrap labeller's labels
+    stopped changing, which finishes it before ``planned``.
 
     ``unknown`` says why the state can't be read (no summary.json, or a damaged one), else None.
     """
@@ -24,11 +27,14 @@ class RunProgress:
     planned: Optional[int]
     stopped_early: Optional[str]
     unknown: Optional[str] = None
+    converged: bool = False
 
     @property
     def finished(self) -> bool:
         if self.unknown is not None or self.stopped_early:
             return False
+        if self.converged:
+            return True
         return not (isinstance(self.iterations, int) and isinstance(self.planned, int) and self.iterations < self.planned)
 
 
@@ -49,8 +55,11 @@ def run_progress(run_dir: Path) -> RunProgress:
         return RunProgress(None, None, None, unknown=f"its {SUMMARY_FILE} is not a JSON object")
     settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
     stopped = summary.get("stopped_early")
-    return RunProgress(_count(summary.get("iterations")), _count(settings.get("K")),
-                       str(stopped) if stopped else None)
+    labeller = settings.get("labeller", ICM)  # runs recorded before the baselines are ICM's
+    length = LENGTH_SETTING.get(labeller, "K") if isinstance(labeller, str) else "K"
+    planned = RANDOM_ROUNDS if length is None else _count(settings.get(length))
+    return RunProgress(_count(summary.get("iterations")), planned, str(stopped) if stopped else None,
+                       converged=summary.get("converged") is True)
 
 
 def warn_if_partial(run_dir: Path) -> RunProgress:

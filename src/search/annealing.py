@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 import numpy as np
 
 from src.config.run_config import SearchConfig
-from src.data.claims import Claim
+from src.data.claims import Claim, share_true
 from src.search.consistency import InconsistentPair, decision_options, inconsistent_pairs, relabel_pair
 from src.search.energy import (
     LabellingMetric,
@@ -51,17 +51,18 @@ SearchSettings = SearchConfig
 class SearchState:
     claims: Claims
     metric: Optional[LabellingMetric] = None  # None until the seed labels are scored
-    iteration: int = 0
-    flip_cnt: int = 0
+    iteration: int = 0  # ICM's iterations; a baseline's rounds (src/search/baselines.py)
+    flip_cnt: int = 0  # accepted flips; a baseline's labels changed so far
+    converged: bool = False  # a bootstrap labeller's last round changed no label (ICM never sets it)
 
 
 def seed_claims(pool: list[dict[str, Any]], num_seed: int, rng: random.Random) -> Claims:
     """Number the pool's records (src/data/testbeds.py) as Claims and give the first ``num_seed`` random labels,
-    half True and half False (one shuffle of the search's RNG).
+    half True and half False (one shuffle of the search's RNG); an odd ``num_seed``'s extra label is False.
 
     The record's label becomes the claim's ``gold_label``, for reporting only.
     """
-    seed_labels = [1] * (num_seed // 2) + [0] * (num_seed // 2)
+    seed_labels = [1] * (num_seed // 2) + [0] * (num_seed - num_seed // 2)
     rng.shuffle(seed_labels)
     return {uid: Claim.from_record(record, uid, seed_labels[uid] if uid < num_seed else None, seed=uid < num_seed)
             for uid, record in enumerate(pool)}
@@ -178,7 +179,7 @@ class ICMSearch:
         record.update(
             flip_cnt=state.flip_cnt, energy=self.energy(metric), train_prob=metric["train_prob"],
             inconsistent_num=metric["inconsistent_num"], train_accuracy=metric["train_accuracy"],
-            labelled=metric["train_size"], temperature=temperature,
+            labelled=metric["train_size"], temperature=temperature, share_true=share_true(state.claims),
         )
         return record
 
