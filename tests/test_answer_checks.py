@@ -18,7 +18,7 @@ from src.run_directory.run_outputs import label_rows
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import LabelsNotFound, PoolScorer
 from tests.claim_factory import by_uid, claim
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 PROMPTS = ["Item 1: the number after 1 is", "Item 2: the number after 2 is", "Item 3: the number after 3 is"]
 CLAIM_PROMPTS = [f"Question: Is {n} even?\nClaim: {n} is {'even' if n % 2 == 0 else 'odd'}.\nI think this claim is"

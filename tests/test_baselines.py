@@ -1,5 +1,5 @@
 """The cheap labellers beside ICM (issue 23, item 1): random, bootstrap and bootstrap-consistency, run through
-ICM.main in-process on the synthetic model (tests/synthetic_model.py, the demo testbed's gold labels planted), so
+ICM.main in-process on the synthetic model (src/benchmarks/synthetic_model.py, the demo testbed's gold labels planted), so
 each run writes the run directory an ICM run writes, in well under a second."""
 import json
 import random
@@ -18,7 +18,7 @@ from src.pipeline.pool_scoring import PoolScorer
 from src.run import Checkpointer, default_output_dir
 from src.run_directory.run_status import run_progress
 from src.search.baselines import initial_claims
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 BASELINES = ("random", "bootstrap", "bootstrap-consistency")
 DEMO = normalise_records(demo_records(), TESTBED_SPECS["demo"], "demo", True)

@@ -20,7 +20,7 @@ from src.evaluation.comparison import gap_recovered, pool_label_accuracy, t_inte
 from src.evaluation.evaluation import bootstrap_accuracy, run_condition_name
 from tests.cli_helpers import call
 from tests.fake_runs import make_run
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # what fake_runs.make_run records as the run's model
 

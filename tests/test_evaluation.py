@@ -11,7 +11,7 @@ from src.evaluation.evaluation import CHANCE, bootstrap_accuracy, demonstration_
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
 from src.experiments import plot
 from tests.cli_helpers import ICM_SCRIPT, SMALL_EMBEDDED, call, load_script, run_script
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 export_labels = load_script("export_labels")
 

@@ -25,7 +25,7 @@ from src.experiments import ICM
 from tests.cli_helpers import call
 from tests.stand_in_pipeline import use_stand_in
 from tests.conftest import REPO_ROOT
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 GROUP_SIZE = 4
 POOL, NUM_SEED, K = 16, 8, 40

@@ -26,7 +26,7 @@ from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
 from src.data.claims import Claim
 from tests.claim_factory import claim
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 
 def grouped_pool(groups: int, per_group: int, seed: int = 0) -> list[Claim]:

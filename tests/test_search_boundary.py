@@ -89,7 +89,7 @@ def test_the_pool_scores_are_what_the_synthetic_model_gives():
     # Pins SCORES to the model they came from, so the metric above is of a real scored pool.
     from core.llm_api.llm import ModelAPI
     from core.llm_api.settings import Settings
-    from tests.synthetic_model import SyntheticModel
+    from src.benchmarks.synthetic_model import SyntheticModel
 
     records = normalise_records(demo_records(), TESTBED_SPECS["demo"], "demo", True)
     pool = sample_pool(records, TESTBED_SPECS["demo"], 16, random.Random(7), "demo")

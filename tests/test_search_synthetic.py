@@ -6,7 +6,7 @@ from src.search.annealing import ICMSearch, SearchSettings, SearchState, seed_cl
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
 from src.config.run_config import PromptConfig
 from src.pipeline.pool_scoring import PoolScorer
-from tests.synthetic_model import SyntheticModel
+from src.benchmarks.synthetic_model import SyntheticModel
 
 
 def planted_search(seed: int, K: int = 300, pool_size: int = 32, num_seed: int = 8):

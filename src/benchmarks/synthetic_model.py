@@ -39,8 +39,20 @@ class SyntheticModel(ScoringRoute):
         lines = block.split("\n")
         return "\n".join(line for line in lines if line.startswith(("Question: ", "Claim: ")))
 
+    @staticmethod
+    def _blocks(prompt: str) -> list[str]:
+        """The prompt's demonstrations and its query. A claim's own text may hold the separator (GSM8K solutions
+        have paragraphs), so a piece that doesn't start a new question belongs to the block before it."""
+        blocks: list[str] = []
+        for piece in prompt.split(DEMO_SEPARATOR):
+            if blocks and not piece.startswith("Question: "):
+                blocks[-1] += DEMO_SEPARATOR + piece
+            else:
+                blocks.append(piece)
+        return blocks
+
     def logodds(self, prompt: str) -> float:
-        *demos, query = prompt.split(DEMO_SEPARATOR)
+        *demos, query = self._blocks(prompt)
         q = self._claim_text(query)
         if q not in self.prior:  # not a judge prompt (the reference's decision query): no opinion
             return 0.0
