@@ -122,7 +122,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--out", type=Path, required=True, help="the sweep's folder")
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the paper's JSON files")
     parser.add_argument("--testbed", default="gsm8k", choices=[t for t in TESTBEDS if t not in ("custom", "demo")])
-    parser.add_argument("--pool", type=int, default=32, action=Bounded, above=0, help="claims per pool")
+    parser.add_argument("--pool", type=int, default=32, action=Bounded, at_least=2, help="claims per pool")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--true-shares", nargs="+", default=["0.1", "0.3", "0.5", "0.7", "0.9"])
     parser.add_argument("--labellers", nargs="+", default=list(LABELLERS), choices=LABELLERS)
@@ -139,13 +139,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
         claims, _, _ = load_testbed_claims(args.testbed, args.data_dir, None, True)
+        real_pipeline = src.run.ScoringPipeline
         src.run.ScoringPipeline = synthetic_pipeline(claims, args.prior_weight, args.prior_noise, args.icl_weight)
-        code = sweep.main([
-            "--out", str(args.out), "--seeds", *map(str, args.seeds), "--labellers", *args.labellers,
-            "--true-shares", *args.true_shares, "--testbeds", args.testbed,
-            "--", "--batch_size", str(args.pool), "--num_seed", "8", "--K", str(args.K), "--pool-seed",
-            str(args.pool_seed), "--data-dir", str(args.data_dir), "--no-progress", "--no-cache",
-        ])
+        try:
+            code = sweep.main([
+                "--out", str(args.out), "--seeds", *map(str, args.seeds), "--labellers", *args.labellers,
+                "--true-shares", *args.true_shares, "--testbeds", args.testbed,
+                "--", "--batch_size", str(args.pool), "--num_seed", str(min(8, args.pool // 2 * 2)), "--K", str(args.K),
+                "--pool-seed", str(args.pool_seed), "--data-dir", str(args.data_dir), "--no-progress", "--no-cache",
+            ])
+        finally:
+            src.run.ScoringPipeline = real_pipeline  # this process's later runs (a test's) get the real model again
         if code == 0:
             report(args.out)
         return code
