@@ -148,7 +148,10 @@ def test_a_second_ctrl_c_during_a_batch_exits_130_at_once_with_the_files_written
         time.sleep(0.3)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 130, f"attempt {attempt} ({when}): exit {process.returncode}\n{stderr}"
+        # 130 from the run's own handler; or, when the second Ctrl-C lands after the interpreter has handed SIGINT
+        # back to the system (the run already finished writing, CI saw it once under load), death by SIGINT, which
+        # a shell reports as the same 130. Either way: ended at once by Ctrl-C, and no crash (139) or hang.
+        assert process.returncode in (130, -signal.SIGINT), f"attempt {attempt} ({when}): exit {process.returncode}\n{stderr}"
         assert "Traceback" not in stderr
         abandoned += "not waiting for the llama.cpp batch that was interrupted" in stderr
         if when == "mid-search":
