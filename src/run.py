@@ -16,7 +16,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
@@ -36,6 +36,7 @@ from src.data.record_files import parse_columns
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
 from src.data.true_share_pool import sample_pool_with_true_share, unlabelled_count
 from src.pipeline.label_scores import LOW_LABEL_MASS, low_mass_warning, median
+from src.pipeline.scoring_cost import Prices
 from src.pipeline.pipeline import (
     ScoringOptions,
     ScoringPipeline,
@@ -56,6 +57,7 @@ from src.run_directory.checkpoint import (
     trim_log,
 )
 from src.run_directory.output_paths import data_files, refuse_writing_over
+from src.run_directory.cost_ledger import CostLedger
 from src.run_directory.run_directory import CHECKPOINT_FILE, LABELS_FILE, LOG_FILE, RUN_FILE, SUMMARY_FILE, RunDirectory
 from src.run_directory.run_outputs import (
     IterationLog,
@@ -243,6 +245,8 @@ def run_in(config: RunConfig, out: Path) -> Path:
             start = SearchState(claims=initial_claims(pool, config.search, config.data.num_seed, rng))
             state, rng, run_record = start_or_resume(config, files, start, rng, source)
             owns_the_folder = True
+            ledger = CostLedger.for_run(files, config.invocation.resume is not None, started,
+                                        Prices.from_settings(route_settings))
             try:
                 pipeline = ScoringPipeline(scoring_options(config, out), route_settings)
             except WaitInterrupted:
@@ -263,12 +267,12 @@ def run_in(config: RunConfig, out: Path) -> Path:
                           "are not unsupervised: report them as a stress test of an imbalanced pool, not as labels "
                           "found without gold", file=sys.stderr)
                 search = make_labeller(scorer, config.search, rng, state)
-                checkpoint = Checkpointer(files, run_record, search, rng)
+                checkpoint = Checkpointer(files, run_record, search, rng, cost=lambda: ledger.for_checkpoint(model_api))
                 stopped_by = _search_with_log(search, files, config, stop, checkpoint)
                 if state.metric is not None:
                     scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
                     unwritten, failure = _write_results(files, config, state, search, model_api, scorer, source,
-                                                        time.time() - started, stopped_by, scores)
+                                                        time.time() - started, stopped_by, scores, ledger)
                     if failure is not None and not isinstance(stopped_by, OutputWriteError):
                         stopped_by = OutputWriteError.after(failure, out, checkpoint.saved_iteration)
                     elif unwritten:
@@ -292,12 +296,15 @@ def crash_before_rename(path: Path) -> None:
 class Checkpointer:
     """Saves the search after each iteration, and remembers which iteration the file on disk holds."""
 
-    def __init__(self, files: RunDirectory, run_record: dict, search: Labeller, rng: random.Random) -> None:
-        self.files, self.run_record, self.search, self.rng = files, run_record, search, rng
+    def __init__(self, files: RunDirectory, run_record: dict, search: Labeller, rng: random.Random,
+                 cost: Optional[Callable[[], dict]] = None) -> None:
+        """``cost`` gives the run's scoring totals so far (CostLedger.for_checkpoint), saved with the state."""
+        self.files, self.run_record, self.search, self.rng, self.cost = files, run_record, search, rng, cost
         self.saved_iteration: Optional[int] = search.state.iteration if files.checkpoint_file.exists() else None
 
     def __call__(self) -> None:
-        save_checkpoint(self.files, self.run_record, self.search.state, self.rng)
+        save_checkpoint(self.files, self.run_record, self.search.state, self.rng,
+                        cost=None if self.cost is None else self.cost())
         self.saved_iteration = self.search.state.iteration
 
 
@@ -328,14 +335,14 @@ def _final_scores(scorer, state: SearchState, stopped_by: Optional[BaseException
 
 
 def _write_results(files: RunDirectory, config: RunConfig, state, search, model_api, scorer, source, wall_seconds,
-                   stopped_by, scores: dict[int, float]) -> tuple[list[str], Optional[OSError]]:
+                   stopped_by, scores: dict[int, float], ledger: CostLedger) -> tuple[list[str], Optional[OSError]]:
     """labels.jsonl and summary.json, each written if it can be. Returns the names of those that could not be,
     and the first error."""
     masses = {**scorer.known_label_masses(state.claims), **scorer.known_prediction_masses(state.claims)}
     results = {
         files.labels_file: lambda: jsonl(label_rows(state.claims, scores, masses)),
         files.summary_file: lambda: json.dumps(_summary(config, state, search, model_api, scorer, source, wall_seconds,
-                                                        stopped_by), indent=2, allow_nan=False) + "\n",
+                                                        stopped_by, ledger), indent=2, allow_nan=False) + "\n",
     }
     unwritten: list[str] = []
     failure: Optional[OSError] = None
@@ -405,10 +412,12 @@ def _settings(invocation: InvocationConfig) -> Settings:
     return load_settings(invocation.secrets)
 
 
-def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_seconds, stopped_by) -> dict:
+def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_seconds, stopped_by,
+             ledger: CostLedger) -> dict:
     metric = state.metric or {}
     stats = model_api.refresh_stats()
     cache = model_api.cache
+    cost = ledger.report(stats, model_api.route_name, wall_seconds, metric.get("train_size"))
     return {
         "testbed": config.data.testbed,
         "data_source": source,
@@ -438,6 +447,7 @@ def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_s
         "batch_predictions_computed": scorer.batch_predictions_computed,
         "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
         "label_mass": label_mass_summary(list(scorer.known_label_masses(state.claims).values()), config.prompts.label_style),
+        "cost": cost,
     }
 
 

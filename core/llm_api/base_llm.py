@@ -30,6 +30,11 @@ class RouteStats:
     prompts: int = 0
     prompt_tokens: int = 0  # all prompt tokens the engine was given
     computed_tokens: int = 0  # the part it had to compute (not served from its prefix cache)
+    # Routes that read each answer's ``usage`` (the hosted API) count what the provider bills: generated tokens
+    # (usage.completion_tokens, else max_tokens), and how many answers gave no count of their own.
+    completion_tokens: int = 0
+    completion_tokens_assumed: int = 0  # answers without usage.completion_tokens, counted as max_tokens
+    prompt_tokens_estimated: int = 0  # answers without usage.prompt_tokens, counted from the prompt's length
     engine_seconds: float = 0.0
 
     def as_dict(self) -> dict:

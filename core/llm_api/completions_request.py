@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
+MAX_TOKENS = 1  # ICM reads only the next token's logprobs: every answer generates one token
+
 
 @dataclass(frozen=True)
 class CompletionRequest:
@@ -19,7 +21,7 @@ class CompletionRequest:
 
     def body(self, prompt: Union[str, Sequence[str]]) -> dict[str, Any]:
         """The request for one prompt (a string) or several (a list, answered one choice per prompt)."""
-        body: dict[str, Any] = {"prompt": prompt if isinstance(prompt, str) else list(prompt), "max_tokens": 1,
+        body: dict[str, Any] = {"prompt": prompt if isinstance(prompt, str) else list(prompt), "max_tokens": MAX_TOKENS,
                                 "temperature": 0.0}
         if self.model is not None:
             body["model"] = self.model

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import aiohttp
 
 from core.llm_api.base_llm import RouteStats, ScoringRoute
-from core.llm_api.completions_request import CompletionRequest
+from core.llm_api.completions_request import MAX_TOKENS, CompletionRequest
 from core.llm_api.faults import (
     HTTPStatusError,
     PromptsRejected,
@@ -36,6 +36,12 @@ from core.llm_api.wait_headers import requested_wait
 
 CHARS_PER_TOKEN = 4  # a cautious guess for the token bucket until the answer's usage says
 SERVER_FIX = "or use a model with a longer context"
+
+
+def _usage_count(usage: Any, name: str, at_least: int) -> Optional[int]:
+    """``usage[name]`` when the answer holds it as a whole number of at least ``at_least``; else None."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= at_least else None
 
 
 class ExternalAPIClient(ScoringRoute):
@@ -88,10 +94,17 @@ class ExternalAPIClient(ScoringRoute):
         except MalformedResponse as exc:
             raise ServerFault(redact(f"{self.shown_url}: unusable answer ({exc})", self._api_key), exc.fault) from None
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        used = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        used = used if isinstance(used, int) and not isinstance(used, bool) and used > 0 else estimate
+        used = _usage_count(usage, "prompt_tokens", at_least=1)
+        if used is None:
+            used = estimate
+            self.stats.prompt_tokens_estimated += 1
         self.stats.prompt_tokens += used
         self.stats.computed_tokens += used
+        generated = _usage_count(usage, "completion_tokens", at_least=0)
+        if generated is None:
+            generated = MAX_TOKENS
+            self.stats.completion_tokens_assumed += 1
+        self.stats.completion_tokens += generated
         await self.limiter.charge_tokens(used - estimate)
         return logprobs
 

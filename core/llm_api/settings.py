@@ -50,6 +50,10 @@ class Settings:
     api_backoff_seconds: float = 1.0
     api_backoff_max_seconds: float = 30.0
     api_retry_seconds: float = 300.0
+    # The hosted API's price in dollars per million tokens, for the dollars in summary.json and eval.json. No
+    # default: a price we guessed would be a wrong number in a paper's budget.
+    api_price_input_per_mtok: Optional[float] = None
+    api_price_output_per_mtok: Optional[float] = None
     embedded_threads: Optional[int] = None
     # One slot: on a CPU, parallel slots add no prefill throughput, and each recomputes the prefixes the
     # others hold (measured: 1.7x the trie's tokens with 2 slots, 1.0x with 1).
@@ -179,6 +183,8 @@ def load_settings(secrets_file: Optional[Path] = None) -> Settings:
         api_backoff_seconds=number("API_BACKOFF_SECONDS", DEFAULTS.api_backoff_seconds, float),
         api_backoff_max_seconds=number("API_BACKOFF_MAX_SECONDS", DEFAULTS.api_backoff_max_seconds, float),
         api_retry_seconds=number("API_RETRY_SECONDS", DEFAULTS.api_retry_seconds, float, zero_ok=True),
+        api_price_input_per_mtok=number("API_PRICE_INPUT_PER_MTOK", DEFAULTS.api_price_input_per_mtok, float, zero_ok=True),
+        api_price_output_per_mtok=number("API_PRICE_OUTPUT_PER_MTOK", DEFAULTS.api_price_output_per_mtok, float, zero_ok=True),
         embedded_threads=number("EMBEDDED_THREADS", DEFAULTS.embedded_threads),
         embedded_slots=number("EMBEDDED_SLOTS", DEFAULTS.embedded_slots),
         embedded_ctx_per_slot=number("EMBEDDED_CTX_PER_SLOT", DEFAULTS.embedded_ctx_per_slot),

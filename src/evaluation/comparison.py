@@ -10,7 +10,10 @@ correctness (1/0 in the order of its eval.json "test_items"), its settings and i
   resample come from the same items. Undefined (None, with a reason) without gold labels or when golden equals
   zero-shot; its interval is undefined when that happens in a resample;
 - per labeller (runs alike in testbed, model, labeller, α and true share, differing in seed): the mean over runs
-  and a 95% Student-t interval across them (two runs or more).
+  and a 95% Student-t interval across them (two runs or more);
+- cost: each run's labelling cost per labelled claim (its summary.json's cost block: requests, prompt tokens,
+  engine-computed tokens, wall seconds, dollars on the hosted API) beside its accuracy, and the evaluation's own
+  (its eval.json's); per labeller, the mean over the runs that recorded one.
 """
 from __future__ import annotations
 
@@ -102,8 +105,53 @@ def _interval(condition: Optional[dict]) -> Optional[dict[str, Any]]:
     return {key: condition[key] for key in ("accuracy", "ci_low", "ci_high", "n")}
 
 
-def run_entry(run_dir: str, settings: dict, report: dict, *, reused: bool, resamples: int = RESAMPLES) -> dict[str, Any]:
-    """One run's line of comparison.json, from its recorded ``settings`` and its eval.json ``report``."""
+# The labelling cost comparison.json gives per run, from summary.json's cost block.
+COST_FIELDS = ("requests", "prompt_tokens", "computed_prompt_tokens", "wall_seconds", "dollars")
+
+
+def labelling_cost(summary: Optional[dict]) -> Optional[dict[str, Any]]:
+    """A run's labelling cost from its summary.json: its route, the totals over every invocation and the same per
+    labelled claim, whether the totals count from the run's start, and the dollars' note. None for a run whose
+    summary.json records no cost (one written before the accounting existed, or none at all)."""
+    cost = summary.get("cost") if isinstance(summary, dict) else None
+    if not isinstance(cost, dict) or not isinstance(cost.get("run"), dict):
+        return None
+    per_claim = cost.get("per_labelled_claim") if isinstance(cost.get("per_labelled_claim"), dict) else None
+    return {
+        "route": summary.get("route"), "labelled_claims": cost.get("labelled_claims"),
+        "run": {name: cost["run"].get(name) for name in COST_FIELDS},
+        "per_labelled_claim": None if per_claim is None else {name: per_claim.get(name) for name in COST_FIELDS},
+        "counted_from_start": cost.get("counted_from_start"), "dollars_note": cost.get("dollars_note"),
+    }
+
+
+def evaluation_cost(report: dict) -> Optional[dict[str, Any]]:
+    """What the evaluation's own scoring cost (eval.json's cost block), None for an eval.json made before it."""
+    cost = report.get("cost")
+    if not isinstance(cost, dict) or not isinstance(cost.get("evaluation"), dict):
+        return None
+    return {"evaluation": {name: cost["evaluation"].get(name) for name in COST_FIELDS},
+            "per_test_claim": cost.get("per_test_claim"), "test_claims": cost.get("test_claims")}
+
+
+def _mean_cost(members: Sequence[dict]) -> Optional[dict[str, Any]]:
+    """The mean per-labelled-claim cost over the runs of ``members`` that recorded one; dollars over those with
+    dollars. None when none did."""
+    known = [m["labelling_cost"]["per_labelled_claim"] for m in members
+             if m.get("labelling_cost") and m["labelling_cost"]["per_labelled_claim"]]
+    if not known:
+        return None
+    means: dict[str, Any] = {"runs": len(known)}
+    for name in COST_FIELDS:
+        values = [k[name] for k in known if isinstance(k.get(name), (int, float))]
+        means[name] = float(np.mean(values)) if values else None
+    return means
+
+
+def run_entry(run_dir: str, settings: dict, report: dict, *, reused: bool, resamples: int = RESAMPLES,
+              summary: Optional[dict] = None) -> dict[str, Any]:
+    """One run's line of comparison.json, from its recorded ``settings``, its eval.json ``report`` and its
+    ``summary`` (summary.json, for its labelling cost; None: unknown)."""
     conditions = report["conditions"]
     own = conditions[report["run_condition"]]
     gold = conditions.get(GOLD)
@@ -120,6 +168,7 @@ def run_entry(run_dir: str, settings: dict, report: dict, *, reused: bool, resam
         "condition": report["run_condition"], "n_test": report["n_test"], "eval_reused": reused,
         "test_accuracy": _interval(own), "zero_shot": _interval(conditions[ZERO_SHOT]), "golden": _interval(gold),
         "gap_recovered": gap, "pool_label_accuracy": report.get("pool_label_accuracy"),
+        "labelling_cost": labelling_cost(summary), "evaluation_cost": evaluation_cost(report),
     }
 
 
@@ -146,6 +195,7 @@ def group_entries(runs: Sequence[dict]) -> list[dict[str, Any]]:
             "test_accuracy": t_interval(m["test_accuracy"]["accuracy"] for m in members),
             "gap_recovered": t_interval(gaps), "gap_recovered_undefined_runs": sum(g is None for g in gaps),
             "pool_label_accuracy": t_interval(pool),
+            "cost_per_labelled_claim": _mean_cost(members),
         })
     return lines
 
@@ -204,16 +254,21 @@ def figure_panels(runs: Sequence[dict], reports: Sequence[dict]) -> list[dict[st
     return drawn
 
 
-def comparison_report(evaluated: Sequence[tuple[str, dict, dict, bool]], *, resamples: int = RESAMPLES) -> dict[str, Any]:
+def comparison_report(evaluated: Sequence[tuple[str, dict, dict, bool]], *, resamples: int = RESAMPLES,
+                      summaries: Optional[Sequence[Optional[dict]]] = None) -> dict[str, Any]:
     """comparison.json: ``evaluated`` holds (run directory, its recorded settings, its eval.json, whether that
-    was reused) per run, in the order given."""
-    runs = [run_entry(run_dir, settings, report, reused=reused, resamples=resamples)
-            for run_dir, settings, report, reused in evaluated]
+    was reused) per run, in the order given; ``summaries`` each run's summary.json (None: not known)."""
+    summaries = list(summaries) if summaries is not None else [None] * len(evaluated)
+    runs = [run_entry(run_dir, settings, report, reused=reused, resamples=resamples, summary=summary)
+            for (run_dir, settings, report, reused), summary in zip(evaluated, summaries)]
     return {
         "confidence": CONFIDENCE, "resamples": resamples,
         "intervals": {"test_accuracy": "percentile bootstrap over the run's test items (its eval.json)",
                       "gap_recovered": "paired percentile bootstrap over the run's test items",
                       "across_runs": "Student t over the runs of a line (mean ± t·s/√n), none for one run"},
+        "cost": {"labelling_cost": "the run's summary.json: every invocation of the run, and per labelled claim",
+                 "evaluation_cost": "the evaluation's own scoring (its eval.json), and per test claim",
+                 "cost_per_labelled_claim": "per labeller: the mean over its runs that recorded a cost"},
         "runs": runs,
         "labellers": group_entries(runs),
         "figure": figure_panels(runs, [report for _, _, report, _ in evaluated]),
@@ -236,22 +291,37 @@ def _short_names(run_dirs: Sequence[str]) -> list[str]:
     return [os.path.relpath(os.path.abspath(d), common) for d in run_dirs]
 
 
+def _per_claim(run: dict, name: str, form: str) -> str:
+    """One figure of a run's labelling cost per labelled claim, formatted; "-" where it is unknown."""
+    per_claim = (run.get("labelling_cost") or {}).get("per_labelled_claim") or {}
+    value = per_claim.get(name)
+    return "-" if value is None else form.format(value)
+
+
+def _mean_per_claim(line: dict, name: str, form: str) -> str:
+    value = (line.get("cost_per_labelled_claim") or {}).get(name)
+    return "-" if value is None else form.format(value)
+
+
 def comparison_table(comparison: dict) -> str:
     """comparison.json as text: one line per run, then one per labeller."""
     names = _short_names([run["run_dir"] for run in comparison["runs"]])
     width = max(len("run"), *map(len, names))
-    lines = [f"{'run':{width}s} labeller               seed      test accuracy          gap recovered          pool vs gold"]
+    lines = [f"{'run':{width}s} labeller               seed      test accuracy          gap recovered          pool vs gold"
+             "  engine tokens/claim  $/claim"]
     for run, name in zip(comparison["runs"], names):
         test, gap, pool = run["test_accuracy"], run["gap_recovered"], run["pool_label_accuracy"]
         lines.append(f"{name:{width}s} {run['labeller']:22s} {str(run['seed']):9s} "
                      f"{_percent(test['accuracy'])}{_span(test['ci_low'], test['ci_high']):16s} "
                      f"{_percent(gap['value'])}{_span(gap['ci_low'], gap['ci_high']):16s} "
-                     f"{_percent(pool['accuracy'] if pool else None)}")
+                     f"{_percent(pool['accuracy'] if pool else None)}        {_per_claim(run, 'computed_prompt_tokens', '{:,.0f}'):>13s}"
+                     f"  {_per_claim(run, 'dollars', '{:.6f}')}")
     lines.append("labeller (mean over runs, 95% t-interval)")
     for line in comparison["labellers"]:
         test, gap, pool = line["test_accuracy"], line["gap_recovered"], line["pool_label_accuracy"]
         lines.append(f"  {line['testbed']:10s} {line['labeller']:22s} runs={line['runs']:<3d} "
                      f"test {_percent(test['mean'])}{_span(test['ci_low'], test['ci_high'])}  "
                      f"gap {_percent(gap['mean'] if gap else None)}{_span(gap['ci_low'], gap['ci_high']) if gap else ''}  "
-                     f"pool {_percent(pool['mean'] if pool else None)}")
+                     f"pool {_percent(pool['mean'] if pool else None)}  engine tokens/claim "
+                     f"{_mean_per_claim(line, 'computed_prompt_tokens', '{:,.0f}')}  $/claim {_mean_per_claim(line, 'dollars', '{:.6f}')}")
     return "\n".join(lines)

@@ -6,14 +6,16 @@
 
 Writes OUT/eval.json per run (accuracy, 95% bootstrap interval, n and the 1/0 correctness per test item for
 each condition, and what was evaluated: the test items, the test data and its hash, the model, the labels'
-iteration and hash) and OUT/eval.png. Scores with the run's own route and model, and holds the run's lock
+iteration and hash, and what the scoring cost: requests, tokens, wall time, dollars on the hosted API) and
+OUT/eval.png. Scores with the run's own route and model, and holds the run's lock
 meanwhile, so a run can't change its labels under it. A run whose eval.json was made from the same labels,
 test items (data, --limit, --seed), --max-demos and model is not scored again (--rescore scores it anyway).
 
 With several runs (--run-dir A B C, or --sweep: every folder under SWEEP holding labels.jsonl), writes
 comparison.json and comparison.png to --compare-out (required for several --run-dir; for --sweep, SWEEP by
 default): per run its test accuracy, performance gap recovered and pool-label accuracy with 95% intervals, and
-per labeller the mean and 95% t-interval across seeds.
+per labeller the mean and 95% t-interval across seeds, and beside them each run's labelling cost per labelled
+claim (from its summary.json).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import hashlib
 import json
 import random
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,6 +46,7 @@ from src.evaluation.eval_model import (
 from src.evaluation.comparison import comparison_report, comparison_table, pool_label_accuracy
 from src.evaluation.evaluation import CHANCE, evaluate_conditions, run_condition_name
 from src.evaluation.figures import accuracy_chart, comparison_chart
+from src.pipeline.scoring_cost import CostCounts, Prices, cost_report
 from src.data.held_out import POOL_SOURCE_FLAG, pool_source, test_data_dir, test_split
 from src.run_directory.output_paths import data_files, real, recorded_data_files, refuse_writing_over, run_files
 from src.data.record_files import parse_columns
@@ -106,6 +110,7 @@ class EvaluatedRun:
     settings: dict  # the run's recorded settings
     report: dict  # its eval.json
     reused: bool  # eval.json was already there for these labels, test items and model
+    summary: Optional[dict] = None  # the run's summary.json as read now (its labelling cost), None if it wrote none
 
 
 @dataclass
@@ -257,7 +262,8 @@ def compare_runs(run_dirs: Sequence[Path], options: Optional[EvaluationOptions] 
     evaluated = [evaluate_run(run_dir, options) for run_dir in run_dirs]
     comparison = {
         "evaluation": {"limit": options.limit, "max_demos": options.max_demos, "seed": options.seed},
-        **comparison_report([(str(e.run_dir), e.settings, e.report, e.reused) for e in evaluated]),
+        **comparison_report([(str(e.run_dir), e.settings, e.report, e.reused) for e in evaluated],
+                            summaries=[e.summary for e in evaluated]),
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +336,7 @@ def _evaluate_held_run(run_dir: Path, args: EvaluationOptions) -> EvaluatedRun:
         if not files.eval_figure.exists():
             draw_eval_figure(run_dir, config.data.seed, previous)
         print_conditions(run_dir, previous)
-        return EvaluatedRun(run_dir, settings, previous, reused=True)
+        return EvaluatedRun(run_dir, settings, previous, reused=True, summary=run.summary)
 
     route_settings = load_settings()
     use_vllm, route = choose_evaluation_route(run_model, route_settings, args.allow_other_model)
@@ -341,6 +347,7 @@ def _evaluate_held_run(run_dir: Path, args: EvaluationOptions) -> EvaluatedRun:
         config.prompts, show_progress=show_progress_bars(args.no_progress),
         cache_dir=None if args.no_cache else (args.cache_dir or run_dir),
     )
+    started = time.time()  # the evaluation's wall time: opening the model, and scoring every condition
     with ScoringPipeline(options, route_settings) as pipeline:
         api = pipeline.model_api
         used = ModelIdentity(api.route_name, api.model, api.describe().get("endpoint"))
@@ -349,6 +356,7 @@ def _evaluate_held_run(run_dir: Path, args: EvaluationOptions) -> EvaluatedRun:
               f"  demonstrations: {len(demos)}", file=sys.stderr)
         results = evaluate_conditions(api, claims, demos, label_style=options.label_style,
                                       token_match=options.token_match, seed=args.seed, own_condition=own_condition)
+        scoring = CostCounts.from_route(api.refresh_stats(), used.route, time.time() - started)
     gold_rate = sum(c["label"] for c in claims) / len(claims)
     report = {
         "testbed": testbed,
@@ -367,12 +375,14 @@ def _evaluate_held_run(run_dir: Path, args: EvaluationOptions) -> EvaluatedRun:
         "pool_label_accuracy": pool_label_accuracy(run.rows),
         "test_items": identity["test_items"],  # each test claim's position in test_source, in scoring order
         "conditions": {name: result.as_dict() for name, result in results.items()},
+        "cost": cost_report(scoring, total_key="evaluation", unit="test_claim", units=len(claims),
+                            prices=Prices.from_settings(route_settings), route=used.route),
     }
     files.write(files.eval_file, json.dumps(report, indent=2) + "\n")
     draw_eval_figure(run_dir, config.data.seed, report)
     print_conditions(run_dir, report)
     print(f"wrote {run_dir}/{EVAL_FILE} and {EVAL_FIGURE}", file=sys.stderr)
-    return EvaluatedRun(run_dir, settings, report, reused=False)
+    return EvaluatedRun(run_dir, settings, report, reused=False, summary=run.summary)
 
 
 def draw_eval_figure(run_dir: Path, run_seed: Optional[int], report: dict) -> None:

@@ -4,7 +4,7 @@
 started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256); a
 resume rewrites it only to record a new --K (a bootstrap run's --bootstrap-rounds) or where the data is now (rewrite_run). ``checkpoint.json`` is rewritten after the seeds are scored and
 after every iteration: the labels, the current metric, the iteration and flip counters (a baseline's rounds and
-labels changed, and whether its labels stopped changing) and the RNG state,
+labels changed, and whether its labels stopped changing), the RNG state and the scoring cost so far (cost_ledger.py),
 with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
 atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
 never half. A run killed before its first checkpoint resumes from its seeds.
@@ -151,7 +151,9 @@ def rewrite_run(files: RunDirectory, run: dict[str, Any]) -> None:
     files.write(files.run_file, json.dumps(run, indent=2))
 
 
-def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: random.Random) -> None:
+def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: random.Random,
+                    cost: Optional[dict] = None) -> None:
+    """``cost``: the run's scoring totals so far (src/run_directory/cost_ledger.py), kept for the next resume."""
     files.write(files.checkpoint_file, json.dumps({
         "format": FORMAT_VERSION,
         "run_id": run.get("run_id"),
@@ -162,6 +164,7 @@ def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: ran
         "metric": state.metric,
         "labels": {str(uid): claim.label for uid, claim in state.claims.items()},
         "rng": rng_to_json(rng),
+        **({"cost": cost} if cost is not None else {}),
     }))
 
 
