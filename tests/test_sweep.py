@@ -107,6 +107,10 @@ def test_every_cell_is_an_ordinary_run_with_its_settings_and_the_sweep_is_aggreg
             sum(r["label"] == r["gold_label"] for r in labelled) / len(labelled))
         summary = json.loads((out / name / "summary.json").read_text())
         assert float(row["final_energy"]) == pytest.approx(summary["final"]["energy"])
+        per_claim = summary["cost"]["per_labelled_claim"]
+        assert float(row["computed_tokens_per_claim"]) == pytest.approx(per_claim["computed_prompt_tokens"])
+        assert float(row["requests_per_claim"]) == pytest.approx(per_claim["requests"])
+        assert row["dollars"] == ""  # not the hosted API: no price
         assert row["state"] == "done" and row["testbed"] == "demo" and row["test_accuracy"] == ""  # no eval.json
     summary_rows = csv_rows(out / "sweep_summary.csv")
     assert list(summary_rows[0]) == SUMMARY_COLUMNS

@@ -32,6 +32,7 @@ CELL_COLUMNS = [
     "pool_size", "labelled", "gold_labelled", "pool_label_accuracy", "share_true",
     "final_energy", "inconsistent_num", "iterations", "converged", "pool_scores_computed", "pool_scores_reused",
     "wall_seconds", "stopped_early",
+    "requests_per_claim", "computed_tokens_per_claim", "dollars",
     "test_accuracy", "test_ci_low", "test_ci_high", "n_test", "zero_shot_accuracy", "gold_accuracy",
     "gap_recovered", "gap_recovered_ci_low", "gap_recovered_ci_high",
     "share_true_first", "share_true_drift",
@@ -125,6 +126,12 @@ def _read_summary(path: Path, result: CellResult, where: Path) -> None:
         pool_scores_computed=_number(summary.get("pool_scores_computed")),
         pool_scores_reused=_number(summary.get("pool_scores_reused")),
         wall_seconds=_number(summary.get("wall_seconds")), stopped_early=summary.get("stopped_early") or None)
+    cost = summary.get("cost") if isinstance(summary.get("cost"), dict) else {}
+    per_claim = cost.get("per_labelled_claim") if isinstance(cost.get("per_labelled_claim"), dict) else {}
+    whole_run = cost.get("run") if isinstance(cost.get("run"), dict) else {}
+    result.row.update(requests_per_claim=_number(per_claim.get("requests")),
+                      computed_tokens_per_claim=_number(per_claim.get("computed_prompt_tokens")),
+                      dollars=_number(whole_run.get("dollars")))
 
 
 def _read_eval(path: Path, result: CellResult, where: Path) -> None:
