@@ -2,16 +2,25 @@
 
     python scripts/simulate_prefix_cache.py --pools 64 128 256 --capacities 100000 250000 500000 1000000 2000000
     python scripts/simulate_prefix_cache.py --block-size 128      # vLLM on CPU (its default block; 32 is its least)
+    python scripts/simulate_prefix_cache.py --steady-state --pools 16 32 64 128 --capacities 46000 --block-size 32
 
 It takes real TruthfulQA claims and the embedded model's tokenizer, lays the leave-one-out prompts out in
 the reference order or ours (tree layout, trie order), and replays a search-like run through the cache
 model in src/benchmarks/block_cache.py: every iteration flips one random label, scores the pool, and keeps
 the flip half the time. It prints the hit rate (cached prompt tokens / prompt tokens, as vLLM's
 prefix_cache_hits/queries count it) per pool size and cache capacity, and the tokens left to compute.
+
+--steady-state predicts what benchmark_icm.py --regime steady measures instead: the real search, from a fully
+labelled pool, on a stand-in engine (src/benchmarks/steady_state.py), in four patterns: the reference code's,
+ours in the reference layout, ours in the tree layout and ours in the tree-volatility layout. It prints the
+engine-computed tokens and pool scores per iteration (median and interquartile range after the first scoring),
+and splits the saving into memoisation (reference pattern / ours in the reference layout) and the tree (ours in
+the reference layout / ours in the tree layout).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -23,6 +32,7 @@ from core.llm_api.settings import Settings
 from core.process_exit import exit_process
 from src.benchmarks.block_cache import BLOCK_SIZE, CPU_BLOCK_SIZE, BlockPrefixCache
 from src.benchmarks.prefix_trie import trie_size
+from src.benchmarks.steady_state import PATTERNS, BlockTokens, SteadyStatePrediction, predicted_steady_state, saving_shares
 from src.cli.cli_errors import OneLineParser, UserError, run_main
 from src.cli.cli_numbers import Bounded
 from src.config.run_config import PromptConfig
@@ -122,7 +132,12 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, action=Bounded, at_least=1,
                         help=f"the cache block in tokens: vLLM's default is {BLOCK_SIZE} on GPUs, {CPU_BLOCK_SIZE} on CPUs "
                              "(which take multiples of 32)")
-    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0)
+    parser.add_argument("--seed", type=int, default=0, action=Bounded, at_least=0,
+                        help="draws the pool (and, with --steady-state, the search's RNG, as benchmark_icm.py's --seed)")
+    parser.add_argument("--steady-state", action="store_true",
+                        help="predict the steady state's cost per iteration in each pattern (see above) instead of the replay")
+    parser.add_argument("--K", type=int, default=8, action=Bounded, at_least=1,
+                        help="iterations of the search per pattern with --steady-state (benchmark_icm.py's --K)")
     parser.add_argument("--json", type=Path, default=None)
     return parser
 
@@ -140,6 +155,8 @@ def simulate_all(args: argparse.Namespace) -> int:
         refuse_writing_over(args.json, "--json", data_files(args.data_dir), folder=False)
         refuse_run_file(args.json, "--json")
     claims, source, _ = load_testbed_claims("truthfulQA", args.data_dir, None, True)
+    if args.steady_state:
+        return predict_all(args, claims, source)
     results: dict = {"block_size": args.block_size, "iterations": args.iterations, "pools": {}}
     with ModelAPI(settings=Settings(), use_vllm=None, show_progress=False) as api:
         print(f"tokenizer: {api.model}; claims from {source}; {args.iterations} pool scores per cell; "
@@ -172,6 +189,53 @@ def simulate_all(args: argparse.Namespace) -> int:
         write_atomically(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def predict_all(args: argparse.Namespace, claims: list[dict], source: str) -> int:
+    """--steady-state: each pattern's predicted cost per iteration at each pool size and capacity."""
+    results: dict = {"block_size": args.block_size, "K": args.K, "seed": args.seed, "steady_state": {}}
+    with ModelAPI(settings=Settings(), use_vllm=None, show_progress=False) as api:
+        tokens = BlockTokens(api.tokenize)
+        print(f"tokenizer: {api.model}; claims from {source}; the search from a fully labelled pool, K={args.K}, on the "
+              f"answers of a stand-in at chance; prompts run one after another", file=sys.stderr)
+        for size in args.pools:
+            results["steady_state"][size] = {}
+            for capacity in args.capacities:
+                predictions: dict[str, SteadyStatePrediction] = {}
+                for name, (mode, layout) in PATTERNS.items():
+                    rng = random.Random(args.seed)  # the benchmark's draws: the pool, then the starting labels
+                    pool = sample_pool(claims, TESTBED_SPECS["truthfulQA"], size, rng, source)
+                    try:
+                        predictions[name] = predicted_steady_state(pool, layout, tokens, capacity, args.block_size, mode, args.K, rng)
+                    except ValueError as exc:  # a prompt longer than the whole cache
+                        raise UserError(f"--capacities {capacity} at pool {size}: {exc}; give a larger capacity") from None
+                shares = saving_shares(predictions)
+                results["steady_state"][size][capacity] = {"patterns": {n: dataclasses.asdict(p) for n, p in predictions.items()},
+                                                           "saving": shares}
+                print_prediction(size, capacity, args.block_size, predictions, shares)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_prediction(size: int, capacity: int, block_size: int, predictions: dict[str, SteadyStatePrediction],
+                     shares: dict[str, Optional[float]]) -> None:
+    print(f"\npool {size}, KV cache {capacity:,} tokens in {block_size}-token blocks: per iteration after the first scoring, "
+          "median (IQR)")
+    print("| pattern | pool scores | engine-computed tokens | mean tokens | tokens per pool score | requests | first scoring, computed | hit rate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, p in predictions.items():
+        tokens, scores, requests = (p.per_iteration[k] for k in ("computed_tokens", "pool_scores", "requests"))
+        print(f"| {name} | {scores['median']:.1f} ({scores['p25']:.1f}–{scores['p75']:.1f}) | {tokens['median']:,.0f} "
+              f"({tokens['p25']:,.0f}–{tokens['p75']:,.0f}) | {p.computed_tokens_per_iteration:,.0f} | "
+              f"{'—' if p.computed_tokens_per_pool_score is None else format(p.computed_tokens_per_pool_score, ',.0f')} | "
+              f"{requests['median']:,.0f} | {p.first_scoring_computed_tokens:,} "
+              f"| {p.hit_rate:.1%} |")
+    shown = {k: ("—" if v is None else f"{v:.2f}×") for k, v in shares.items()}
+    print(f"saving per iteration (mean tokens): memoisation {shown['memoisation']} × tree {shown['tree']} = {shown['total']}; "
+          f"tree-volatility over tree {shown['volatility']}")
 
 
 def print_pool(size: int, entry: dict) -> None:

@@ -194,6 +194,10 @@ def start_or_resume(config: RunConfig, files: RunDirectory, state: SearchState, 
         # ICM flips one label per iteration; a baseline's round may change every label.
         per_iteration = 1 if config.search.labeller == "icm" else len(state.claims)
         state, rng = restore_state(saved, state.claims, files.checkpoint_file, per_iteration)
+        if config.prompts.prompt_layout == "tree-volatility" and state.iteration:
+            # The layout's history of label changes lives in the scorer's memory, not in the checkpoint.
+            print("note: --prompt-layout tree-volatility starts its count of label changes again on a resume, so the "
+                  "prompts from here on may differ from an uninterrupted run's", file=sys.stderr)
     planned, length = planned_iterations(config.search), LENGTH_SETTING[config.search.labeller]
     unit = "iterations" if config.search.labeller == "icm" else "rounds"
     if planned < state.iteration:

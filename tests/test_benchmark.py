@@ -63,7 +63,7 @@ def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tm
                         env={"EMBEDDED_CTX_PER_SLOT": "2048"}, timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    ours, reference = report["modes"]["ours"], report["modes"]["reference"]
+    ours, reference = report["regimes"]["growing"]["modes"]["ours"], report["regimes"]["growing"]["modes"]["reference"]
     assert ours["requests_per_pool_score"] == 1
     assert reference["requests_per_pool_score"] >= 2  # one request per labeled claim
     assert ours["pool_scores_reused"] >= 0 and reference["pool_scores_reused"] == 0
@@ -71,13 +71,13 @@ def test_benchmark_script_compares_the_two_patterns_and_writes_json(data_dir, tm
         assert 0 < mode["trie_minimum_tokens"] <= mode["prompt_tokens_sent"]
         assert 0 < mode["engine_computed_tokens"] <= mode["prompt_tokens_sent"]
         assert 0 <= mode["client_overhead_share"] < 1 and mode["peak_rss_mb"] > 50
-    assert report["ratios"]["requests"] == reference["requests"] / ours["requests"]
+    assert report["regimes"]["growing"]["ratios"]["requests"] == reference["requests"] / ours["requests"]
     assert ours["rss_check"]["K_late"] == 3
     layouts = report["layouts"]
     assert layouts["tree"]["trie_minimum_tokens"] < layouts["reference"]["trie_minimum_tokens"]
     assert layouts["tree"]["prompt_tokens_sent"] == layouts["reference"]["prompt_tokens_sent"]
     assert 0 <= layouts["label_agreement"] <= 1 and layouts["mean_abs_score_difference"] >= 0
-    assert {t["target"] for t in report["targets"]} >= {"requests per pool score (ours)", "wall per iteration, reference / ours"}
+    assert {t["target"] for t in report["targets"]} >= {"requests per pool score (ours) [growing]", "wall per iteration, reference / ours [steady]"}
     assert "| requests per pool score" in result.stdout and "Targets:" in result.stdout
 
 
@@ -123,3 +123,69 @@ def test_benchmark_refuses_pools_it_cannot_draw(data_dir, capsys):
                            (["--modes", "fast"], "--modes 'fast': use ours, reference or both")):
         code, stderr = call(benchmark, ["--data-dir", data_dir, *flags], capsys)
         assert code == 2 and message in stderr, stderr
+
+
+def stand_in_engine(monkeypatch, benchmark, data_dir):
+    """The benchmark's engine replaced by the cache model: answers at chance, tokens counted through a prefix cache."""
+    from src.benchmarks.block_cache import BlockPrefixCache
+    from src.benchmarks.steady_state import BlockTokens, CachedEngineModel
+    claims, _, _ = load_testbed_claims("truthfulQA", data_dir, None, True)
+    tokens = BlockTokens(lambda texts: [[ord(ch) for ch in text] for text in texts])
+    monkeypatch.setattr(benchmark, "open_model_api", lambda args: ModelAPI(
+        settings=Settings(), show_progress=False,
+        route=CachedEngineModel(claims, [c["label"] for c in claims], tokens, BlockPrefixCache(10**7, 16))))
+
+
+def test_benchmark_reports_both_regimes_per_iteration_and_the_steady_state_labels_nothing_new(data_dir, tmp_path, capsys, monkeypatch):
+    benchmark = load_script("benchmark_icm")
+    stand_in_engine(monkeypatch, benchmark, data_dir)
+    out = tmp_path / "bench.json"
+    code, stderr = call(benchmark, ["--data-dir", data_dir, "--pool", "8", "--num-seed", "2", "--K", "12", "--rss-K", "0",
+                                    "--layout-pool", "0", "--json", str(out), "--no-progress"], capsys)
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert list(report["regimes"]) == ["growing", "steady"]
+    growing, steady = report["regimes"]["growing"], report["regimes"]["steady"]
+    assert growing["labelled_at_start"] == 2 and steady["labelled_at_start"] == 8
+    for mode in ("ours", "reference"):
+        assert steady["modes"][mode]["labelled_at_start"] == 8
+        assert steady["modes"][mode]["iterations_labelling_a_new_claim"] == 0  # every iteration is a flip or nothing
+        assert growing["modes"][mode]["iterations_labelling_a_new_claim"] > 0
+        for entry in (growing, steady):
+            figures = entry["modes"][mode]
+            first, per = figures["first_scoring"], figures["per_iteration"]
+            # The first scoring and the iterations after it add up to the run.
+            assert first["requests"] + per["requests"]["total"] == figures["requests"]
+            assert first["computed_tokens"] + per["computed_tokens"]["total"] == figures["engine_computed_tokens"]
+            assert first["pool_scores"] + per["pool_scores"]["total"] == figures["pool_scores_computed"]
+            for spread in per.values():
+                assert spread["min"] <= spread["p25"] <= spread["median"] <= spread["p75"] <= spread["max"]
+    ratios = steady["ratios"]
+    ours, reference = steady["modes"]["ours"], steady["modes"]["reference"]
+    assert ratios["per_iteration_total_requests"] == reference["per_iteration"]["requests"]["total"] / ours["per_iteration"]["requests"]["total"]
+    assert ratios["requests"] == reference["requests"] / ours["requests"]
+    benchmark.print_report(report)  # what the run printed (call() keeps only stderr)
+    printed = capsys.readouterr().out
+    assert "steady: reference / ours" in printed and "growing: reference / ours" in printed
+    assert "per iteration, median (IQR)" in printed
+
+
+def test_benchmark_regime_flags_keep_the_old_steady_state_command(data_dir, tmp_path, capsys, monkeypatch):
+    benchmark = load_script("benchmark_icm")
+    stand_in_engine(monkeypatch, benchmark, data_dir)
+    out = tmp_path / "bench.json"
+    # Before --regime, --num-seed equal to --pool was how the steady state was asked for: it still is.
+    code, stderr = call(benchmark, ["--data-dir", data_dir, "--pool", "4", "--num-seed", "4", "--K", "2", "--rss-K", "0",
+                                    "--layout-pool", "0", "--modes", "ours", "--layout", "tree-volatility", "--json", str(out),
+                                    "--no-progress"], capsys)
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert list(report["regimes"]) == ["steady"]
+    assert report["regimes"]["steady"]["modes"]["ours"]["layout"] == "tree-volatility"
+    # --regime steady labels the whole pool, so the growing regime's --num-seed limit doesn't apply.
+    code, stderr = call(benchmark, ["--data-dir", data_dir, "--pool", "4", "--K", "2", "--rss-K", "0", "--layout-pool", "0",
+                                    "--modes", "ours", "--regime", "steady", "--json", str(out), "--no-progress"], capsys)
+    assert code == 0, stderr
+    for regime in ("growing", "both"):
+        code, stderr = call(benchmark, ["--data-dir", data_dir, "--pool", "4", "--num-seed", "4", "--regime", regime], capsys)
+        assert code == 2 and f"--regime {regime} needs claims left to label" in stderr, stderr

@@ -263,3 +263,150 @@ def test_layout_over_the_whole_pool_stays_put_as_claims_get_labeled():
         assert [u for u in new if u != 9] == uid_of(labeled, before[i])  # the new demonstration is only inserted
     # Without the frame, the tree would be re-cut for the new pool size.
     assert demo_orders(labeled, "reference", frame) == demo_orders(labeled, "reference")
+
+
+# --- the tree-volatility layout (issue 24, item 5) ---
+
+def test_volatility_layout_without_a_history_is_the_tree():
+    pool = grouped_pool(6, 4, seed=1)
+    tree = demo_orders(pool, "tree")
+    assert demo_orders(pool, "tree-volatility") == tree
+    assert demo_orders(pool, "tree-volatility", volatility={}) == tree
+    assert demo_orders(pool, "tree", volatility={3: 9, 7: 2}) == tree  # the plain tree ignores a history
+
+
+def test_volatility_layout_permutes_the_tree_and_puts_the_most_flipped_claims_last():
+    pool = grouped_pool(4, 4)  # uids 0-15, groups of 4
+    tree = demo_orders(pool, "tree")
+    moved = demo_orders(pool, "tree-volatility", volatility={2: 5, 3: 1, 9: 1})
+    for i in range(len(pool)):
+        assert sorted(moved[i]) == sorted(tree[i])  # the same demonstrations
+    # Prompts of the second half start with the first half, least volatile first: claim 2 (5 changes) last.
+    for i in range(8, 16):
+        assert moved[i][:8] == [0, 1, 4, 5, 6, 7, 3, 2]
+    for i in range(8):
+        assert moved[i][:8] == [8, 10, 11, 12, 13, 14, 15, 9]
+    # All prompts of a side still share their chunk, so the trie is as small as the tree's.
+    trie = lambda orders: trie_size([o + [-1 - i] for i, o in enumerate(orders)])  # noqa: E731
+    assert trie(moved) == trie(tree)
+    # Buckets by powers of two: 2 and 3 changes rank alike, so pool order decides between them.
+    assert demo_orders(pool, "tree-volatility", volatility={2: 3, 3: 2})[8][:8] == [0, 1, 4, 5, 6, 7, 2, 3]
+
+
+def test_pool_scorer_counts_label_changes_only_for_the_volatility_layout():
+    pool, claims, _ = demo_pool(8, 8, seed=3)
+    flipped = {**claims, 2: claims[2].relabelled(1 - claims[2].label)}
+    for layout, expected in (("tree", {}), ("tree-volatility", {2: 2})):
+        model = PromptLog(pool, [c["label"] for c in pool])
+        scorer = PoolScorer(ModelAPI(settings=Settings(), route=model), PromptConfig(prompt_layout=layout))
+        scorer.pool_scores(claims)
+        scorer.pool_scores(flipped)
+        scorer.pool_scores(claims)  # a memo hit still counts: the change back is seen
+        scorer.pool_scores(claims)
+        assert dict(scorer.label_changes) == expected
+        labeled = [flipped[uid] for uid in sorted(flipped)]
+        last = model.sent[-1]
+        if layout == "tree":
+            # Off: the prompts are the tree's, whatever happened before.
+            assert last == [leave_one_out_prompts(labeled, "space-in-label", "tree")[i] for i in send_order(demo_orders(labeled, "tree"))]
+            continue
+        # The flipped labelling was scored once claim 2 had changed once: it goes last in each chunk it is in.
+        orders = demo_orders(labeled, "tree-volatility", volatility={2: 1})
+        assert orders != demo_orders(labeled, "tree")
+        assert last == [leave_one_out_prompts(labeled, "space-in-label", "tree-volatility", volatility={2: 1})[i]
+                        for i in send_order(orders)]
+
+
+def test_a_claim_getting_its_first_label_is_no_change():
+    pool, claims, _ = demo_pool(8, 4, seed=2)
+    scorer = PoolScorer(ModelAPI(settings=Settings(), route=SyntheticModel(pool, [c["label"] for c in pool])),
+                        PromptConfig(prompt_layout="tree-volatility"))
+    scorer.pool_scores(claims)
+    unlabeled = next(uid for uid, c in claims.items() if c.label is None)
+    scorer.pool_scores({**claims, unlabeled: claims[unlabeled].relabelled(1)})
+    assert not scorer.label_changes
+
+
+# --- per-iteration statistics and the steady-state cost model (issue 24, items 1 and 2) ---
+
+def test_iteration_costs_are_the_differences_of_the_readings_and_their_spread():
+    from src.benchmarks.iteration_costs import CostCounters, Spread, iteration_costs, per_iteration
+    readings = [CostCounters(requests=r, computed_tokens=t, pool_scores=p, seconds=s)
+                for r, t, p, s in ((3, 100, 1, 2.0), (4, 110, 1, 2.5), (6, 140, 2, 4.0), (6, 140, 2, 4.5), (10, 240, 4, 9.0), (11, 244, 5, 9.5))]
+    costs = iteration_costs(readings)
+    assert [c.computed_tokens for c in costs] == [10, 30, 0, 100, 4]
+    summary = per_iteration(costs)
+    # Sorted 0, 4, 10, 30, 100: median 10, quartiles at positions 1 and 3 (numpy's linear rule), total 144.
+    assert summary["computed_tokens"] == {"median": 10, "p25": 4, "p75": 30, "min": 0, "max": 100, "total": 144}
+    assert summary["requests"]["total"] == 11 - 3 and summary["pool_scores"]["median"] == 1
+    assert summary["seconds"]["total"] == pytest.approx(7.5)
+    assert Spread.of([1, 2]).p25 == pytest.approx(1.25) and per_iteration([]) == {}
+    with pytest.raises(ValueError):
+        Spread.of([])
+
+
+def char_tokens():
+    from src.benchmarks.steady_state import BlockTokens
+    return BlockTokens(lambda texts: [[ord(ch) for ch in text] for text in texts])
+
+
+def test_cache_model_counts_a_hand_computed_case():
+    from src.benchmarks.steady_state import CachedEngineModel
+    pool = grouped_pool(1, 2)  # one group of two claims: each prompt is the other's demonstration, then its own query
+    records = [{"prompt": c.text, "label": c.label} for c in pool]
+    model = CachedEngineModel(records, [c.label for c in pool], char_tokens(), BlockPrefixCache(10_000, block_size=1))
+    prompts = leave_one_out_prompts(pool, "space-in-label", "tree")
+    assert model.tokenize(prompts) == [[ord(ch) for ch in p] for p in prompts]  # characters: pieces add up exactly
+    model.next_token_logprobs(prompts)
+    shared = common_prefix_length(prompts[0], prompts[1])  # the demonstration c0.1 against the query c0.0
+    assert shared == len("Question: q0\nClaim: c0.")
+    assert model.stats.computed_tokens == len(prompts[0]) + len(prompts[1]) - shared
+    model.next_token_logprobs(prompts)  # all cached, but each prompt's last token is computed
+    assert model.stats.computed_tokens == len(prompts[0]) + len(prompts[1]) - shared + 2
+    model.send_prompts_singly()
+    model.next_token_logprobs(prompts)
+    assert model.stats.requests == 2 + 2 and model.stats.prompt_tokens == 3 * (len(prompts[0]) + len(prompts[1]))
+
+
+def test_steady_state_prediction_is_the_trie_of_every_prompt_the_search_sent():
+    from src.benchmarks import steady_state
+    sent: list[str] = []
+
+    class Logged(steady_state.CachedEngineModel):
+        def next_token_logprobs(self, prompts):
+            sent.extend(prompts)
+            return super().next_token_logprobs(prompts)
+
+    pool, _, _ = demo_pool(12, 0, seed=5)
+    original = steady_state.CachedEngineModel
+    steady_state.CachedEngineModel = Logged
+    try:
+        prediction = steady_state.predicted_steady_state(pool, "tree", char_tokens(), 10**7, block_size=1, K=12,
+                                                         rng=random.Random(5))
+    finally:
+        steady_state.CachedEngineModel = original
+    tokens = [[ord(ch) for ch in p] for p in sent]
+    repeats = len(tokens) - len(set(map(tuple, tokens)))
+    # With 1-token blocks and room for everything, the engine computes each prompt's trie once, plus the last
+    # token of every prompt it has seen before.
+    total = prediction.first_scoring_computed_tokens + prediction.per_iteration["computed_tokens"]["total"]
+    assert total == trie_size(tokens) + repeats
+    assert prediction.pool_size == 12 and prediction.iterations == 12 and prediction.layout == "tree"
+    assert prediction.per_iteration["pool_scores"]["total"] >= 1  # the stand-in at chance proposes flips
+
+
+def test_the_saving_splits_into_memoisation_and_the_tree():
+    from src.benchmarks.steady_state import PATTERNS, predicted_steady_state, saving_shares
+    predictions = {}
+    for name, (mode, layout) in PATTERNS.items():
+        pool, _, rng = demo_pool(16, 0, seed=7)
+        predictions[name] = predicted_steady_state(pool, layout, char_tokens(), 10**7, 16, mode, K=10, rng=rng)
+    # The stand-in ignores order, so every pattern takes the same search path: ours computes the same pool scores.
+    ours = [p.per_iteration["pool_scores"]["total"] for n, p in predictions.items() if n != "reference pattern"]
+    assert len(set(ours)) == 1
+    reference = predictions["reference pattern"]
+    assert reference.per_iteration["requests"]["total"] > predictions["ours, tree layout"].per_iteration["requests"]["total"]
+    shares = saving_shares(predictions)
+    assert shares["total"] == pytest.approx(shares["memoisation"] * shares["tree"])
+    assert shares["memoisation"] > 1 and shares["tree"] > 1
+    assert saving_shares({"ours, tree layout": predictions["ours, tree layout"]})["memoisation"] is None

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-layout", default=default["prompt_layout"], choices=PROMPT_LAYOUTS,
                         help="order of the demonstrations in each prompt. tree (default): prompts share prefixes, so the engine "
                              "computes about N·L·log2(N) tokens per pool score instead of N²L/2; it moves scores no more than "
-                             "another random pool order does (scripts/measure_order_sensitivity.py). reference: pool order")
+                             "another random pool order does (scripts/measure_order_sensitivity.py). reference: pool order. "
+                             "tree-volatility (an experiment): the tree with the claims whose labels changed most placed last")
     parser.add_argument("--rng-draws", default=default["rng_draws"], choices=("reference", "minimal"),
                         help="reference: also take the random draws of the reference's per-evaluation pair shuffle, so a "
                              "seed follows the reference's path; minimal: only the draws that decide something")

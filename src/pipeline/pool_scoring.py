@@ -7,10 +7,14 @@ which changes what the engine can reuse but not what the model sees.
 
 The scorer only scores: the metric of a labelling and the consistency rules belong to the search,
 which computes them from ``pool_scores``.
+
+Under the tree-volatility layout (an experiment) the scorer also keeps ``label_changes``: for each claim, how
+often its label differed between two consecutive labellings it was asked to score (memo hits included, so
+the count follows the search's calls, not the memo). The layout orders by it; nothing flows back to the search.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Hashable, Mapping, Optional, Sequence
 
 from core.llm_api.base_llm import ScoringError
@@ -92,6 +96,8 @@ class PoolScorer:
         self.pool_scores_reused = 0
         self.single_predictions_computed = 0  # an unlabeled claim's prediction: one single-prompt request
         self.batch_predictions_computed = 0  # predictions of several unlabeled claims in one batched call
+        self.label_changes: Counter[int] = Counter()  # by uid; counted only under the tree-volatility layout
+        self._last_labels: dict[int, Optional[int]] = {}
 
     def _evidence(self, claims: Sequence[Claim], prompts: Sequence[str]) -> list[LabelEvidence]:
         """The label evidence of each claim's answer. Raises LabelsNotFound when no answer holds a label token, or
@@ -115,15 +121,29 @@ class PoolScorer:
                 + ("; --label-absent floor scores such answers 0 as the reference does" if len(blind) < len(evidence) else ""))
         return evidence
 
+    def _observe(self, claims: Claims) -> None:
+        """Count the labels that changed since the last labelling asked for (a claim getting its first label is no change)."""
+        if self.prompt_layout != "tree-volatility":
+            return
+        for uid, claim in claims.items():
+            before = self._last_labels.get(uid)
+            if before is not None and claim.label is not None and claim.label != before:
+                self.label_changes[uid] += 1
+        self._last_labels = {uid: claim.label for uid, claim in claims.items()}
+
+    def _orders(self, pool: list[Claim], claims: Claims) -> list[list[int]]:
+        return demo_orders(pool, self.prompt_layout, whole_pool(claims), self.label_changes)
+
     def _pool_entry(self, claims: Claims) -> tuple[dict[int, float], dict[int, float]]:
         """({uid: score}, {uid: label mass}) of the labelled claims, each predicted from all the others: one batched call."""
+        self._observe(claims)
         pool = labelled_claims(claims)
         key = assignment_key(pool)
         cached = self._pool_memo.get_fresh(key)
         if cached is not None:
             self.pool_scores_reused += 1
             return cached
-        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
+        orders = self._orders(pool, claims)
         prompts = prompts_in_order(pool, self.label_style, orders)
         order = send_order(orders)
         evidence = self._evidence([pool[i] for i in order], [prompts[i] for i in order])
@@ -197,5 +217,4 @@ class PoolScorer:
 
     def _demonstrations(self, pool: list[Claim], claims: Claims) -> list[Claim]:
         """The labeled claims in the order a claim outside them is judged from (see prompts.full_demo_order)."""
-        orders = demo_orders(pool, self.prompt_layout, whole_pool(claims))
-        return [pool[i] for i in full_demo_order(orders)]
+        return [pool[i] for i in full_demo_order(self._orders(pool, claims))]
