@@ -3,16 +3,24 @@
     python scripts/test_vllm_server.py                      # VLLM_BASE_URL from SECRETS or the environment
     python scripts/test_vllm_server.py --base-url http://127.0.0.1:8000 --model meta-llama/Llama-3.1-8B
 
-Each ✗ line gives the diagnosis: what the server does wrong and what to change. Exits 1 if any check fails,
-2 (with one `error:` line) if the URL or settings can't be used at all.
+Each ✗ line gives the diagnosis: what the server does wrong and what to change. A ⚠ line is worth knowing but
+changes no exit code. Exits 1 if any check fails, 2 (with one `error:` line) if the URL or settings can't be used
+at all.
+
+The last check is a prefix-cache self-test: a dozen ICM-shaped prompts scored cold, then twice from the prefix
+cache, then with exact label logprobs where the server offers them. It reports the largest drift of the label
+log-odds and the labels that drift can flip; above src/pipeline/score_drift.py's tolerance it warns (⚠), and fails
+(✗) when the drift reaches a label of its own scores. It takes seconds.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import http.client
 import json
 import math
+import secrets
 import socket
 import sys
 import urllib.error
@@ -20,12 +28,19 @@ import urllib.request
 from typing import Any, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
+from core.llm_api.base_llm import ScoringError
 from core.llm_api.completions_request import CompletionRequest
 from core.llm_api.engine_metrics import VLLM_HITS, VLLM_QUERIES, parse_metrics, prompt_token_counters
-from core.llm_api.logprobs import MalformedResponse, parse_completion_logprobs
+from core.llm_api.logprobs import MIN_ENTRIES, MalformedResponse, parse_completion_logprobs
 from core.llm_api.redaction import redact_url
+from core.llm_api.server_probe import exact_label_tokens, server_version
 from core.llm_api.settings import check_url, load_settings, split_url_list
 from src.cli.cli_errors import OneLineParser, UserError, run_main
+from src.data.claims import Claim
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
+from src.pipeline.label_scores import label_evidence
+from src.pipeline.score_drift import DRIFT_TOLERANCE_NATS, ScoreDrift, score_drift
+from src.prompts.prompts import leave_one_out_prompts
 
 TOP_K = 20
 # A claim as ICM shows it, after two demonstrations in the default label style: a base model ready for ICM
@@ -61,12 +76,23 @@ class Unreachable(Exception):
 CACHE_PROBE = "Question: Which planet is known as the red planet?\nClaim: Mars is known as the red planet.\n" * 16
 
 
+# The prefix-cache self-test scores the leave-one-out prompts of this many built-in demo claims (two groups):
+# 260 tokens each, so two full 128-token blocks (vLLM's CPU default) or sixteen 16-token ones are cached.
+DRIFT_TEST_CLAIMS = 8
+
+
 class Check:
     def __init__(self) -> None:
         self.failed = 0
+        self.warned = 0
 
     def ok(self, what: str) -> None:
         print(f"✓ {what}")
+
+    def warn(self, what: str, advice: str) -> None:
+        """Worth knowing, but no reason to refuse the server: the exit code stays 0."""
+        self.warned += 1
+        print(f"⚠ {what}\n    {advice}")
 
     def fail(self, what: str, diagnosis: str) -> None:
         self.failed += 1
@@ -271,6 +297,135 @@ def check_prefix_cache(server: Server, model: str, check: Check) -> None:
                    "(scripts/launch_vllm_server.sh does)")
 
 
+class DriftTestFailed(Exception):
+    """The prefix-cache self-test could not score its prompts: the message is the diagnosis."""
+
+
+def drift_test_prompts() -> tuple[list[str], list[str]]:
+    """(prompts, their neighbours): the leave-one-out prompts of DRIFT_TEST_CLAIMS built-in demo claims (their gold
+    labels as the labels), as ICM builds them by default (tree layout, space-in-label style), each after a nonce of
+    its own; and the same for the labelling with the middle claim's label flipped, what the engine saw one search
+    step before. A neighbour shares its prompt's prefix up to the flipped demonstration, then differs.
+
+    The nonces are fresh each run and differ between prompts, so no block of a prompt is in a prefix cache when it
+    is first sent (vLLM keys a block by a hash chained from the first token), not even one it shares with another
+    prompt of the same request. vLLM's /reset_prefix_cache would also empty the cache, but it exists only in its
+    dev mode (VLLM_SERVER_DEV_MODE=1)."""
+    records = normalise_records(demo_records()[:DRIFT_TEST_CLAIMS], TESTBED_SPECS["demo"], "demo", True)
+    pool = [Claim.from_record(record, uid, record["label"]) for uid, record in enumerate(records)]
+    neighbour = list(pool)
+    neighbour[len(pool) // 2] = pool[len(pool) // 2].relabelled(pool[len(pool) // 2].label ^ 1)
+    run = secrets.token_hex(4)
+    nonces = [f"Probe {run}-{i}.\n\n" for i in range(len(pool))]
+    return tuple([nonce + prompt for nonce, prompt in zip(nonces, leave_one_out_prompts(claims, "space-in-label", "tree"))]
+                 for claims in (pool, neighbour))
+
+
+def label_scores(server: Server, prompts: list[str], request: CompletionRequest,
+                 label_tokens: Optional[dict[int, str]] = None) -> list[float]:
+    """The label log-odds (nats) of each prompt from one list request, read as ICM reads them. ``label_tokens``:
+    the {id: text} the request asks exact logprobs for, each of which every answer must hold."""
+    status, body = server.call("/v1/completions", request.body(prompts))
+    if status != 200:
+        raise DriftTestFailed(f"/v1/completions answered {status}: {error_text(body)}")
+    try:
+        answers = parse_completion_logprobs(body, len(prompts), min_entries=0 if label_tokens else MIN_ENTRIES)
+    except MalformedResponse as exc:
+        raise DriftTestFailed(f"{SHAPE_DIAGNOSES.get(exc.fault, 'the answer is unusable')} ({exc})") from None
+    for answer in answers if label_tokens else ():
+        missing = set(label_tokens.values()) - {token for token, _ in answer}
+        if missing:
+            raise DriftTestFailed(f"asked for the exact logprobs of the label tokens, an answer lacks {sorted(missing)}: "
+                                  "the server does not honour logprob_token_ids on a list; run ICM with --label-logprobs topk")
+    return [label_evidence(answer, "whole").logodds for answer in answers]
+
+
+def exact_label_token_ids(server: Server, model: str) -> Optional[dict[int, str]]:
+    """The label tokens' {id: text} if the server gives exact logprobs for them, found as ICM's vLLM route finds it
+    (core/llm_api/server_probe.py); None on a server without /version (llama.cpp) or without the feature."""
+    async def fetch(method: str, path: str, body: Optional[dict], timeout: float) -> Any:
+        status, answer = server.call(path, body)  # bounded by --timeout
+        if status != 200:
+            raise ScoringError(f"{path} answered {status}")
+        return answer
+
+    async def probe() -> Optional[dict[int, str]]:
+        return await exact_label_tokens(fetch, model) if await server_version(fetch, server.base_url) else None
+
+    return asyncio.run(probe())
+
+
+def cache_counters(server: Server) -> Optional[tuple[float, float]]:
+    """(prompt tokens given to the engine, of which served from its prefix cache) from /metrics, or None."""
+    status, text = server.call("/metrics")
+    return prompt_token_counters(parse_metrics(text)) if status == 200 and isinstance(text, str) else None
+
+
+def cache_share(before: Optional[tuple[float, float]], after: Optional[tuple[float, float]]) -> str:
+    """The share of the prompt tokens between two /metrics readings that came from the prefix cache, as text."""
+    if before is None or after is None or after[0] <= before[0]:
+        return "unknown (no prompt-token counters in /metrics)"
+    return f"{100 * (after[1] - before[1]) / (after[0] - before[0]):.0f}%"
+
+
+def drift_figures(drift: ScoreDrift) -> str:
+    return (f"at most {drift.largest:.2g} nats over {drift.scored} claim prompts (tolerance {DRIFT_TOLERANCE_NATS}); "
+            f"{drift.could_flip} lie within that of 0 and could flip, {drift.flipped} flipped")
+
+
+def report_drift(check: Check, what: str, drift: ScoreDrift, why: str, detail: str = "") -> None:
+    """One ✓, ⚠ or ✗ line for a drift (src/pipeline/score_drift.py decides which). ``why``: what moves the scores
+    and what to do about it; ``detail``: added to the figures."""
+    verdict = drift.verdict()
+    what = f"{what}: {drift_figures(drift)}{detail}"
+    if verdict == "pass":
+        check.ok(what)
+    elif verdict == "warn":
+        check.warn(what, f"{why}. In a run, every label whose score lies within the drift of 0 can come out either way "
+                         f"({drift.could_flip} of these {drift.scored} do).")
+    else:
+        check.fail(what, f"{why}. The drift reaches at least half of these labels: they say as much about the cache as "
+                         "about the model.")
+
+
+def check_score_drift(server: Server, model: str, check: Check) -> None:
+    """The prefix-cache self-test: the same ICM-shaped prompts scored cold, then after a search step's neighbouring
+    prompts (their prefixes cached), then again (the whole prompts cached); and, where the server offers exact label logprobs, scored both ways. Reports the largest drift of the label
+    log-odds and the labels it can flip."""
+    label_tokens = exact_label_token_ids(server, model)
+    prompts, neighbours = drift_test_prompts()
+    top_k = CompletionRequest(model, TOP_K, cache_prompt=False)
+    try:
+        before_cold = cache_counters(server)
+        cold = label_scores(server, prompts, top_k)  # cache_prompt: false keeps llama.cpp from reusing a slot's prefix
+        after_cold = cache_counters(server)
+        label_scores(server, neighbours, CompletionRequest(model, TOP_K, cache_prompt=True))
+        before_cached = cache_counters(server)
+        # First with the prefixes the neighbours left (on vLLM, which always caches, the whole prompts the cold pass
+        # left), then with the prompts' own.
+        cached = [label_scores(server, prompts, CompletionRequest(model, TOP_K, cache_prompt=True)) for _ in range(2)]
+        after_cached = cache_counters(server)
+        exact = (label_scores(server, prompts, CompletionRequest(model, TOP_K, tuple(label_tokens), cache_prompt=True),
+                              label_tokens) if label_tokens else None)
+    except DriftTestFailed as exc:
+        check.fail("prefix-cache self-test", str(exc))
+        return
+    report_drift(check, "label log-odds cold vs from the prefix cache", score_drift(cold, *cached),
+                 "the prefix cache moves this server's scores, so a run's scores depend on what its cache held. On llama.cpp, "
+                 "ICM.py --deterministic sends cache_prompt: false (every prompt computed in full); on vLLM, compare with "
+                 "a server started with --no-enable-prefix-caching",
+                 f" (prompt tokens from the cache: cold {cache_share(before_cold, after_cold)}, "
+                 f"cached {cache_share(before_cached, after_cached)})")
+    if exact is None:
+        check.ok(f"exact vs top-{TOP_K} label logprobs: this server offers no exact ones (logprob_token_ids), so ICM "
+                 f"reads the top {TOP_K}: nothing to compare")
+        return
+    report_drift(check, f"label log-odds from exact vs top-{TOP_K} label logprobs", score_drift(exact, cached[-1]),
+                 f"ICM reads the exact label logprobs here (--label-logprobs auto); a run with --label-logprobs topk or "
+                 f"--paper-mode reads the top {TOP_K}, where a label outside them counts as the reference's floor, and "
+                 "scores differently")
+
+
 def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
     check = Check()
     if not check_connection(server, check):
@@ -282,7 +437,10 @@ def run_checks(server: Server, wanted_model: Optional[str]) -> Check:
     except Unreachable as exc:
         check.fail("list models and complete a prompt", str(exc))
         return check
-    for step in (check_logprobs, check_label_tokens, check_list_prompts, check_prefix_cache):
+    for step in (check_logprobs, check_label_tokens, check_list_prompts, check_prefix_cache, check_score_drift):
+        if step is check_score_drift and check.failed:
+            print("  (the prefix-cache self-test was not run: its scores mean nothing until the ✗ above are fixed)")
+            break
         try:
             step(server, model, check)
         except Unreachable as exc:
@@ -308,12 +466,14 @@ def check_servers(args: argparse.Namespace) -> int:
         raise UserError("no server to check: pass --base-url or set VLLM_BASE_URL")
     for url in urls:
         check_url(url_from, url, "given")
-    failed = 0
+    failed = warned = 0
     for url in urls:
         if len(urls) > 1:
             print(f"-- {redact_url(url)}")
-        failed += run_checks(Server(url, settings.vllm_api_key, args.timeout, url_from), args.model).failed
-    print("all checks passed" if not failed else f"{failed} check(s) failed")
+        check = run_checks(Server(url, settings.vllm_api_key, args.timeout, url_from), args.model)
+        failed, warned = failed + check.failed, warned + check.warned
+    warnings = f" ({warned} warning(s))" if warned else ""
+    print(f"all checks passed{warnings}" if not failed else f"{failed} check(s) failed{warnings}")
     return 1 if failed else 0
 
 

@@ -46,7 +46,8 @@ def health_check(*args: str, secrets=None) -> subprocess.CompletedProcess:
 def test_health_check_passes_every_check_against_the_local_server(local_server):
     result = health_check("--base-url", local_server)
     assert result.returncode == 0, result.stdout
-    assert result.stdout.count("✓") == 7 and "✗" not in result.stdout
+    # Seven checks and the prefix-cache self-test's two lines (llama.cpp's cache drift may make the first a ⚠).
+    assert result.stdout.count("✓") + result.stdout.count("⚠") == 9 and "✗" not in result.stdout
     assert "✓ ' True' and ' False' among the top next tokens of a claim prompt" in result.stdout
 
 

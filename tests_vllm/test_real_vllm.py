@@ -6,7 +6,9 @@ once; the HTTP requests themselves are counted from the server's access log ("PO
 The tests run in file order, and the last one stops the server's engine.
 """
 import json
+import math
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -54,6 +56,26 @@ def test_the_health_check_passes(vllm_server):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout and "prefix caching: a repeated prefix was served from the cache" in result.stdout
+
+
+DRIFT_LINE = re.compile(r"^([✓⚠✗]) label log-odds (cold vs from the prefix cache|from exact vs top-20 label logprobs): "
+                        r"at most (\S+) nats over (\d+) claim prompts \(tolerance [0-9.]+\); (\d+) lie within that of 0 "
+                        r"and could flip, (\d+) flipped")
+
+
+def test_the_prefix_cache_self_test_reports_both_drifts_as_measured_numbers(vllm_server):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "test_vllm_server.py"), "--base-url", vllm_server.url],
+                            capture_output=True, text=True, timeout=300)
+    reports = {m.group(2): m for m in map(DRIFT_LINE.match, result.stdout.splitlines()) if m}
+    assert set(reports) == {"cold vs from the prefix cache", "from exact vs top-20 label logprobs"}, result.stdout
+    for report in reports.values():
+        drift, scored, could_flip, flipped = float(report.group(3)), *map(int, report.group(4, 5, 6))
+        assert math.isfinite(drift) and drift >= 0 and scored == 8 and flipped <= could_flip <= scored
+    # The exit code follows the marks: only a ✗ fails.
+    assert (result.returncode == 1) == any(r.group(1) == "✗" for r in reports.values()), result.stdout
+    # The cached passes were served from the cache (all but each prompt's last, partial block), the cold one not.
+    shares = re.search(r"prompt tokens from the cache: cold (\d+)%, cached (\d+)%", result.stdout)
+    assert shares and int(shares.group(1)) < 10 and int(shares.group(2)) > 50, result.stdout
 
 
 def test_an_icm_run_sends_one_request_per_computed_pool_score(measured_run):
