@@ -36,7 +36,7 @@ from src.data.record_files import parse_columns
 from src.data.testbeds import TESTBED_SPECS, load_testbed_claims, sample_pool, shard_pool
 from src.data.true_share_pool import sample_pool_with_true_share, unlabelled_count
 from src.pipeline.label_scores import LOW_LABEL_MASS, low_mass_warning, median
-from src.pipeline.scoring_cost import Prices
+from src.pipeline.scoring_cost import SCORER_COUNTS, Prices
 from src.pipeline.pipeline import (
     ScoringOptions,
     ScoringPipeline,
@@ -105,9 +105,10 @@ def run(config: RunConfig, passed: frozenset[str] = frozenset()) -> Path:
             if problem is not None:
                 raise damaged(files.run_file, f"its setting {problem}")
             config = RunConfig.resumed(record, config, set(passed))
+        config = config.with_paper_mode(set(passed))  # refuses what contradicts paper mode, before any note
         note_unused_flags(config, passed)
         try:
-            return run_in(config.with_paper_mode(set(passed)), out)
+            return run_in(config, out)
         except PromptTooLong as exc:
             raise PoolTooLong(f"{scrub_credentials(str(exc))}. {context_advice(config.data)}, {exc.server_fix}") from exc
 
@@ -141,8 +142,9 @@ def default_output_dir(config: RunConfig) -> Path:
     return REPO_ROOT / "results" / f"{data.testbed}-{length}-bs{data.batch_size}-seed{data.seed}"
 
 
-def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
-    """The pool this run labels, the RNG the search goes on with, and where the claims came from."""
+def draw_pool(data: DataConfig, checks_num_seed: bool = True) -> tuple[list[dict], random.Random, str]:
+    """The pool this run labels, the RNG the search goes on with, and where the claims came from.
+    ``checks_num_seed``: refuse a --num_seed larger than the pool (ICM's; a baseline labels the whole pool)."""
     columns = parse_columns(data.columns) if data.columns else None
     claims, source, from_test = load_testbed_claims(data.testbed, data.data_dir, data.data, not data.no_gold_consistency,
                                                     columns)
@@ -159,13 +161,13 @@ def draw_pool(data: DataConfig) -> tuple[list[dict], random.Random, str]:
             # The pool comes from --pool-seed; the search's RNG goes on from where --seed's own draw of the pool left
             # it, so the seed labels and the search take the random numbers they would take without --pool-seed.
             pool = _sample(data, claims, random.Random(data.pool_seed), source)
-        if data.num_seed > len(pool):
+        if checks_num_seed and data.num_seed > len(pool):
             raise UsageError(f"--num_seed {data.num_seed} is larger than the pool: whole consistency groups of {source} "
                              f"fill only {len(pool)} of --batch_size {data.batch_size}; lower --num_seed or raise --batch_size")
     else:
         pool = shard_pool(claims, TESTBED_SPECS[data.testbed], data.num_batches, data.batch_index, data.seed, source)
         rng = random.Random(f"{data.seed}:{data.batch_index}")  # each shard's own seed labels and search
-        if data.num_seed > len(pool):
+        if checks_num_seed and data.num_seed > len(pool):
             raise UsageError(f"--num_seed {data.num_seed} is larger than this shard's {len(pool)} claims: use fewer --num-batches")
     return pool, rng, source
 
@@ -239,7 +241,7 @@ def run_in(config: RunConfig, out: Path) -> Path:
     """The search of ``config`` (paper mode and resume already applied) in ``out``, whose RunLock the caller holds."""
     validate(config)
     refuse_writing_over_data(config, out)  # again with a resumed run's own data
-    pool, rng, source = draw_pool(config.data)
+    pool, rng, source = draw_pool(config.data, checks_num_seed=config.search.labeller == "icm")
     route_settings = _settings(config.invocation)
     started = time.time()
     files = RunDirectory(out, before_rename=crash_before_rename if crash_points_armed() else None)
@@ -270,8 +272,9 @@ def run_in(config: RunConfig, out: Path) -> Path:
                     print(f"note: --true-share {config.data.true_share} drew the pool by its gold labels, so these labels "
                           "are not unsupervised: report them as a stress test of an imbalanced pool, not as labels "
                           "found without gold", file=sys.stderr)
-                search = make_labeller(scorer, config.search, rng, state)
-                checkpoint = Checkpointer(files, run_record, search, rng, cost=lambda: ledger.for_checkpoint(model_api))
+                search = make_labeller(scorer, config.search, rng, state, check_stop=stop.check)
+                checkpoint = Checkpointer(files, run_record, search, rng,
+                                          cost=lambda: ledger.for_checkpoint(model_api, scorer))
                 stopped_by = _search_with_log(search, files, config, stop, checkpoint)
                 if state.metric is not None:
                     scores, stopped_by = _final_scores(scorer, state, stopped_by, stop)
@@ -391,6 +394,9 @@ def _search_with_log(search: Labeller, files: RunDirectory, config: RunConfig, s
                 print(f"warning: {warning}", file=sys.stderr)
         stop.check()
         search.run(on_step)
+        note = search.outcome_note() if isinstance(search, BaselineLabeller) else None
+        if note:
+            print(note, file=sys.stderr)
         return None
     except WaitInterrupted:
         stopped: BaseException = stop.stopped()
@@ -421,7 +427,8 @@ def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_s
     metric = state.metric or {}
     stats = model_api.refresh_stats()
     cache = model_api.cache
-    cost = ledger.report(stats, model_api.route_name, wall_seconds, metric.get("train_size"))
+    cost = ledger.report(stats, model_api.route_name, wall_seconds, metric.get("train_size"), scorer)
+    run_total = cost["run"]  # the top-level counts are the whole run's, over every invocation (cost_ledger.py)
     return {
         "testbed": config.data.testbed,
         "data_source": source,
@@ -440,19 +447,17 @@ def _summary(config: RunConfig, state, search, model_api, scorer, source, wall_s
             "labeled": metric.get("train_size"),
             "pool_size": len(state.claims),
         },
-        "wall_seconds": round(wall_seconds, 2),
-        "requests": stats.requests,
-        "prompts_scored": stats.prompts,
-        "prompt_tokens": stats.prompt_tokens,
-        "computed_prompt_tokens": stats.computed_tokens,
-        "pool_scores_computed": scorer.pool_scores_computed,
-        "pool_scores_reused": scorer.pool_scores_reused,
-        "single_predictions_computed": scorer.single_predictions_computed,
-        "batch_predictions_computed": scorer.batch_predictions_computed,
+        **{name: run_total[name] for name in TOP_LEVEL_COUNTS},
         "response_cache": None if cache is None else {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses},
         "label_mass": label_mass_summary(list(scorer.known_label_masses(state.claims).values()), config.prompts.label_style),
         "cost": cost,
     }
+
+
+# summary.json's top-level counts: the run's totals over every invocation, as its cost block's "run" holds them
+# (that block's "this_invocation" holds the last invocation's own).
+TOP_LEVEL_COUNTS = ("wall_seconds", "requests", "prompts_scored", "prompt_tokens", "computed_prompt_tokens",
+                    *SCORER_COUNTS)
 
 
 def label_mass_summary(masses: list[float], label_style: str) -> Optional[dict]:

@@ -186,8 +186,8 @@ def test_a_baseline_writes_the_run_directory_an_icm_run_writes(tmp_path, capsys)
         label_run(out, capsys, labeller)
         found_labels, found_log, found_summary, found_final = run_keys(out)
         assert found_labels == icm_labels
-        assert found_log == icm_log | {"changed"}
-        extra = {"converged", "rounds"} if labeller != "random" else set()
+        assert found_log == icm_log | {"changed", "cycle_length", "kept_round"}
+        extra = {"converged", "rounds", "cycle_length", "kept_round"} if labeller != "random" else set()
         assert found_summary == icm_summary | extra
         assert found_final == icm_final
         assert summary(out)["labeller"] == labeller

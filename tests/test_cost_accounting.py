@@ -98,7 +98,7 @@ def test_per_claim_figures_are_the_run_totals_over_the_labelled_claims(counting,
     assert cost["run"]["dollars"] is None and cost["per_labelled_claim"]["dollars"] is None
     assert "not a priced API" in cost["dollars_note"] and "wall_seconds" in cost["dollars_note"]
     assert cost["counted_from_start"] is True and cost["run"]["invocations"] == 1
-    # The top-level counts keep their meaning: this invocation's.
+    # The top-level counts are the run's totals (here one invocation's: the cost block's this_invocation after a resume).
     assert (summary["requests"], summary["prompt_tokens"]) == (stats.requests, stats.prompt_tokens)
 
 

@@ -161,11 +161,16 @@ def validate(config: RunConfig) -> None:
         if data.data is None:
             raise UsageError("--columns names the columns of --data FILE: pass --data, or drop --columns")
         parse_columns(data.columns)
-    if data.num_batches is not None and (data.true_share is not None or data.pool_seed is not None):
-        raise UsageError("--true-share and --pool-seed draw one pool of --batch_size; --num-batches splits the data "
-                         "into shards instead: drop one of them")
+    pool_options = [name for name, value in (("--true-share", data.true_share), ("--pool-seed", data.pool_seed))
+                    if value is not None]
+    if data.num_batches is not None and pool_options:
+        given = " and ".join(pool_options)
+        raise UsageError(f"{given} {'draw' if len(pool_options) > 1 else 'draws'} one pool of --batch_size; "
+                         f"--num-batches splits the data into shards instead: drop one of them")
     if data.num_batches is not None:
         checks = [c for c in checks if "--batch_size" not in c[1]]  # the shard decides the pool size
+    if config.search.labeller != "icm":
+        checks = [c for c in checks if "--num_seed" not in c[1]]  # a baseline labels the whole pool: it is unused
     for ok, message in checks:
         if not ok:
             raise UsageError(message)

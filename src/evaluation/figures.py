@@ -103,6 +103,7 @@ class RunLog:
     name: str
     seed: Optional[int]
     log: list[dict]
+    labeller: Optional[str] = None  # who labelled the run (its settings' labeller); None: not recorded, ICM
 
     @property
     def label(self) -> str:
@@ -110,6 +111,22 @@ class RunLog:
 
 
 NO_GOLD = "no gold labels"
+# A series of at most this many points is drawn with a marker on each: a baseline's few rounds (the random
+# labeller's one) would otherwise be a line too short to see, or nothing at all.
+MARKER_MAX_POINTS = 30
+
+
+def point_style(points: int) -> dict:
+    """Line options for a series of ``points`` points: markers when there are few of them."""
+    return {"marker": "o", "markersize": 4} if points <= MARKER_MAX_POINTS else {}
+
+
+def progress_title(runs: Sequence[RunLog]) -> str:
+    """"ICM search progress" when every run is ICM's; otherwise the labellers', named."""
+    labellers = list(dict.fromkeys(run.labeller or "icm" for run in runs))
+    if labellers == ["icm"]:
+        return "ICM search progress"
+    return f"Labelling progress ({', '.join(labellers)})"
 GROWING_SET_NOTE = "over the claims labelled so far: the set grows as the search labels more"
 
 
@@ -120,15 +137,16 @@ def progress_figure(runs: Sequence[RunLog]) -> Figure:
     agreement_values: list[float] = []
     for run in runs:
         iterations = [r["iter"] for r in run.log]
-        energy.plot(iterations, [_value(r.get("energy")) for r in run.log], label=run.label, linewidth=1.2)
+        style = {"label": run.label, "linewidth": 1.2, **point_style(len(iterations))}
+        energy.plot(iterations, [_value(r.get("energy")) for r in run.log], **style)
         gold = [_value(r.get("train_accuracy"), 100) for r in run.log]
         if all(math.isnan(v) for v in gold):
             no_gold.append(run.label)
             agreement.plot([], [])  # keeps each run's colour the same in every panel
         else:
-            agreement.plot(iterations, gold, label=run.label, linewidth=1.2)
+            agreement.plot(iterations, gold, **style)
             agreement_values.extend(gold)
-        inconsistent.plot(iterations, [_value(r.get("inconsistent_num")) for r in run.log], label=run.label, linewidth=1.2)
+        inconsistent.plot(iterations, [_value(r.get("inconsistent_num")) for r in run.log], **style)
     energy.set_ylabel("Energy U(D)")
     agreement.set_ylabel("Agreement with gold (%)")
     agreement.set_title(GROWING_SET_NOTE, fontsize=8, loc="left", color="#444444")
@@ -148,7 +166,7 @@ def progress_figure(runs: Sequence[RunLog]) -> Figure:
     for axis in (energy, agreement, inconsistent):
         axis.grid(alpha=0.3)
         axis.spines[["top", "right"]].set_visible(False)
-    figure.suptitle(textwrap.fill("ICM search progress: " + ", ".join(run.label for run in runs), 90), fontsize=11)
+    figure.suptitle(textwrap.fill(f"{progress_title(runs)}: " + ", ".join(run.label for run in runs), 90), fontsize=11)
     figure.tight_layout()
     return figure
 

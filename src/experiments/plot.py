@@ -1,4 +1,5 @@
-"""Plot the search's progress from log.jsonl: energy, agreement with gold and inconsistent pairs per iteration.
+"""Plot a run's progress from log.jsonl: energy, agreement with gold and inconsistent pairs per iteration (a
+baseline labeller's per round; the title names the labellers).
 
     python src/experiments/plot.py OUT [OUT2 ...] [--output progress.png]
 
@@ -74,7 +75,8 @@ def plot(args: argparse.Namespace) -> int:
                                        "which checks its log", cut_last_line_ok=True, check=log_line_problem)
         if not records:
             raise UserError(f"{log} is empty: the run logged no iteration yet")
-        runs.append(RunLog(run.resolve().name, run_seed(run), records))
+        labeller = run_settings(run).get("labeller")
+        runs.append(RunLog(run.resolve().name, run_seed(run), records, labeller if isinstance(labeller, str) else None))
     with atomic_path(output) as temporary:  # a stop mid-write leaves the old figure, not half a new one
         progress_chart(runs, temporary)
     print(f"wrote {output}")

@@ -1,4 +1,4 @@
-"""Run ICM (or a baseline labeller) over a grid of settings; each cell an ordinary run directory under OUT.
+r"""Run ICM (or a baseline labeller) over a grid of settings; each cell an ordinary run directory under OUT.
 
     python src/experiments/sweep.py --out results/sweep1 --seeds 1 2 3 --labellers icm bootstrap-consistency \
         --alphas 30 --true-shares 0.2 0.5 --testbeds truthfulQA -- --batch_size 16 --num_seed 4 --K 50 --data-dir DIR

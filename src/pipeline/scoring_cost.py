@@ -23,6 +23,9 @@ INPUT_PRICE_SETTING, OUTPUT_PRICE_SETTING = "API_PRICE_INPUT_PER_MTOK", "API_PRI
 TOKENS_PER_PRICE_UNIT = 1_000_000
 # The counts given per labelled (or test) claim; the rest are totals only.
 PER_CLAIM = ("requests", "prompt_tokens", "computed_prompt_tokens", "output_tokens", "wall_seconds")
+# The scorer's counts CostCounts carries beside the route's (summary.json's top-level fields of the same names).
+SCORER_COUNTS = ("pool_scores_computed", "pool_scores_reused", "single_predictions_computed",
+                 "batch_predictions_computed")
 
 
 @dataclass(frozen=True)
@@ -42,19 +45,27 @@ class CostCounts:
     hosted_output_tokens: int = 0
     wall_seconds: float = 0.0
     invocations: int = 0  # ICM.py processes that ran the run (1, plus one per resume)
+    # The scorer's counts (src/pipeline/pool_scoring.PoolScorer): pool scores are the labellers' cost unit.
+    pool_scores_computed: int = 0
+    pool_scores_reused: int = 0
+    single_predictions_computed: int = 0
+    batch_predictions_computed: int = 0
 
     @classmethod
-    def from_route(cls, stats: RouteStats, route: str, wall_seconds: float) -> "CostCounts":
-        """One invocation's counts from its route's stats (refreshed by the caller). Routes that don't read the
-        answers' usage (vLLM, embedded) generate max_tokens per prompt, which is what they are asked for."""
+    def from_route(cls, stats: RouteStats, route: str, wall_seconds: float,
+                   scorer: Optional[Any] = None) -> "CostCounts":
+        """One invocation's counts from its route's stats (refreshed by the caller) and, if given, its scorer's
+        SCORER_COUNTS (a PoolScorer). Routes that don't read the answers' usage (vLLM, embedded) generate
+        max_tokens per prompt, which is what they are asked for."""
         hosted = route == HOSTED_ROUTE
+        scored = {name: getattr(scorer, name) for name in SCORER_COUNTS} if scorer is not None else {}
         output, assumed = ((stats.completion_tokens, stats.completion_tokens_assumed) if hosted
                            else (stats.prompts * MAX_TOKENS, stats.prompts))
         return cls(requests=stats.requests, prompts_scored=stats.prompts, prompt_tokens=stats.prompt_tokens,
                    computed_prompt_tokens=stats.computed_tokens, output_tokens=output, output_tokens_assumed=assumed,
                    prompt_tokens_estimated=stats.prompt_tokens_estimated if hosted else 0,
                    hosted_requests=stats.requests if hosted else 0, hosted_prompt_tokens=stats.prompt_tokens if hosted else 0,
-                   hosted_output_tokens=output if hosted else 0, wall_seconds=wall_seconds, invocations=1)
+                   hosted_output_tokens=output if hosted else 0, wall_seconds=wall_seconds, invocations=1, **scored)
 
     def __add__(self, other: "CostCounts") -> "CostCounts":
         return CostCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -65,12 +76,13 @@ class CostCounts:
     @classmethod
     def from_json(cls, saved: Any) -> Optional["CostCounts"]:
         """The counts ``to_json`` wrote, or None when ``saved`` is not such a record (absent, or damaged: these
-        are statistics, never a reason to refuse a resume)."""
+        are statistics, never a reason to refuse a resume). A record written before the scorer's counts were
+        kept lacks SCORER_COUNTS: they read as 0, so the run's totals count them from the next invocation on."""
         if not isinstance(saved, dict):
             return None
         values = {}
         for f in fields(cls):
-            value = saved.get(f.name)
+            value = saved.get(f.name, 0 if f.name in SCORER_COUNTS else None)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or value < 0 or value != value or value == float("inf") or (f.type == "int" and not isinstance(value, int)):
                 return None

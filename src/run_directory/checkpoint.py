@@ -4,7 +4,8 @@
 started with, a fingerprint of its pool, and the data it read (absolute paths and the pool source's sha256); a
 resume rewrites it only to record a new --K (a bootstrap run's --bootstrap-rounds) or where the data is now (rewrite_run). ``checkpoint.json`` is rewritten after the seeds are scored and
 after every iteration: the labels, the current metric, the iteration and flip counters (a baseline's rounds and
-labels changed, and whether its labels stopped changing), the RNG state and the scoring cost so far (cost_ledger.py),
+labels changed, whether its labels stopped changing, and a bootstrap labeller's labellings so far and the cycle
+it stopped on, absent from older checkpoints), the RNG state and the scoring cost so far (cost_ledger.py),
 with the run's id and pool fingerprint, so a checkpoint copied from another run is refused. Both are written
 atomically (a temporary file, fsynced, renamed over the old one), so a crash leaves the old or the new,
 never half. A run killed before its first checkpoint resumes from its seeds.
@@ -165,6 +166,9 @@ def save_checkpoint(files: RunDirectory, run: dict, state: SearchState, rng: ran
         "labels": {str(uid): claim.label for uid, claim in state.claims.items()},
         "rng": rng_to_json(rng),
         **({"cost": cost} if cost is not None else {}),
+        # A bootstrap labeller's labellings so far and the cycle it stopped on (SearchState); ICM keeps neither.
+        **({"seen": state.seen} if state.seen else {}),
+        **({"cycle": state.cycle} if state.cycle is not None else {}),
     }))
 
 
@@ -253,8 +257,30 @@ def restore_state(saved: dict[str, Any], claims: Claims, path: Path,
         rng = rng_from_json(saved.get("rng"))
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         raise damaged(path, "the random generator's state can't be restored") from None
+    seen, cycle = _labellings_seen(saved, len(claims), iteration, path)
     restored: dict[int, Claim] = {uid: claim.relabelled(labels[str(uid)]) for uid, claim in claims.items()}
-    return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt, converged=converged), rng
+    return SearchState(claims=restored, metric=metric, iteration=iteration, flip_cnt=flip_cnt, converged=converged,
+                       seen=seen, cycle=cycle), rng
+
+
+def _labellings_seen(saved: dict[str, Any], pool_size: int, iteration: int,
+                     path: Path) -> tuple[list[dict[str, Any]], Optional[dict[str, int]]]:
+    """A bootstrap labeller's labellings seen and the cycle it stopped on, checked; ([], None) when the checkpoint
+    has none (ICM's, or one written before they were kept)."""
+    seen, cycle = saved.get("seen", []), saved.get("cycle")
+    if not isinstance(seen, list):
+        raise damaged(path, "its labellings seen are not a list")
+    for entry in seen:
+        ok = (isinstance(entry, dict) and _count(entry.get("round")) and entry["round"] <= iteration
+              and isinstance(entry.get("labels"), str) and len(entry["labels"]) == pool_size
+              and set(entry["labels"]) <= set("01-") and isinstance(entry.get("metric"), dict)
+              and all(_metric_value(f, entry["metric"].get(f)) for f in METRIC_FIELDS))
+        if not ok:
+            raise damaged(path, f"a labelling seen is {json.dumps(entry)[:60]}, not a round, labels and metric")
+    if cycle is not None and not (isinstance(cycle, dict) and _count(cycle.get("length")) and cycle["length"] >= 1
+                                  and _count(cycle.get("kept_round")) and cycle["kept_round"] <= iteration):
+        raise damaged(path, f"cycle {json.dumps(cycle)[:60]} is not a length and a kept round")
+    return seen, cycle
 
 
 def trim_log(files: RunDirectory, iterations: int) -> None:

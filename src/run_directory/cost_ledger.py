@@ -62,10 +62,13 @@ class CostLedger:
         earlier = earlier_cost(files) if resumed else None
         return cls(earlier, not resumed or earlier is not None, started, prices)
 
-    def this_invocation(self, stats: RouteStats, route: str, wall_seconds: Optional[float] = None) -> CostCounts:
-        return CostCounts.from_route(stats, route, self.clock() - self.started if wall_seconds is None else wall_seconds)
+    def this_invocation(self, stats: RouteStats, route: str, wall_seconds: Optional[float] = None,
+                        scorer: Optional[Any] = None) -> CostCounts:
+        """This invocation's counts; ``scorer`` (the run's PoolScorer) adds its pool scores and predictions."""
+        return CostCounts.from_route(stats, route, self.clock() - self.started if wall_seconds is None else wall_seconds,
+                                     scorer)
 
-    def for_checkpoint(self, model_api: ModelAPI) -> dict[str, Any]:
+    def for_checkpoint(self, model_api: ModelAPI, scorer: Optional[Any] = None) -> dict[str, Any]:
         """The totals so far, for checkpoint.json. A server route's token counts are read afresh at most every
         ENGINE_STATS_REFRESH_SECONDS (one /metrics request), so checkpoints add no request per iteration."""
         now = self.clock()
@@ -74,12 +77,13 @@ class CostLedger:
             stats = model_api.refresh_stats()
         else:
             stats = model_api.stats
-        return (self.earlier + self.this_invocation(stats, model_api.route_name)).to_json()
+        return (self.earlier + self.this_invocation(stats, model_api.route_name, scorer=scorer)).to_json()
 
-    def report(self, stats: RouteStats, route: str, wall_seconds: float, labelled: Optional[int]) -> dict[str, Any]:
-        """summary.json's cost block: the run's totals over every invocation, per labelled claim, and this
-        invocation's own counts."""
-        this = self.this_invocation(stats, route, wall_seconds)
+    def report(self, stats: RouteStats, route: str, wall_seconds: float, labelled: Optional[int],
+               scorer: Optional[Any] = None) -> dict[str, Any]:
+        """summary.json's cost block: the run's totals over every invocation (with ``scorer``'s pool scores and
+        predictions), per labelled claim, and this invocation's own counts."""
+        this = self.this_invocation(stats, route, wall_seconds, scorer)
         total = self.earlier + this
         report = cost_report(total, total_key="run", unit="labelled_claim", units=labelled, prices=self.prices, route=route)
         report.update({

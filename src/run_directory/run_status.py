@@ -19,7 +19,7 @@ from src.search.baselines import ICM, LENGTH_SETTING, RANDOM_ROUNDS
 class RunProgress:
     """``iterations`` done of ``planned`` (ICM's --K; a bootstrap labeller's --bootstrap-rounds; the random
     labeller's one round); None where summary.json doesn't say. ``converged``: a bootstrap labeller's labels
-    stopped changing, which finishes it before ``planned``.
+    stopped changing, or went round a cycle, which finishes it before ``planned``.
 
     ``unknown`` says why the state can't be read (no summary.json, or a damaged one), else None.
     """
@@ -58,8 +58,9 @@ def run_progress(run_dir: Path) -> RunProgress:
     labeller = settings.get("labeller", ICM)  # runs recorded before the baselines are ICM's
     length = LENGTH_SETTING.get(labeller, "K") if isinstance(labeller, str) else "K"
     planned = RANDOM_ROUNDS if length is None else _count(settings.get(length))
+    # A bootstrap labeller that went round a cycle (cycle_length) is finished as one that converged is.
     return RunProgress(_count(summary.get("iterations")), planned, str(stopped) if stopped else None,
-                       converged=summary.get("converged") is True)
+                       converged=summary.get("converged") is True or _count(summary.get("cycle_length")) is not None)
 
 
 def warn_if_partial(run_dir: Path) -> RunProgress:

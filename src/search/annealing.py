@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
@@ -54,6 +54,11 @@ class SearchState:
     iteration: int = 0  # ICM's iterations; a baseline's rounds (src/search/baselines.py)
     flip_cnt: int = 0  # accepted flips; a baseline's labels changed so far
     converged: bool = False  # a bootstrap labeller's last round changed no label (ICM never sets it)
+    # A bootstrap labeller's labellings so far, one per round done (0: the start), each {"round", "labels" (one
+    # character per claim in uid order: 0, 1 or - for none), "metric"}; and, once a round repeated one of them,
+    # the cycle it closed: {"length", "kept_round"} (src/search/baselines.py). ICM keeps neither.
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    cycle: Optional[dict[str, int]] = None
 
 
 def seed_claims(pool: list[dict[str, Any]], num_seed: int, rng: random.Random) -> Claims:

@@ -120,15 +120,20 @@ def _read_summary(path: Path, result: CellResult, where: Path) -> None:
     summary = read_json_object(path, rewrite_advice(where))
     final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
     converged = summary.get("converged")
-    result.row.update(
-        final_energy=_number(final.get("energy")), inconsistent_num=_number(final.get("inconsistent_num")),
-        iterations=_number(summary.get("iterations")), converged=converged if isinstance(converged, bool) else None,
-        pool_scores_computed=_number(summary.get("pool_scores_computed")),
-        pool_scores_reused=_number(summary.get("pool_scores_reused")),
-        wall_seconds=_number(summary.get("wall_seconds")), stopped_early=summary.get("stopped_early") or None)
     cost = summary.get("cost") if isinstance(summary.get("cost"), dict) else {}
     per_claim = cost.get("per_labelled_claim") if isinstance(cost.get("per_labelled_claim"), dict) else {}
     whole_run = cost.get("run") if isinstance(cost.get("run"), dict) else {}
+
+    def run_total(name: str) -> Optional[float]:
+        # The whole run's count (every invocation: the cost block's run totals); a summary written before the
+        # block held it has only the top-level field, which was then the last invocation's.
+        return _number(whole_run.get(name, summary.get(name)))
+
+    result.row.update(
+        final_energy=_number(final.get("energy")), inconsistent_num=_number(final.get("inconsistent_num")),
+        iterations=_number(summary.get("iterations")), converged=converged if isinstance(converged, bool) else None,
+        pool_scores_computed=run_total("pool_scores_computed"), pool_scores_reused=run_total("pool_scores_reused"),
+        wall_seconds=run_total("wall_seconds"), stopped_early=summary.get("stopped_early") or None)
     result.row.update(requests_per_claim=_number(per_claim.get("requests")),
                       computed_tokens_per_claim=_number(per_claim.get("computed_prompt_tokens")),
                       dollars=_number(whole_run.get("dollars")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from src.evaluation import figures  # noqa: F401  (sets matplotlib's file-only backend before pyplot loads)
+from src.evaluation import figures  # (also sets matplotlib's file-only backend before pyplot loads)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from src.sweep.aggregate import GROUP_COLUMNS, SUMMARY_METRICS, CellResult, group_key
@@ -54,7 +54,7 @@ def sweep_figure(results: Sequence[CellResult], summary: Sequence[dict[str, Any]
         if not points:
             continue
         colour = colours[keys.index(group_key(result.row)) % len(colours)]
-        curves.plot(*zip(*points), color=colour, linewidth=1, alpha=0.8,
+        curves.plot(*zip(*points), color=colour, linewidth=1, alpha=0.8, **figures.point_style(len(points)),
                     label=f"{group_label(result.row, varying)}, seed={result.row['seed']}")
     curves.set_xlabel("Iteration")
     curves.set_ylabel("Pool-label accuracy vs gold\n(claims labelled so far)")
