@@ -12,11 +12,11 @@ servers do. Every request's body and Authorization header is kept in ``seen``.
 """
 from __future__ import annotations
 
-import asyncio
-import threading
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from tests.threaded_app import ThreadedApp
 
 from tests.stand_in_pipeline import PromptHashRoute
 
@@ -55,31 +55,14 @@ class HostedAPIStandIn:
         return web.json_response(answer)
 
     def start(self) -> "HostedAPIStandIn":
-        ready = threading.Event()
+        async def make_app() -> web.Application:
+            app = web.Application()
+            app.router.add_post("/v1/completions", self._completions)
+            return app
 
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-
-            async def up() -> None:
-                app = web.Application()
-                app.router.add_post("/v1/completions", self._completions)
-                self._runner = web.AppRunner(app)
-                await self._runner.setup()
-                await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-                self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-            self._loop.run_until_complete(up())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the hosted-API stand-in did not start within 10 s")
+        self._app = ThreadedApp(make_app, "hosted-API stand-in")
+        self.url = self._app.start()
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._app.stop()

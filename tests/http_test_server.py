@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import aiohttp
 from aiohttp import web
+
+from tests.threaded_app import ThreadedApp
 
 VOCABULARY_SIZE = 49152  # SmolLM2's
 
@@ -227,36 +228,20 @@ class ForwardingTestServer:
         return None
 
     def start(self) -> str:
-        ready = threading.Event()
+        async def make_app() -> web.Application:
+            self._session = aiohttp.ClientSession()  # to the upstream, on the server's own loop
 
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
+            async def close_session(_: web.Application) -> None:
+                await self._session.close()
 
-            async def up() -> None:
-                self._session = aiohttp.ClientSession()
-                app = web.Application()
-                app.router.add_route("*", "/{tail:.*}", self._handle)
-                self._runner = web.AppRunner(app)
-                await self._runner.setup()
-                site = web.TCPSite(self._runner, "127.0.0.1", 0)
-                await site.start()
-                self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            app.on_cleanup.append(close_session)
+            return app
 
-            self._loop.run_until_complete(up())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self._app = ThreadedApp(make_app, "forwarding test server")
+        self.url = self._app.start()
         return self.url
 
     def stop(self) -> None:
-        async def down() -> None:
-            await self._session.close()
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._app.stop()

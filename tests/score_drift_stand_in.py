@@ -14,14 +14,14 @@ logprobs (as llama.cpp).
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
 from aiohttp import web
+
+from tests.threaded_app import ThreadedApp
 
 LABEL_MASS = 0.9
 FILLERS = [f" x{i}" for i in range(18)]
@@ -89,36 +89,19 @@ class ScoreDriftStandIn:
         return web.Response(text=f"vllm:prefix_cache_queries_total {self.queries}\nvllm:prefix_cache_hits_total {self.hits}\n")
 
     def start(self) -> "ScoreDriftStandIn":
-        ready = threading.Event()
+        async def make_app() -> web.Application:
+            app = web.Application()
+            app.router.add_post("/v1/completions", self._completions)
+            app.router.add_get("/v1/models", self._models)
+            app.router.add_get("/health", self._health)
+            app.router.add_get("/version", self._version)
+            app.router.add_post("/tokenize", self._tokenize)
+            app.router.add_get("/metrics", self._metrics)
+            return app
 
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-
-            async def up() -> None:
-                app = web.Application()
-                app.router.add_post("/v1/completions", self._completions)
-                app.router.add_get("/v1/models", self._models)
-                app.router.add_get("/health", self._health)
-                app.router.add_get("/version", self._version)
-                app.router.add_post("/tokenize", self._tokenize)
-                app.router.add_get("/metrics", self._metrics)
-                self._runner = web.AppRunner(app)
-                await self._runner.setup()
-                await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-                self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-            self._loop.run_until_complete(up())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the score-drift stand-in did not start within 10 s")
+        self._app = ThreadedApp(make_app, "score-drift stand-in")
+        self.url = self._app.start()
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._app.stop()
