@@ -7,6 +7,7 @@ No model is loaded: runs are written by tests/fake_runs.py, and evaluate.py scor
 """
 import json
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -16,7 +17,14 @@ from scipy import stats
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings
 from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records
-from src.evaluation.comparison import gap_recovered, pool_label_accuracy, t_interval
+from src.evaluation import comparison
+from src.evaluation.comparison import (
+    comparison_report,
+    comparison_table,
+    gap_recovered,
+    pool_label_accuracy,
+    t_interval,
+)
 from src.evaluation.evaluation import bootstrap_accuracy, run_condition_name
 from tests.cli_helpers import call
 from tests.fake_runs import make_run
@@ -118,6 +126,43 @@ def test_gap_recovered_has_no_interval_when_resamples_close_the_gap():
     gap = gap_recovered([1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], resamples=500)
     assert gap["value"] == pytest.approx(1.0)
     assert gap["ci_low"] is None and gap["ci_high"] is None and "of 500 resamples" in gap["reason"]
+
+
+def test_gap_recovered_is_undefined_when_golden_is_below_zero_shot():
+    # Zero-shot right on 15 of 20 items (75%), golden on 5 (25%): there is no gap to recover, whatever the run got.
+    zero, gold = [1] * 15 + [0] * 5, [1] * 5 + [0] * 15
+    for run in (gold, zero, [1] * 20):  # at golden's accuracy (was "100%"), at zero-shot's (was "-0.0%"), above both
+        gap = gap_recovered(zero, gold, run, resamples=200)
+        assert (gap["value"], gap["ci_low"], gap["ci_high"]) == (None, None, None)
+        assert gap["reason"] == ("golden labels do not beat zero-shot here (25.0% vs 75.0%): there is no gap to recover")
+
+
+def test_resamples_where_golden_does_not_beat_zero_shot_are_undefined():
+    # A batch of three resamples (rows): golden above zero-shot, equal, below. Only the first has a ratio.
+    zero = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=float)
+    gold = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=float)
+    run = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=float)
+    ratios = comparison._gap_statistic(zero, gold, run)
+    assert ratios[0] == pytest.approx(0.5) and math.isnan(ratios[1]) and math.isnan(ratios[2])
+    # A gap of one item in eight: many resamples drop it or turn it round, so there is no interval, and the
+    # reason says so in the existing words.
+    gap = gap_recovered([1, 1, 1, 0, 1, 0, 0, 0], [1, 1, 1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0], resamples=300)
+    assert gap["value"] == pytest.approx((6 - 4) / (5 - 4)) and gap["ci_low"] is None and gap["ci_high"] is None
+    assert "golden does not beat zero-shot in" in gap["reason"] and "of 300 resamples" in gap["reason"]
+
+
+def test_a_gap_that_rounds_to_zero_is_never_printed_as_minus_zero():
+    gap = gap_recovered([1] * 5 + [0] * 5, [1] * 9 + [0], [1] * 5 + [0] * 5, resamples=200)  # at zero-shot: 0, not −0
+    assert gap["value"] == 0 and math.copysign(1, gap["value"]) == 1
+    interval = {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}
+    run = {"run_dir": "a", "labeller": "icm", "seed": 1, "test_accuracy": interval, "pool_label_accuracy": None,
+           "gap_recovered": {"value": -0.0, "ci_low": -0.00004, "ci_high": 0.2}}
+    line = {"testbed": "demo", "labeller": "icm", "runs": 2, "test_accuracy": {**interval, "mean": 0.5},
+            "gap_recovered": {"mean": -0.0, "ci_low": -0.0003, "ci_high": 0.1}, "pool_label_accuracy": None}
+    table = comparison_table({"runs": [run], "labellers": [line]})
+    assert "-0.0" not in table and "0.0%" in table
+    assert comparison.percent_text(-0.0) == comparison.percent_text(-0.00001) == "0.0"
+    assert comparison.percent_text(-0.0006) == "-0.1" and comparison.percent_text(-0.0, "5.1f") == "  0.0"
 
 
 def test_gap_recovered_refuses_conditions_on_different_items():
@@ -258,6 +303,95 @@ def test_several_runs_are_compared_per_run_and_per_labeller(tmp_path, scoring, c
     assert [bar["bar"] for bar in panel["bars"]] == ["zero-shot", "bootstrap", "ICM", "golden labels"]
 
 
+def test_settings_that_change_results_part_runs_and_paths_do_not():
+    base = {"testbed": "demo", "seed": 1, "labeller": "bootstrap"}
+    same = comparison.result_settings(base)
+    assert "seed" not in same and same["K"] == 3000 and same["bootstrap_rounds"] == 10 and same["pool_seed"] is None
+    assert comparison.result_settings({**base, "seed": 2, "data_dir": "/elsewhere", "cache_dir": "/c", "no_cache": True}) == same
+    for change in ({"pool_seed": 7}, {"bootstrap_rounds": 3}, {"K": 5}, {"alpha": 10.0}, {"true_share": 0.2}):
+        assert comparison.result_settings({**base, **change}) != same, change
+
+
+def report_with(zero, gold, own, condition="random-labeller labels"):
+    def result(correct):
+        accuracy = sum(correct) / len(correct)
+        return {"accuracy": accuracy, "ci_low": accuracy, "ci_high": accuracy, "n": len(correct), "correct": correct}
+
+    return {"testbed": "demo", "model": "m", "run_condition": condition, "n_test": len(zero), "seed": 0,
+            "test_items": list(range(len(zero))), "pool_label_accuracy": None,
+            "conditions": {"zero-shot": result(zero), "gold labels": result(gold), condition: result(own)}}
+
+
+def test_golden_below_zero_shot_gives_no_gap_per_run_or_per_line():
+    # The reviewer's case: zero-shot 75%, golden 25%; runs at 25% had "100%" recovered, one at 75% "-0.0%".
+    zero, gold = [1] * 15 + [0] * 5, [1] * 5 + [0] * 15
+    evaluated = [(f"runs/r{seed}", {"testbed": "demo", "labeller": "random", "seed": seed}, report_with(zero, gold, own), False)
+                 for seed, own in ((1, gold), (2, gold), (3, zero))]
+    result = comparison_report(evaluated, resamples=200)
+    for run in result["runs"]:
+        assert run["gap_recovered"]["value"] is None and "do not beat zero-shot" in run["gap_recovered"]["reason"]
+    [line] = result["labellers"]
+    assert line["gap_recovered"] is None and line["gap_recovered_undefined_runs"] == 3
+    table = comparison_table(result)
+    assert "100.0" not in table and "-0.0" not in table  # no "100%" recovered, no "-0.0%"
+
+
+def test_runs_drawn_from_different_data_are_different_lines():
+    # Same settings, seeds 1 and 2, but pools drawn from two data files (paths dropped, contents told by sha256).
+    zero, gold, own = [1] * 5 + [0] * 5, [1] * 9 + [0], [1] * 8 + [0] * 2
+    evaluated = [(f"runs/r{seed}", {"testbed": "custom", "labeller": "random", "seed": seed, "data": f"/data/{digest}.json"},
+                  {**report_with(zero, gold, own), "pool_source_sha256": digest * 16}, False)
+                 for seed, digest in ((1, "a" * 4), (2, "b" * 4))]
+    lines = comparison_report(evaluated, resamples=100)["labellers"]
+    assert [(line["runs"], line["label"]) for line in lines] == [(1, "pool_data=" + "a" * 12), (1, "pool_data=" + "b" * 12)]
+
+
+def test_runs_of_different_settings_or_repeated_seeds_are_not_pooled(tmp_path, scoring, capsys):
+    # The reviewer's four bootstrap runs: pool seed none vs 7, --bootstrap-rounds 10 vs 3, and seed 1 three times;
+    # plus a copy of the first run (seed 1 again, same settings) and a second seed of the first setting.
+    def bootstrap_run(name, seed, *flags):
+        return make_run(tmp_path / "runs" / name, ["--testbed", "demo", "--batch_size", "8", "--num_seed", "8", "--K", "2",
+                                                  "--seed", str(seed), "--labeller", "bootstrap", *flags])
+
+    first = bootstrap_run("plain-1", 1)
+    pool_seeded = bootstrap_run("pool7-1", 1, "--pool-seed", "7")
+    fewer_rounds = bootstrap_run("rounds3-1", 1, "--bootstrap-rounds", "3")
+    second = bootstrap_run("plain-2", 2, "--data-dir", str(tmp_path))  # a path is not a setting that parts runs
+    copy = tmp_path / "runs" / "plain-1-copy"
+    shutil.copytree(first, copy)
+    out = tmp_path / "comparison"
+    code, stderr = evaluate_cli(["--run-dir", first, pool_seeded, fewer_rounds, second, copy, "--compare-out", out,
+                                 "--limit", "8"], capsys)
+    assert code == 0, stderr
+    comparison = read(out / "comparison.json")
+    assert len(comparison["labellers"]) == 3  # plain (seeds 1, 1, 2), pool seed 7, three bootstrap rounds
+    lines = {line["label"]: line for line in comparison["labellers"]}
+    assert set(lines) == {"bootstrap_rounds=10, pool_seed=none", "bootstrap_rounds=10, pool_seed=7",
+                          "bootstrap_rounds=3, pool_seed=none"}
+    plain = lines["bootstrap_rounds=10, pool_seed=none"]
+    assert plain["runs"] == 3 and sorted(plain["seeds"]) == [1, 1, 2] and plain["repeated_seeds"] == [1]
+    assert "seed 1 appears more than once" in plain["interval_note"]
+    assert plain["test_accuracy"]["ci_low"] is None and plain["test_accuracy"]["ci_high"] is None
+    assert plain["test_accuracy"]["mean"] == pytest.approx(
+        np.mean([r["test_accuracy"]["accuracy"] for r in comparison["runs"] if r["run_dir"] in plain["run_dirs"]]))
+    for label in ("bootstrap_rounds=10, pool_seed=7", "bootstrap_rounds=3, pool_seed=none"):
+        assert lines[label]["runs"] == 1 and lines[label]["interval_note"] is None
+    [warning] = [line for line in stderr.splitlines() if line.startswith("warning: bootstrap")]
+    assert "seed 1 appears more than once" in warning and str(copy) in warning and str(first) in warning
+    [panel] = comparison["figure"]
+    names = [bar["bar"] for bar in panel["bars"]]
+    assert names[0] == "zero-shot" and names[-1] == "golden labels" and len(names) == 5
+    assert "bootstrap\nbootstrap_rounds=10\npool_seed=7" in names
+    [plain_bar] = [bar for bar in panel["bars"] if bar["bar"] == "bootstrap\nbootstrap_rounds=10\npool_seed=none"]
+    assert plain_bar["runs"] == 3 and plain_bar["ci_low"] is None and plain_bar["interval"].startswith("none: seed 1")
+    # Without the copy, the first setting's two seeds are two samples again, with a t-interval.
+    shutil.rmtree(copy)
+    assert evaluate_cli(["--run-dir", first, second, "--compare-out", out, "--limit", "8"], capsys)[0] == 0
+    [line] = read(out / "comparison.json")["labellers"]
+    assert line["runs"] == 2 and line["label"] == "" and line["test_accuracy"] == t_interval(
+        r["test_accuracy"]["accuracy"] for r in read(out / "comparison.json")["runs"])
+
+
 def test_the_comparison_table_is_printed(tmp_path, scoring, capsys):
     runs = four_runs(tmp_path / "runs")[:2]
     from src.experiments import evaluate
@@ -331,6 +465,26 @@ def test_the_comparison_is_not_written_over_a_data_file(tmp_path, scoring, capsy
     code, stderr = evaluate_cli(["--run-dir", run, "--compare-out", data, "--data-dir", data], capsys)
     assert code == 2 and "--compare-out" in error_line(stderr)
     assert (data / "comparison.json").read_text() == "[]" and not scoring
+
+
+def test_the_comparison_is_not_written_into_a_run_directory(tmp_path, scoring, capsys):
+    runs = four_runs(tmp_path / "runs")[:2]
+    before = sorted(p.name for p in runs[0].iterdir())
+    code, stderr = evaluate_cli(["--run-dir", *runs, "--compare-out", runs[0]], capsys)
+    assert code == 2 and stderr.count("error:") == 1
+    line = error_line(stderr)
+    assert f"--compare-out {runs[0]} is a run directory" in line and f"--compare-out {tmp_path / 'runs' / 'comparison'}" in line
+    assert sorted(p.name for p in runs[0].iterdir()) == before and not scoring  # refused before any scoring
+    # A sweep folder that is itself one run: the comparison has nowhere of its own to go.
+    code, stderr = evaluate_cli(["--sweep", runs[1]], capsys)
+    assert code == 2 and f"--sweep {runs[1]} is itself a run directory" in error_line(stderr)
+    assert "pass --compare-out DIR" in error_line(stderr) and not (runs[1] / "comparison.json").exists()
+    # compare_runs, called from a script, refuses it too.
+    from src.experiments.evaluate import EvaluationError, compare_runs
+
+    with pytest.raises(EvaluationError, match="is a run directory"):
+        compare_runs(runs, out=runs[1])
+    assert not scoring
 
 
 # -- the figure ----------------------------------------------------------------------------------------------------

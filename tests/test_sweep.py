@@ -4,6 +4,7 @@ on the embedded model."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -137,6 +138,63 @@ def test_the_summary_reports_the_seeds_agreement_on_one_pool_and_the_drift_of_ea
         log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
         shares = [x["share_true"] for x in log if x["share_true"] is not None]
         assert float(row["share_true_drift"]) == pytest.approx(shares[-1] - shares[0])
+
+
+def fake_eval_json(cell: Path, labels_sha256) -> dict:
+    """An eval.json as evaluate.py writes it for ``cell``'s labels (``labels_sha256``; None: recorded without it)."""
+    zero, gold, own = [1] * 5 + [0] * 5, [1] * 9 + [0], [1] * 8 + [0] * 2
+    report = {"run_condition": "ICM labels", "seed": 0, "labels_used": {"sha256": labels_sha256}, "conditions": {
+        "zero-shot": {"accuracy": 0.5, "correct": zero}, "gold labels": {"accuracy": 0.9, "correct": gold},
+        "ICM labels": {"accuracy": 0.8, "ci_low": 0.6, "ci_high": 1.0, "n": 10, "correct": own}}}
+    if labels_sha256 is None:
+        del report["labels_used"]
+    (cell / "eval.json").write_text(json.dumps(report))
+    return report
+
+
+def test_an_eval_json_of_other_labels_than_the_cells_leaves_its_test_columns_empty(stand_in, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert run_sweep(capsys, "--out", out, "--seeds", "1", "2", "3", "--", *SHARED)[0] == 0
+    cells = [out / f"demo/seed={seed}" for seed in (1, 2, 3)]
+    for cell in cells:
+        fake_eval_json(cell, hashlib.sha256((cell / "labels.jsonl").read_bytes()).hexdigest())
+    # Cell 1 ran on after it was evaluated (its labels changed, as a resume with more rounds changes them);
+    # cell 2's eval.json predates the labels' hash.
+    rows = [json.loads(line) for line in (cells[1] / "labels.jsonl").read_text().splitlines()]
+    rows[0]["label"] = not rows[0]["label"]
+    (cells[1] / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    fake_eval_json(cells[2], None)
+    code, _, err = run_sweep(capsys, "--out", out, "--aggregate")
+    assert code == 0, err
+    fresh, stale, unhashed = csv_rows(out / "sweep.csv")
+    assert float(fresh["test_accuracy"]) == 0.8 and float(fresh["gap_recovered"]) == pytest.approx(0.75)
+    for row in (stale, unhashed):
+        assert all(row[name] == "" for name in ("test_accuracy", "test_ci_low", "n_test", "zero_shot_accuracy",
+                                                "gold_accuracy", "gap_recovered", "gap_recovered_ci_low"))
+        assert row["pool_label_accuracy"] != ""  # the cell's own files are still read
+    assert "cell 1 (demo/seed=2): its eval.json was made from other labels than its labels.jsonl holds now" in err
+    assert f"Evaluate it again: python src/experiments/evaluate.py --run-dir {cells[1]}" in err
+    assert "cell 2 (demo/seed=3): its eval.json records no hash of the labels it evaluated" in err
+    [line] = csv_rows(out / "sweep_summary.csv")
+    assert line["test_accuracy_n"] == "1" and float(line["test_accuracy_mean"]) == 0.8
+
+
+def test_a_damaged_cell_is_left_out_of_its_settings_seed_signals_only(stand_in, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert run_sweep(capsys, "--out", out, "--seeds", "1", "2", "3", "--", *SHARED, "--pool-seed", "4")[0] == 0
+    dirs = [out / f"demo/seed={seed}" for seed in (1, 2, 3)]
+    expected = seed_signals(dirs[:2])
+    with (dirs[2] / "labels.jsonl").open("a") as labels:
+        labels.write("{not json\n")
+    code, _, err = run_sweep(capsys, "--out", out, "--aggregate")
+    assert code == 0, err
+    (line,) = csv_rows(out / "sweep_summary.csv")
+    assert line["seed_pairs_compared"] == "1" and int(line["seed_pairs_flipped"]) == expected["agreement"]["flipped"]
+    assert float(line["seed_agreement_mean"]) == pytest.approx(expected["agreement"]["mean"])
+    assert float(line["final_energy_mean"]) == pytest.approx(expected["energy"]["mean"])
+    assert float(line["inconsistent_num_mean"]) == pytest.approx(expected["inconsistent_num"]["mean"])
+    assert float(line["share_true_drift_mean"]) == pytest.approx(expected["share_true_drift"]["mean"])
+    assert "cell 2 (demo/seed=3) is left out of its setting's seed signals" in err
 
 
 def test_the_same_command_again_skips_finished_cells(stand_in, tmp_path, capsys):
@@ -290,6 +348,14 @@ def test_eval_json_gives_test_accuracy_and_gap_recovered_with_its_paired_interva
     assert (columns["gap_recovered_ci_low"], columns["gap_recovered_ci_high"]) == (expected["ci_low"], expected["ci_high"])
     no_gap = eval_columns({**report, "conditions": {**report["conditions"], "gold labels": {"accuracy": 0.5, "correct": zero}}})
     assert no_gap["gap_recovered"] is None  # gold no better than zero-shot: no gap to recover
+    # Golden below zero-shot (zero-shot 50%, golden 20%): no gap either, though a run at 20% would be "100%" by the
+    # ratio and one at 50% "-0%".
+    below = [1] * 2 + [0] * 8
+    for run in (below, zero):
+        flipped = eval_columns({**report, "conditions": {**report["conditions"], "gold labels": {"accuracy": 0.2, "correct": below},
+                                                         "bootstrap-consistency labels": {**report["conditions"]["bootstrap-consistency labels"], "correct": run}}})
+        assert (flipped["gap_recovered"], flipped["gap_recovered_ci_low"], flipped["gap_recovered_ci_high"]) == (None, None, None)
+        assert flipped["test_accuracy"] == 0.8 and flipped["gold_accuracy"] == 0.2  # the accuracies are still given
     older = {"conditions": {name: {k: v for k, v in c.items() if k != "correct"} for name, c in report["conditions"].items()}}
     assert eval_columns(older) == {}  # no run_condition, no per-item correctness: nothing guessed
 

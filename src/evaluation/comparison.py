@@ -7,16 +7,19 @@ correctness (1/0 in the order of its eval.json "test_items"), its settings and i
 - test accuracy: the run's own-labels condition, with its 95% percentile-bootstrap interval (evaluation.py);
 - performance gap recovered: (acc − zero-shot) / (golden − zero-shot) on the run's own test items, with a 95%
   paired percentile-bootstrap interval: the test items are resampled jointly, so the three accuracies of a
-  resample come from the same items. Undefined (None, with a reason) without gold labels or when golden equals
-  zero-shot; its interval is undefined when that happens in a resample;
-- per labeller (runs alike in testbed, model, labeller, α and true share, differing in seed): the mean over runs
-  and a 95% Student-t interval across them (two runs or more);
+  resample come from the same items. Undefined (None, with a reason) without gold labels or when golden does
+  not beat zero-shot (the ratio then has no meaning: a run at zero-shot's accuracy would "recover" 0% or 100%
+  depending on which side golden fell); its interval is undefined when that happens in a resample;
+- per labeller and setting (runs alike in testbed, model and every recorded setting that changes results, differing
+  in seed; result_settings): the mean over runs and a 95% Student-t interval across them (two runs or more, each
+  seed once: a repeated seed is not an independent sample, and its line gets no interval);
 - cost: each run's labelling cost per labelled claim (its summary.json's cost block: requests, prompt tokens,
   engine-computed tokens, wall seconds, dollars on the hosted API) beside its accuracy, and the evaluation's own
   (its eval.json's); per labeller, the mean over the runs that recorded one.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -25,20 +28,38 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from src.config.run_config import RunConfig
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 LABELLER_ORDER = ("random", "bootstrap", "bootstrap-consistency", "icm")  # the figure's order: cheapest first
 LABELLER_NAMES = {"icm": "ICM", "random": "random", "bootstrap": "bootstrap", "bootstrap-consistency": "bootstrap+consistency"}
 ZERO_SHOT, GOLD = "zero-shot", "gold labels"
-# What makes two runs the same experiment, bar the seed: the lines a labeller gets one of.
-GROUP_KEYS = ("testbed", "model", "labeller", "alpha", "true_share")
+# Recorded settings that don't change a run's labels: the seed (what a line varies over), where files are
+# (paths differ between machines; the data's content is told apart by its sha256, _group_key), the response
+# cache, rate limits, and what is derived from other settings.
+NOT_RESULT_SETTINGS = ("seed", "data_dir", "data", "cache_dir", "no_cache", "requests_per_minute", "tokens_per_minute",
+                       "consistency_key_from_gold", "gold_used_by")
+
+
+def result_settings(settings: dict) -> dict[str, Any]:
+    """The recorded ``settings`` (run.json's) that change a run's result, bar the seed: RunConfig.from_json(...)
+    .to_json() (so an older run's missing settings take the values it ran with) without NOT_RESULT_SETTINGS."""
+    full = RunConfig.from_json(settings).to_json()
+    return {name: value for name, value in full.items() if name not in NOT_RESULT_SETTINGS}
 
 
 def _gap_statistic(zero: np.ndarray, gold: np.ndarray, run: np.ndarray, axis: int = -1) -> np.ndarray:
-    """(run − zero) / (gold − zero) over the test items on ``axis``; NaN where gold equals zero-shot."""
+    """(run − zero) / (gold − zero) over the test items on ``axis``; NaN where golden does not beat zero-shot
+    (compared as counts of right items, so equal accuracies are exactly equal)."""
     zero_mean, gap = zero.mean(axis=axis), gold.mean(axis=axis) - zero.mean(axis=axis)
     recovered = run.mean(axis=axis) - zero_mean
-    return np.divide(recovered, gap, out=np.full(np.shape(gap), np.nan), where=gap != 0)
+    defined = gold.sum(axis=axis) > zero.sum(axis=axis)
+    return np.divide(recovered, gap, out=np.full(np.shape(gap), np.nan), where=defined) + 0.0  # no −0
+
+
+def _no_negative_zero(value: float) -> float:
+    return value + 0.0  # −0.0 + 0.0 is 0.0: a ratio of 0 is printed and written as 0, never "-0.0"
 
 
 def gap_recovered(zero: Sequence[int], gold: Sequence[int], run: Sequence[int], *, seed: int = 0,
@@ -48,16 +69,22 @@ def gap_recovered(zero: Sequence[int], gold: Sequence[int], run: Sequence[int], 
     bootstrap interval (scipy.stats.bootstrap, ``resamples`` resamples drawn by numpy's default_rng(seed)).
 
     Returns {"value", "ci_low", "ci_high", "reason"}: a fraction (1 = all of the gap, below 0 = worse than
-    zero-shot, above 1 = better than golden); "reason" is None, or says why the value or interval is None.
-    Raises ValueError if the three differ in length."""
+    zero-shot, above 1 = better than golden); "reason" is None, or says why the value or interval is None. The
+    value is None when golden does not beat zero-shot (there is no gap, or it runs the other way), and the
+    interval is None when that happens in a resample. Raises ValueError if the three differ in length."""
     arrays = [np.asarray(values, dtype=float) for values in (zero, gold, run)]
     if len({len(a) for a in arrays}) != 1 or not len(arrays[0]):
         raise ValueError("gap_recovered needs the same test items, at least one, under every condition")
-    if arrays[1].sum() == arrays[0].sum():  # counts, not float means: equal accuracies are exactly equal
+    zero_right, gold_right = arrays[0].sum(), arrays[1].sum()  # counts, not float means: exact comparisons
+    if gold_right == zero_right:
         accuracy = 100 * arrays[0].mean()
         return {"value": None, "ci_low": None, "ci_high": None,
                 "reason": f"golden and zero-shot accuracy are equal ({accuracy:.1f}%): there is no gap to recover"}
-    value = float(_gap_statistic(*arrays))
+    if gold_right < zero_right:
+        return {"value": None, "ci_low": None, "ci_high": None,
+                "reason": f"golden labels do not beat zero-shot here ({100 * arrays[1].mean():.1f}% vs "
+                          f"{100 * arrays[0].mean():.1f}%): there is no gap to recover"}
+    value = _no_negative_zero(float(_gap_statistic(*arrays)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns of degenerate resamples; they are counted below
         result = stats.bootstrap(tuple(arrays), _gap_statistic, paired=True, vectorized=True,
@@ -67,9 +94,9 @@ def gap_recovered(zero: Sequence[int], gold: Sequence[int], run: Sequence[int], 
     if math.isnan(low) or math.isnan(high):
         undefined = int(np.isnan(result.bootstrap_distribution).sum())
         return {"value": value, "ci_low": None, "ci_high": None,
-                "reason": f"golden equals zero-shot in {undefined} of {resamples} resamples of the test items: "
-                          "too small a gap, or too few test items, for an interval"}
-    return {"value": value, "ci_low": low, "ci_high": high, "reason": None}
+                "reason": f"golden does not beat zero-shot in {undefined} of {resamples} resamples of the test "
+                          "items: too small a gap, or too few test items, for an interval"}
+    return {"value": value, "ci_low": _no_negative_zero(low), "ci_high": _no_negative_zero(high), "reason": None}
 
 
 def t_interval(values: Iterable[float]) -> Optional[dict[str, Any]]:
@@ -165,6 +192,7 @@ def run_entry(run_dir: str, settings: dict, report: dict, *, reused: bool, resam
         "run_dir": run_dir, "testbed": report["testbed"], "model": report["model"],
         "labeller": settings.get("labeller") or "icm", "seed": settings.get("seed"),
         "pool_seed": settings.get("pool_seed"), "alpha": settings.get("alpha"), "true_share": settings.get("true_share"),
+        "settings": result_settings(settings), "pool_source_sha256": report.get("pool_source_sha256"),
         "condition": report["run_condition"], "n_test": report["n_test"], "eval_reused": reused,
         "test_accuracy": _interval(own), "zero_shot": _interval(conditions[ZERO_SHOT]), "golden": _interval(gold),
         "gap_recovered": gap, "pool_label_accuracy": report.get("pool_label_accuracy"),
@@ -173,47 +201,101 @@ def run_entry(run_dir: str, settings: dict, report: dict, *, reused: bool, resam
 
 
 def _group_key(run: dict) -> tuple:
-    return tuple(run[key] for key in GROUP_KEYS)
+    """Runs alike in everything that changes results but the seed: the testbed and model they were evaluated on,
+    their result_settings and the content of the data their pools were drawn from (eval.json's sha256 of it;
+    None for a run recorded before that hash)."""
+    return run["testbed"], run["model"], json.dumps(_line_settings(run), sort_keys=True)
+
+
+def _line_settings(run: dict) -> dict[str, Any]:
+    """What tells lines apart: the run's result_settings and, as "pool_data", its pool data's sha256 (short)."""
+    digest = run.get("pool_source_sha256")
+    return {**run["settings"], "pool_data": digest[:12] if isinstance(digest, str) else None}
 
 
 def _labeller_rank(labeller: str) -> int:
     return LABELLER_ORDER.index(labeller) if labeller in LABELLER_ORDER else len(LABELLER_ORDER)
 
 
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _distinguishing_labels(lines: Sequence[dict]) -> None:
+    """Give each line its "label": the settings that differ between it and the other lines of the same testbed,
+    model and labeller ("" for a labeller with one line), so a figure's bars can be told apart at a glance."""
+    siblings: dict[tuple, list[dict]] = {}
+    for line in lines:
+        siblings.setdefault((line["testbed"], line["model"], line["labeller"]), []).append(line)
+    for members in siblings.values():
+        told = [_line_settings(m) for m in members]
+        names = sorted({name for settings in told for name in settings})
+        differing = [name for name in names if len({json.dumps(settings.get(name)) for settings in told}) > 1]
+        for line, settings in zip(members, told):
+            line["label"] = ", ".join(f"{name}={_setting_text(settings.get(name))}" for name in differing)
+
+
+def repeated_seeds(members: Sequence[dict]) -> list:
+    """The seeds that more than one of ``members`` (runs of one line) was made with, in order of appearance."""
+    seeds = [m["seed"] for m in members]
+    return [seed for index, seed in enumerate(seeds) if seeds.count(seed) > 1 and seeds.index(seed) == index]
+
+
+def _no_interval(interval: Optional[dict]) -> Optional[dict]:
+    return None if interval is None else {**interval, "ci_low": None, "ci_high": None}
+
+
 def group_entries(runs: Sequence[dict]) -> list[dict[str, Any]]:
-    """One line per labeller: runs alike in GROUP_KEYS, with the mean and 95% t-interval across them of test
-    accuracy, gap recovered (over the runs where it is defined) and pool-label accuracy."""
+    """One line per labeller and setting: runs alike in _group_key (differing in seed), with the mean and 95%
+    t-interval across them of test accuracy, gap recovered (over the runs where it is defined) and pool-label
+    accuracy. A line where a seed appears twice gets means but no intervals ("interval_note" says why): runs of
+    one seed and one setting repeat one labelling rather than sample another."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault(_group_key(run), []).append(run)
     lines = []
-    for key, members in sorted(groups.items(), key=lambda item: (str(item[0][:2]), _labeller_rank(item[0][2]), str(item[0][3:]))):
+    for _, members in sorted(groups.items(), key=lambda item: (str(item[0][:2]), _labeller_rank(item[1][0]["labeller"]),
+                                                                 item[0][2])):
+        first = members[0]
         gaps = [m["gap_recovered"]["value"] for m in members]
         pool = [m["pool_label_accuracy"]["accuracy"] for m in members if m["pool_label_accuracy"]]
+        repeated = repeated_seeds(members)
+        intervals = {"test_accuracy": t_interval(m["test_accuracy"]["accuracy"] for m in members),
+                     "gap_recovered": t_interval(gaps), "pool_label_accuracy": t_interval(pool)}
+        note = None
+        if repeated:
+            intervals = {name: _no_interval(interval) for name, interval in intervals.items()}
+            note = (f"seed {', '.join(map(str, repeated))} appears more than once among these {len(members)} runs of one "
+                    "setting: a repeated seed is not an independent sample, so there is no interval across them")
         lines.append({
-            **dict(zip(GROUP_KEYS, key)), "runs": len(members), "seeds": [m["seed"] for m in members],
-            "test_accuracy": t_interval(m["test_accuracy"]["accuracy"] for m in members),
-            "gap_recovered": t_interval(gaps), "gap_recovered_undefined_runs": sum(g is None for g in gaps),
-            "pool_label_accuracy": t_interval(pool),
+            "testbed": first["testbed"], "model": first["model"], "labeller": first["labeller"],
+            "alpha": first["alpha"], "true_share": first["true_share"], "settings": first["settings"],
+            "pool_source_sha256": first["pool_source_sha256"],
+            "runs": len(members), "run_dirs": [m["run_dir"] for m in members],
+            "seeds": [m["seed"] for m in members], "repeated_seeds": repeated,
+            "interval_note": note,
+            "test_accuracy": intervals["test_accuracy"],
+            "gap_recovered": intervals["gap_recovered"], "gap_recovered_undefined_runs": sum(g is None for g in gaps),
+            "pool_label_accuracy": intervals["pool_label_accuracy"],
             "cost_per_labelled_claim": _mean_cost(members),
         })
+    _distinguishing_labels(lines)
     return lines
 
 
-def _settings_label(line: dict) -> str:
-    alpha = "" if line["alpha"] is None else f"α={line['alpha']:g}"
-    share = "" if line["true_share"] is None else f"true {line['true_share']:g}"
-    return ", ".join(part for part in (alpha, share) if part)
-
-
-def _bar(name: str, kind: str, values: Sequence[dict]) -> dict[str, Any]:
+def _bar(name: str, kind: str, values: Sequence[dict], *, interval_note: Optional[str] = None) -> dict[str, Any]:
     """A bar over ``values`` (condition intervals of distinct runs): one run's bootstrap interval, or the mean
-    and t-interval across several."""
+    and t-interval across several (none when ``interval_note`` says why not)."""
     if len(values) == 1:
         only = values[0]
         return {"bar": name, "kind": kind, "mean": only["accuracy"], "ci_low": only["ci_low"],
                 "ci_high": only["ci_high"], "runs": 1, "interval": "bootstrap over test items"}
     across = t_interval(v["accuracy"] for v in values)
+    if interval_note:
+        return {"bar": name, "kind": kind, "mean": across["mean"], "ci_low": None, "ci_high": None,
+                "runs": len(values), "interval": f"none: {interval_note}"}
     return {"bar": name, "kind": kind, "mean": across["mean"], "ci_low": across["ci_low"], "ci_high": across["ci_high"],
             "runs": len(values), "interval": "t across runs"}
 
@@ -231,7 +313,8 @@ def _distinct(reports: Sequence[dict], condition: str) -> list[dict]:
 
 def figure_panels(runs: Sequence[dict], reports: Sequence[dict]) -> list[dict[str, Any]]:
     """The figure's panels, one per testbed and model, each with its bars in the paper's order: zero-shot, each
-    labeller (cheapest first; one bar per line of group_entries), golden labels."""
+    labeller (cheapest first; one bar per line of group_entries, named by the settings that tell a labeller's
+    lines apart), golden labels."""
     panels: dict[tuple, list[int]] = {}
     for index, run in enumerate(runs):
         panels.setdefault((run["testbed"], run["model"]), []).append(index)
@@ -239,14 +322,12 @@ def figure_panels(runs: Sequence[dict], reports: Sequence[dict]) -> list[dict[st
     for (testbed, model), indices in panels.items():
         members = [runs[i] for i in indices]
         bars = [_bar("zero-shot", "zero-shot", _distinct([reports[i] for i in indices], ZERO_SHOT))]
-        lines = group_entries(members)
-        labellers = [line["labeller"] for line in lines]
-        for line in lines:
+        for line in group_entries(members):
             name = LABELLER_NAMES.get(line["labeller"], line["labeller"])
-            if labellers.count(line["labeller"]) > 1:  # several settings of one labeller: say which bar is which
-                name += "\n" + _settings_label(line)
-            alike = [m["test_accuracy"] for m in members if _group_key(m) == tuple(line[k] for k in GROUP_KEYS)]
-            bars.append(_bar(name, line["labeller"], alike))
+            if line["label"]:  # several settings of one labeller: say which bar is which
+                name += "\n" + line["label"].replace(", ", "\n")
+            alike = [m["test_accuracy"] for m in members if _group_key(m) == _group_key(line)]
+            bars.append(_bar(name, line["labeller"], alike, interval_note=line["interval_note"]))
         gold = _distinct([reports[i] for i in indices], GOLD)
         if gold:
             bars.append(_bar("golden labels", "gold", gold))
@@ -265,7 +346,9 @@ def comparison_report(evaluated: Sequence[tuple[str, dict, dict, bool]], *, resa
         "confidence": CONFIDENCE, "resamples": resamples,
         "intervals": {"test_accuracy": "percentile bootstrap over the run's test items (its eval.json)",
                       "gap_recovered": "paired percentile bootstrap over the run's test items",
-                      "across_runs": "Student t over the runs of a line (mean ± t·s/√n), none for one run"},
+                      "across_runs": "Student t over the runs of a line (mean ± t·s/√n), none for one run or for "
+                                     "a line where a seed repeats"},
+        "lines": "one per labeller and setting: runs alike in testbed, model and settings (bar the seed and paths)",
         "cost": {"labelling_cost": "the run's summary.json: every invocation of the run, and per labelled claim",
                  "evaluation_cost": "the evaluation's own scoring (its eval.json), and per test claim",
                  "cost_per_labelled_claim": "per labeller: the mean over its runs that recorded a cost"},
@@ -275,12 +358,19 @@ def comparison_report(evaluated: Sequence[tuple[str, dict, dict, bool]], *, resa
     }
 
 
+def percent_text(fraction: float, form: str = ".1f") -> str:
+    """``fraction`` as a percentage in ``form``, with a value that rounds to zero written as 0 ("0.0", never
+    "-0.0": a gap of −0.0001 is no gap worse than zero-shot to a reader)."""
+    text = format(100 * fraction, form)
+    return format(0.0, form) if float(text) == 0 else text
+
+
 def _percent(value: Optional[float]) -> str:
-    return "   -  " if value is None else f"{100 * value:5.1f}%"
+    return "   -  " if value is None else f"{percent_text(value, '5.1f')}%"
 
 
 def _span(low: Optional[float], high: Optional[float]) -> str:
-    return "" if low is None or high is None else f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return "" if low is None or high is None else f" [{percent_text(low)}, {percent_text(high)}]"
 
 
 def _short_names(run_dirs: Sequence[str]) -> list[str]:
@@ -319,9 +409,11 @@ def comparison_table(comparison: dict) -> str:
     lines.append("labeller (mean over runs, 95% t-interval)")
     for line in comparison["labellers"]:
         test, gap, pool = line["test_accuracy"], line["gap_recovered"], line["pool_label_accuracy"]
-        lines.append(f"  {line['testbed']:10s} {line['labeller']:22s} runs={line['runs']:<3d} "
+        setting = f" ({line['label']})" if line.get("label") else ""
+        lines.append(f"  {line['testbed']:10s} {line['labeller'] + setting:22s} runs={line['runs']:<3d} "
                      f"test {_percent(test['mean'])}{_span(test['ci_low'], test['ci_high'])}  "
                      f"gap {_percent(gap['mean'] if gap else None)}{_span(gap['ci_low'], gap['ci_high']) if gap else ''}  "
                      f"pool {_percent(pool['mean'] if pool else None)}  engine tokens/claim "
-                     f"{_mean_per_claim(line, 'computed_prompt_tokens', '{:,.0f}')}  $/claim {_mean_per_claim(line, 'dollars', '{:.6f}')}")
+                     f"{_mean_per_claim(line, 'computed_prompt_tokens', '{:,.0f}')}  $/claim {_mean_per_claim(line, 'dollars', '{:.6f}')}"
+                     + ("  (no interval: a seed repeats)" if line.get("interval_note") else ""))
     return "\n".join(lines)

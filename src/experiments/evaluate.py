@@ -13,9 +13,10 @@ test items (data, --limit, --seed), --max-demos and model is not scored again (-
 
 With several runs (--run-dir A B C, or --sweep: every folder under SWEEP holding labels.jsonl), writes
 comparison.json and comparison.png to --compare-out (required for several --run-dir; for --sweep, SWEEP by
-default): per run its test accuracy, performance gap recovered and pool-label accuracy with 95% intervals, and
-per labeller the mean and 95% t-interval across seeds, and beside them each run's labelling cost per labelled
-claim (from its summary.json).
+default; never a run directory): per run its test accuracy, performance gap recovered and pool-label accuracy
+with 95% intervals, and per labeller and setting (runs alike in every recorded setting that changes results) the
+mean and 95% t-interval across seeds (none where a seed repeats), and beside them each run's labelling cost per
+labelled claim (from its summary.json).
 """
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ from src.run_directory.run_directory import (
     EVAL_FILE,
     EVAL_FIGURE,
     LABELS_FILE,
+    MERGE_FILES,
     RUN_FILE,
+    RUN_MARKERS,
     RunDirectory,
     atomic_path,
     write_atomically,
@@ -235,6 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         options = EvaluationOptions.from_args(args)
         run_dirs = distinct_runs(args.run_dir) if args.run_dir else sweep_runs(args.sweep)
         out = args.compare_out if args.compare_out is not None else args.sweep
+        if out is not None:
+            refuse_comparison_in_run_dir(out, "--compare-out" if args.compare_out is not None else "--sweep")
         if out is None and len(run_dirs) > 1:
             raise EvaluationError(f"{len(run_dirs)} runs given: pass --compare-out DIR, the folder for "
                                   f"{COMPARISON_FILE} and {COMPARISON_FIGURE}")
@@ -258,6 +263,7 @@ def compare_runs(run_dirs: Sequence[Path], options: Optional[EvaluationOptions] 
     options = options or EvaluationOptions()
     run_dirs = distinct_runs(run_dirs)
     if out is not None:
+        refuse_comparison_in_run_dir(out, "--compare-out")
         refuse_comparison_over_inputs(out, options, run_dirs)
     evaluated = [evaluate_run(run_dir, options) for run_dir in run_dirs]
     comparison = {
@@ -265,6 +271,11 @@ def compare_runs(run_dirs: Sequence[Path], options: Optional[EvaluationOptions] 
         **comparison_report([(str(e.run_dir), e.settings, e.report, e.reused) for e in evaluated],
                             summaries=[e.summary for e in evaluated]),
     }
+    for line in comparison["labellers"]:
+        if line["interval_note"]:
+            setting = f" ({line['label']})" if line["label"] else ""
+            print(f"warning: {line['labeller']}{setting} on {line['testbed']}: {line['interval_note']} "
+                  f"({', '.join(line['run_dirs'])})", file=sys.stderr)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(out / COMPARISON_FILE, json.dumps(comparison, indent=2) + "\n")
@@ -273,6 +284,19 @@ def compare_runs(run_dirs: Sequence[Path], options: Optional[EvaluationOptions] 
             comparison_chart(comparison["figure"], f"Test accuracy by labeller: {len(evaluated)} runs on "
                                                    f"{', '.join(testbeds)}", temporary)
     return comparison
+
+
+def refuse_comparison_in_run_dir(out: Path, flag: str) -> None:
+    """comparison.json and comparison.png describe several runs: they don't go among one run's own files, where
+    they would pass for that run's and be taken for a sweep's run by --sweep. EvaluationError if ``out`` (given
+    as ``flag``) is a run directory."""
+    found = RunDirectory(out).existing((*RUN_MARKERS, *MERGE_FILES)) if Path(out).is_dir() else []
+    if found:
+        instead = real(Path(out)).parent / "comparison"
+        what = "is" if flag == "--compare-out" else "is itself"
+        raise EvaluationError(f"{flag} {out} {what} a run directory (it holds {', '.join(found)}), and {COMPARISON_FILE} "
+                              f"and {COMPARISON_FIGURE} compare several runs: pass --compare-out DIR, a folder of its "
+                              f"own (e.g. --compare-out {instead})")
 
 
 def refuse_comparison_over_inputs(out: Path, options: EvaluationOptions, run_dirs: Sequence[Path]) -> None:

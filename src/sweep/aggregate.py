@@ -3,11 +3,13 @@ setting grouped over their seeds: mean and 95% t-interval).
 
 Everything is read from the cells' own files, what each has: labels.jsonl (pool-label accuracy against gold),
 summary.json (the run's end), eval.json (test accuracy, written by evaluate.py). A column whose file a cell
-lacks is left empty.
+lacks is left empty, and so are the test columns of an eval.json made from other labels than the cell's
+labels.jsonl holds now (a cell resumed after it was evaluated): it describes labels that no longer exist.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import sys
@@ -17,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 from core.errors import UserError
 from src.evaluation.comparison import GOLD, ZERO_SHOT, gap_recovered, pool_label_accuracy, t_interval
-from src.evaluation.no_gold_signals import seed_signals, share_true_drift
+from src.evaluation.no_gold_signals import run_signals, seed_signals, share_true_drift
 from src.run_directory.run_directory import RunDirectory, write_atomically
 from src.run_directory.run_reading import label_row_problem, read_json_lines, read_json_object, rewrite_advice
 from src.sweep.cell_runs import cell_state
@@ -140,7 +142,17 @@ def _read_summary(path: Path, result: CellResult, where: Path) -> None:
 
 
 def _read_eval(path: Path, result: CellResult, where: Path) -> None:
-    report = read_json_object(path, f"evaluate it again: python src/experiments/evaluate.py --run-dir {where}")
+    again = f"python src/experiments/evaluate.py --run-dir {where}"
+    report = read_json_object(path, f"evaluate it again: {again}")
+    used = report.get("labels_used") if isinstance(report.get("labels_used"), dict) else {}
+    labels = RunDirectory(where).labels_file
+    now = hashlib.sha256(labels.read_bytes()).hexdigest() if labels.is_file() else None
+    if used.get("sha256") is None or used["sha256"] != now:
+        why = ("records no hash of the labels it evaluated" if used.get("sha256") is None
+               else f"was made from other labels than its {labels.name} holds now (the cell ran on after it was evaluated)")
+        print(f"warning: cell {result.cell.index} ({result.cell.name}): its {path.name} {why}; its test columns are "
+              f"left empty. Evaluate it again: {again}", file=sys.stderr)
+        return
     result.row.update(eval_columns(report))
 
 
@@ -149,6 +161,22 @@ def _read_log(path: Path, result: CellResult, where: Path) -> None:
     drift = share_true_drift(where)
     if drift is not None:
         result.row.update(share_true_first=drift["first"], share_true_drift=drift["drift"])
+
+
+def readable_cells(results: Sequence[CellResult], sweep: Sweep) -> list[Path]:
+    """The folders of ``results`` whose files the no-gold signals read (labels.jsonl, summary.json, log.jsonl)
+    can be read; a cell with a damaged one is named on stderr and left out, so it doesn't blank its seeds'."""
+    readable = []
+    for result in results:
+        where = sweep.cell_dir(result.cell)
+        try:
+            run_signals(where)
+        except UserError as exc:
+            print(f"warning: cell {result.cell.index} ({result.cell.name}) is left out of its setting's seed signals: "
+                  f"{exc}", file=sys.stderr)
+            continue
+        readable.append(where)
+    return readable
 
 
 def seed_signal_columns(run_dirs: Sequence[Path]) -> dict[str, Any]:
@@ -209,7 +237,8 @@ def aggregate(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
     rows = [r.row for r in results]
     summary = summarise(rows)
     for line in summary:
-        done = [sweep.cell_dir(r.cell) for r in results if r.row["state"] == "done" and group_key(r.row) == group_key(line)]
+        done = readable_cells([r for r in results if r.row["state"] == "done" and group_key(r.row) == group_key(line)],
+                              sweep)
         try:
             line.update(seed_signal_columns(done))
         except UserError as exc:
