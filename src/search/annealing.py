@@ -22,7 +22,6 @@ from src.data.claims import Claim, share_true
 from src.search.consistency import InconsistentPair, decision_options, inconsistent_pairs, relabel_pair
 from src.search.energy import (
     LabellingMetric,
-    MutualPredictabilityReduce,
     annealing_temperature,
     labelling_energy,
     labelling_metric,
