@@ -1,0 +1,254 @@
+"""The run planner (scripts/plan_run.py, src/benchmarks/run_plan.py, src/benchmarks/prefill_probe.py), model-free:
+its arithmetic on hand-computed cases, calibration, prices, validation, refusals, and the probe against a pretend
+server whose answers take a known time."""
+import asyncio
+import json
+import random
+
+import pytest
+from aiohttp import web
+
+from src.benchmarks.run_plan import (
+    ASSUMED_POOL_SCORES,
+    Job,
+    PoolScoreCost,
+    PoolScoreRate,
+    Throughput,
+    estimated_tokens,
+    project,
+    relative_error,
+    simulate_pool_score,
+)
+from src.data.testbeds import TESTBED_SPECS, demo_records, normalise_records, sample_pool
+from tests.cli_helpers import call, load_script, refused
+from tests.threaded_app import ThreadedApp
+
+plan_run = load_script("plan_run")
+
+# The demo testbed needs no data files; --tokens-per-claim needs no tokenizer: no model anywhere here.
+SMALL = ["--testbed", "demo", "--batch_size", "8", "--tokens-per-claim", "30", "--simulate-K", "6"]
+
+
+def cost(**changes) -> PoolScoreCost:
+    values = {"pool_size": 8, "prompts": 8, "requests": 1, "prompt_tokens": 1920, "computed_tokens": 760,
+              "mean_prompt_tokens": 240, "simulated_pool_scores_per_iteration": 0.5, "cache_tokens": 10**6, "block_size": 16,
+              "tokens_per_demonstration": 30}
+    return PoolScoreCost(**{**values, **changes})
+
+
+def test_the_job_is_each_pool_scores_cost_times_pool_scores_k_batches_and_seeds():
+    rate = PoolScoreRate(pool_scores_per_iteration=2.0, overhead_seconds_per_iteration=0.5, source="test", assumed=False)
+    job = Job(pool_size=8, batches=3, seeds=2, K=10)  # 60 iterations
+    out = project(cost(), rate, Throughput(prefill_rate=1000.0, request_latency=0.1), job, "vllm")
+    assert out["per_iteration"]["computed_tokens"] == 760 * 2
+    assert out["job"]["computed_tokens"] == 760 * 2 * 10 * 3 * 2 == 91_200
+    assert out["job"]["prompt_tokens"] == 1920 * 2 * 60
+    assert out["job"]["requests"] == 1 * 2 * 60  # ours: one request per pool score
+    assert out["per_run"]["computed_tokens"] == 760 * 2 * 10
+    assert out["per_claim"]["computed_tokens"] == 760 * 2 * 10 / 8
+    # hours = (computed tokens / rate + requests × latency + overhead) per iteration × iterations / 3600
+    per_iteration_seconds = 1520 / 1000 + 2 * 0.1 + 0.5
+    assert out["job"]["hours"] == pytest.approx(per_iteration_seconds * 60 / 3600)
+    assert out["job"]["dollars"] is None and "--gpu-hour-price" in out["notes"]["dollars"]
+    priced = project(cost(), rate, Throughput(prefill_rate=1000.0), job, "vllm", gpu_hour_price=4.0)
+    assert priced["job"]["dollars"] == pytest.approx(priced["job"]["hours"] * 4.0)
+    assert priced["per_run"]["dollars"] == pytest.approx(priced["job"]["dollars"] / 6)
+
+
+def test_no_rate_means_no_hours_and_no_dollars():
+    rate = PoolScoreRate(1.0, 0.0, "test", False)
+    out = project(cost(), rate, Throughput(), Job(8, 1, 1, 4), "vllm", gpu_hour_price=2.0)
+    assert out["job"]["hours"] is None and out["job"]["dollars"] is None
+    assert "--prefill-rate" in out["notes"]["hours"]
+
+
+def test_the_hosted_route_sends_each_prompt_alone_and_is_priced_per_token():
+    rate = PoolScoreRate(2.0, 0.0, "test", False)
+    job = Job(8, 1, 1, 10)
+    limits = Throughput(requests_per_minute=60.0, tokens_per_minute=60_000.0)
+    unpriced = project(cost(), rate, limits, job, "external")
+    assert unpriced["job"]["dollars"] is None
+    assert "API_PRICE_INPUT_PER_MTOK" in unpriced["notes"]["dollars"]
+    out = project(cost(), rate, limits, job, "external", prices=(2.0, 10.0))
+    assert out["job"]["requests"] == 8 * 2 * 10 and out["job"]["computed_tokens"] is None
+    prompt_tokens, output_tokens = 1920 * 2 * 10, 8 * 2 * 10  # one output token per prompt (max_tokens 1)
+    assert out["job"]["dollars"] == pytest.approx((prompt_tokens * 2.0 + output_tokens * 10.0) / 1e6)
+    # The rate limits' floor: tokens 3840 / 1000 per second = 3.84 s against requests 16 / 1 per second = 16 s.
+    assert out["per_iteration"]["hours"] == pytest.approx(16 / 3600)
+
+
+def test_the_simulated_pool_score_counts_every_prompt_and_its_trie():
+    claims = normalise_records(demo_records(), TESTBED_SPECS["demo"], "demo", True)
+    rng = random.Random(0)
+    pool = sample_pool(claims, TESTBED_SPECS["demo"], 8, rng, "demo")
+    found = simulate_pool_score(pool, "tree", estimated_tokens(30), 10**7, 1, "ours", 6, rng)
+    # Each of the 8 prompts: 7 demonstrations and the query, 30 tokens each.
+    assert found.prompts == 8 and found.requests == 1 and found.prompt_tokens == 8 * 8 * 30
+    assert found.mean_prompt_tokens == 8 * 30 and found.tokens_per_demonstration == 30
+    # With a cache that holds everything, only what changed is computed: far less than what was sent.
+    assert 0 < found.computed_tokens < found.prompt_tokens / 2
+
+
+def test_estimated_tokens_share_a_beginning_as_the_texts_do():
+    [a, b, c] = estimated_tokens(10).tokenize(["Claim: x. True", "Claim: x. False", "Other claim entirely"])
+    assert len(a) == len(b) == len(c) == 10
+    assert a[:9] == b[:9] and a[-1] != b[-1] and not set(a) & set(c)
+
+
+def run_plan(tmp_path, capsys, *argv):
+    out = tmp_path / "plan.json"
+    code, err = call(plan_run, [*SMALL, *argv, "--json", out], capsys)
+    assert code == 0, err
+    return json.loads(out.read_text()), err
+
+
+def test_without_calibration_the_issues_rate_is_used_and_said_loudly(tmp_path, capsys):
+    plan, err = run_plan(tmp_path, capsys, "--K", "20", "--batches", "3", "--seeds", "2", "--prefill-rate", "1000")
+    scores, iterations, _ = ASSUMED_POOL_SCORES["ours"]
+    per_score = plan["projection"]["per_pool_score"]["computed_tokens"]
+    assert plan["projection"]["job"]["computed_tokens"] == pytest.approx(per_score * scores / iterations * 20 * 3 * 2)
+    assert plan["projection"]["job"]["hours"] == pytest.approx(plan["projection"]["job"]["computed_tokens"] / 1000 / 3600)
+    assert plan["assumptions"]["pool_scores_per_iteration"].startswith("ASSUMED")
+    assert "warning: pool scores per iteration are ASSUMED" in err
+    assert plan["projection"]["job"]["dollars"] is None  # no --gpu-hour-price
+    assert plan["setup"]["iterations"] == 20 * 3 * 2
+
+
+def benchmark_report(path, *, pool=8, K=4, seed=0, modes=None):
+    """A steady-state report in benchmark_icm.py --json's shape, with chosen figures."""
+    def mode(scores, tokens, seconds, wall, engine):
+        def total(value):
+            return {"median": value / K, "p25": 0, "p75": 0, "min": 0, "max": 0, "total": value}
+        return {"iterations": K, "wall_seconds": wall, "engine_seconds": engine, "engine_computed_tokens": tokens * 2,
+                "per_iteration": {"pool_scores": total(scores), "computed_tokens": total(tokens), "prompt_tokens": total(tokens * 3),
+                                  "requests": total(scores), "seconds": total(seconds)}}
+    modes = modes or {"ours": mode(scores=6, tokens=4000, seconds=8.0, wall=10.0, engine=8.0)}
+    path.write_text(json.dumps({"settings": {"testbed": "demo", "pool": pool, "K": K, "seed": seed, "layout": "tree",
+                                             "base_url": None, "data_dir": str(path.parent)},
+                                "regimes": {"steady": {"labelled_at_start": pool, "modes": modes}}}))
+    return path
+
+
+def test_a_calibration_file_replaces_the_assumed_rate(tmp_path, capsys):
+    bench = benchmark_report(tmp_path / "bench.json")  # 6 pool scores in 4 iterations; (10 - 8) / 4 s client time each
+    plan, err = run_plan(tmp_path, capsys, "--K", "10", "--prefill-rate", "1000", "--calibration", bench)
+    iteration = plan["projection"]["per_iteration"]
+    assert iteration["pool_scores"] == 1.5
+    per_score = plan["projection"]["per_pool_score"]["computed_tokens"]
+    assert iteration["computed_tokens"] == pytest.approx(per_score * 1.5)
+    assert iteration["hours"] * 3600 == pytest.approx(per_score * 1.5 / 1000 + 0.5)
+    assert "measured in" in plan["assumptions"]["pool_scores_per_iteration"] and "warning: pool scores per iteration" not in err
+
+
+def test_validation_prints_projection_beside_measurement_with_the_relative_error(tmp_path, capsys):
+    bench = benchmark_report(tmp_path / "bench.json")
+    out = tmp_path / "validation.json"
+    code, err = call(plan_run, ["--validate", bench, "--tokens-per-claim", "30", "--simulate-K", "6",
+                                "--prefill-rate", "1000", "--calibration", bench, "--json", out], capsys)
+    assert code == 0, err
+    assert "--calibration is the file being validated" in err
+    [row] = json.loads(out.read_text())["validation"]["modes"]
+    assert row["measured"]["computed_tokens"] == 1000 and row["measured"]["seconds"] == 2.0  # totals / K = 4
+    projected = row["projected"]["computed_tokens"]
+    assert row["relative_error"]["computed_tokens"] == pytest.approx((projected - 1000) / 1000)
+    assert row["within_tolerance"]["computed_tokens"] == (abs(projected - 1000) <= 150)
+    assert row["projected"]["seconds"] == pytest.approx(projected / 1000 + 0.5)
+    assert row["benchmark_engine_rate"] == 8000 / 8.0
+
+
+def test_relative_error_is_against_the_measurement():
+    assert relative_error(115, 100) == pytest.approx(0.15) and relative_error(85, 100) == pytest.approx(-0.15)
+    assert relative_error(None, 100) is None and relative_error(5, 0) is None
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--calibration", "no-such-bench.json"], ["--calibration", "no such file"]),
+    (["--prefill-rate", "-5"], ["--prefill-rate", "positive"]),
+    (["--testbed", "nope"], ["--testbed", "nope"]),
+    (["--prefill-rate", "5", "--probe", "http://127.0.0.1:9"], ["--prefill-rate and --probe"]),
+    (["--batches", "2", "--num-batches", "2"], ["--batches"]),
+    (["--route", "external", "--gpu-hour-price", "2"], ["--gpu-hour-price"]),
+    (["--probe", "ftp://host"], ["--probe", "http"]),
+])
+def test_bad_input_is_refused_with_one_error_line(tmp_path, capsys, argv, words):
+    code, err = call(plan_run, [*SMALL, *argv], capsys)
+    refused(code, err, *words)
+
+
+def test_a_report_without_a_steady_state_is_refused(tmp_path, capsys):
+    bench = tmp_path / "growing.json"
+    bench.write_text(json.dumps({"settings": {}, "regimes": {"growing": {"modes": {}}}}))
+    refused(*call(plan_run, [*SMALL, "--calibration", bench], capsys), "regimes.steady")
+    bench.write_text("{not json")
+    refused(*call(plan_run, ["--validate", bench], capsys), "JSON")
+
+
+# -- the probe ---------------------------------------------------------------------------------------------
+
+LATENCY, PER_TOKEN = 0.05, 0.001  # the pretend server's time: 50 ms a request + 1 ms a word (its tokens)
+
+
+class SlowServer:
+    """A pretend OpenAI-compatible server: each completion takes LATENCY + PER_TOKEN × the prompt's words, and
+    /metrics counts the words as computed prompt tokens (llama.cpp's counter names)."""
+
+    def __init__(self) -> None:
+        self.computed = 0
+        self.app = ThreadedApp(self.make_app, "slow test server")
+
+    async def make_app(self) -> web.Application:
+        app = web.Application()
+        async def models(request: web.Request) -> web.Response:
+            return web.json_response({"data": [{"id": "slow", "max_model_len": 4096}]})
+
+        async def health(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app.router.add_get("/v1/models", models)
+        app.router.add_get("/health", health)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"llamacpp:prompt_tokens_total {self.computed}\nllamacpp:prompt_tokens_cached_total 0\n")
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        words = len(body["prompt"].split())
+        await asyncio.sleep(LATENCY + PER_TOKEN * words)
+        self.computed += words
+        top = {" True": -0.5, " False": -1.2, " maybe": -4.0}
+        return web.json_response({"choices": [{"index": 0, "text": " True", "logprobs": {
+            "tokens": [" True"], "token_logprobs": [-0.5], "top_logprobs": [top], "text_offset": [0]}}]})
+
+
+@pytest.fixture
+def slow_server():
+    server = SlowServer()
+    server.app.start()
+    yield server
+    server.app.stop()
+
+
+def test_the_probe_fits_a_servers_prefill_rate_and_latency(slow_server):
+    from src.benchmarks.prefill_probe import probe_prefill
+    found = probe_prefill(slow_server.app.url, 400, repeats=3, timeout_seconds=10)
+    assert found.requests == 7 and found.tokens_counted_by == "/metrics"
+    assert found.long_tokens == 400 and found.short_tokens == 16
+    assert found.prefill_rate == pytest.approx(1 / PER_TOKEN, rel=0.25)
+    assert found.request_latency == pytest.approx(LATENCY, abs=0.03)
+
+
+def test_the_planner_takes_the_probes_rate(slow_server, tmp_path, capsys):
+    plan, _ = run_plan(tmp_path, capsys, "--K", "5", "--probe", slow_server.app.url, "--probe-tokens", "300",
+                         "--probe-repeats", "2", "--probe-timeout", "10")
+    assert plan["throughput"]["prefill_rate"] == pytest.approx(1 / PER_TOKEN, rel=0.3)
+    assert plan["probe"]["requests"] == 5 and "probed" in plan["assumptions"]["throughput"]
+    assert plan["projection"]["job"]["hours"] is not None
+
+
+def test_a_probe_of_a_server_that_is_down_ends_with_one_error_line(capsys):
+    from tests.conftest import closed_port_url
+    code, err = call(plan_run, [*SMALL, "--probe", closed_port_url(), "--probe-timeout", "2"], capsys)
+    refused(code, err)
