@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from src.data.claims import Claim, claim_from_label_row, label_row, labelled_claims
+from src.data.claims import Claim, claim_from_label_row, label_row, labelled_claims, share_of_true
 from src.data.testbeds import TESTBED_SPECS, normalise_records
 from src.run_directory.checkpoint import load_checkpoint, pool_fingerprint, restore_state, save_checkpoint
 from src.run_directory.run_directory import RunDirectory
@@ -90,3 +90,9 @@ def test_labelled_claims_are_the_labelled_ones_in_uid_order():
     claims = {4: claim(4, 0), 1: claim(1, None), 0: claim(0, 1), 2: claim(2, 1)}
     assert [c.uid for c in labelled_claims(claims)] == [0, 2, 4]
     assert labelled_claims(by_uid(claim(0, None))) == []
+
+
+def test_share_of_true_leaves_unlabelled_claims_out_and_reads_ints_and_bools_alike():
+    assert share_of_true([1, 0, None, True]) == 2 / 3
+    assert share_of_true([False, 0, None]) == 0.0
+    assert share_of_true([None, None]) is None and share_of_true([]) is None

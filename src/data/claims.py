@@ -10,7 +10,7 @@ name) in run.json's pool fingerprint; ``initial_random_label`` (``seed``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 GroupId = Union[int, str]
 # The data's text fields that labels.jsonl carries beside the claim, in the order it writes them.
@@ -61,11 +61,17 @@ def labelled_claims(claims: Claims) -> list[Claim]:
     return [claims[uid] for uid in sorted(claims) if claims[uid].label is not None]
 
 
+def share_of_true(labels: Iterable[Any]) -> Optional[float]:
+    """The share of the given labels that are True (1 or True), None ones left out, in [0, 1]; None when every
+    label is None. One definition for the search's log, labels.jsonl's readers and the sweep's columns."""
+    given = [bool(label) for label in labels if label is not None]
+    return sum(given) / len(given) if given else None
+
+
 def share_true(claims: Claims) -> Optional[float]:
     """The share of the labelled claims labelled True, in [0, 1]; None when none is labelled. A labelling that
     drifts towards one label shows here first (log.jsonl's ``share_true``)."""
-    labelled = labelled_claims(claims)
-    return sum(c.label == 1 for c in labelled) / len(labelled) if labelled else None
+    return share_of_true(c.label for c in claims)
 
 
 def _as_bool(label: Optional[int]) -> Optional[bool]:

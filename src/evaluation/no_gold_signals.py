@@ -33,6 +33,7 @@ from statistics import mean
 from typing import Any, Hashable, Optional, Sequence
 
 from src.cli.cli_errors import UserError
+from src.data.claims import share_of_true
 from src.run_directory.run_directory import LABELS_FILE, RunDirectory
 from src.run_directory.run_reading import label_row_problem, read_json_lines, rewrite_advice, run_summary
 
@@ -108,7 +109,7 @@ def _run_signals(run_dir: Path, labels: dict[ClaimIdentity, Optional[bool]]) -> 
         "run": str(run_dir),
         "labelled": len(given),
         "pool_size": len(labels),
-        "final_share_true": sum(given) / len(given) if given else None,
+        "final_share_true": share_of_true(given),
         "share_true": share_true_drift(run_dir),
         "inconsistent_num": final.get("inconsistent_num"),
         "energy": final.get("energy"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from core.errors import UserError
+from src.data.claims import share_of_true
 from src.evaluation.comparison import GOLD, ZERO_SHOT, gap_recovered, pool_label_accuracy, t_interval
 from src.evaluation.no_gold_signals import run_signals, seed_signals, share_true_drift
 from src.run_directory.run_directory import RunDirectory, write_atomically
@@ -70,7 +71,7 @@ def label_columns(rows: Sequence[dict]) -> dict[str, Any]:
     accuracy = pool_label_accuracy(rows)
     return {"pool_size": len(rows), "labelled": len(labelled), "gold_labelled": accuracy["n"] if accuracy else 0,
             "pool_label_accuracy": accuracy["accuracy"] if accuracy else None,
-            "share_true": sum(bool(r["label"]) for r in labelled) / len(labelled) if labelled else None}
+            "share_true": share_of_true(r.get("label") for r in rows)}
 
 
 def eval_columns(report: dict) -> dict[str, Any]:
