@@ -42,7 +42,7 @@ from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import check_url, load_settings, split_url_list
 from core.process_exit import exit_process
 from src.benchmarks.call_recorder import CallRecorder, MeasuredScorer
-from src.benchmarks.iteration_costs import CostCounters, iteration_costs, per_iteration
+from src.benchmarks.iteration_costs import CostCounters, iteration_costs, per_iteration, split_by_proposal
 from src.benchmarks.prefix_trie import trie_size
 from src.benchmarks.process_memory import peak_rss_mb, reset_peak_rss
 from src.benchmarks.reference_pattern import ReferencePatternScorer, ReferencePatternSearch
@@ -179,6 +179,7 @@ def run_mode(mode: str, args: argparse.Namespace, regime: str = "growing", rss_c
         rss_early: list[float] = []
         readings: list[CostCounters] = []
         newly_labelled: list[int] = []  # claims an iteration labelled for the first time (none in the steady state)
+        proposed: list[bool] = []  # per measured iteration: did its prediction disagree with the label?
         run_record = {"run_id": "benchmark", "pool_fingerprint": pool_fingerprint(claims)}
 
         with tempfile.TemporaryDirectory() as out_name:
@@ -193,6 +194,7 @@ def run_mode(mode: str, args: argparse.Namespace, regime: str = "growing", rss_c
                 bar.update(1)
                 if search.state.iteration <= args.K:
                     readings.append(reader.read())
+                    proposed.append(bool(record["proposed"]))
                     if record["old_label"] is None:
                         newly_labelled.append(record["uid"])
                 if search.state.iteration == RSS_EARLY_ITERATION:
@@ -208,7 +210,8 @@ def run_mode(mode: str, args: argparse.Namespace, regime: str = "growing", rss_c
             figures.update(regime=regime, labelled_at_start=sum(c.label is not None for c in claims.values()),
                            iterations_labelling_a_new_claim=len(newly_labelled),
                            first_scoring=dataclasses.asdict(readings[0]),
-                           per_iteration=per_iteration(iteration_costs(readings)))
+                           per_iteration=per_iteration(iteration_costs(readings)),
+                           by_proposal=split_by_proposal(iteration_costs(readings), proposed))
 
             if mode == "ours" and rss_check and args.rss_K > args.K:
                 recorder.recording = False
@@ -307,6 +310,13 @@ def targets(report: dict[str, Any]) -> list[tuple[str, Optional[float], str, Opt
         if ours and reference:
             value = entry["ratios"]["wall_seconds_per_iteration"]
             rows.append(("wall per iteration, reference / ours" + tag, value, "≥ 5", value >= TARGETS["reference_over_ours_wall"]))
+    for regime, entry in report["regimes"].items():
+        for mode, figures in entry["modes"].items():
+            split = figures.get("by_proposal")
+            if split:
+                print(f"{regime} {mode}: {split['proposals']} of {split['iterations']} iterations proposed a flip; "
+                      f"per proposal {show_split(split['per_proposal'])}; per other iteration "
+                      f"{show_split(split['per_other_iteration'])}")
     layouts = report.get("layouts")
     if layouts:
         value = layouts["tree_over_reference_tokens"]
@@ -395,6 +405,14 @@ def table_lines(report: dict[str, Any]) -> list[list[str]]:
     return lines
 
 
+def show_split(spreads: dict[str, dict[str, float]]) -> str:
+    """Medians of one side of split_by_proposal: engine tokens, pool scores, requests, seconds."""
+    if not spreads:
+        return "none"
+    return (f"median {spreads['computed_tokens']['median']:,.0f} engine tokens, {spreads['pool_scores']['median']:g} pool scores, "
+            f"{spreads['requests']['median']:g} requests, {spreads['seconds']['median']:.2f} s")
+
+
 def print_report(report: dict[str, Any]) -> None:
     print(f"\n{report['command']}\n")
     lines = table_lines(report)
@@ -405,6 +423,13 @@ def print_report(report: dict[str, Any]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("\nPer iteration: after the first scoring (the seed labels' pool score and repair); median with the "
           "interquartile range (p25–p75); min–max in the JSON.")
+    for regime, entry in report["regimes"].items():
+        for mode, figures in entry["modes"].items():
+            split = figures.get("by_proposal")
+            if split:
+                print(f"{regime} {mode}: {split['proposals']} of {split['iterations']} iterations proposed a flip; "
+                      f"per proposal {show_split(split['per_proposal'])}; per other iteration "
+                      f"{show_split(split['per_other_iteration'])}")
     layouts = report.get("layouts")
     if layouts:
         print(f"\nOne pool score of {layouts['pool']} gold-labelled claims, ours' request pattern:")

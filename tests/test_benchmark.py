@@ -160,6 +160,15 @@ def test_benchmark_reports_both_regimes_per_iteration_and_the_steady_state_label
             assert first["pool_scores"] + per["pool_scores"]["total"] == figures["pool_scores_computed"]
             for spread in per.values():
                 assert spread["min"] <= spread["p25"] <= spread["median"] <= spread["p75"] <= spread["max"]
+            # Iterations with and without a proposed flip add up to all of them.
+            split = figures["by_proposal"]
+            assert split["iterations"] == 12 and 0 <= split["proposals"] <= 12
+            sides = [split[side]["pool_scores"]["total"] for side in ("per_proposal", "per_other_iteration") if split[side]]
+            assert sum(sides) == per["pool_scores"]["total"]
+        # Ours reads a prediction from the memoised pool score: an iteration proposing nothing computes nothing.
+        other = steady["modes"]["ours"]["by_proposal"]["per_other_iteration"]
+        if mode == "ours" and other:
+            assert other["pool_scores"]["max"] == 0 and other["requests"]["max"] == 0
     ratios = steady["ratios"]
     ours, reference = steady["modes"]["ours"], steady["modes"]["reference"]
     assert ratios["per_iteration_total_requests"] == reference["per_iteration"]["requests"]["total"] / ours["per_iteration"]["requests"]["total"]
@@ -168,6 +177,7 @@ def test_benchmark_reports_both_regimes_per_iteration_and_the_steady_state_label
     printed = capsys.readouterr().out
     assert "steady: reference / ours" in printed and "growing: reference / ours" in printed
     assert "per iteration, median (IQR)" in printed
+    assert "iterations proposed a flip" in printed
 
 
 def test_benchmark_regime_flags_keep_the_old_steady_state_command(data_dir, tmp_path, capsys, monkeypatch):

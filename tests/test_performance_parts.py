@@ -410,3 +410,17 @@ def test_the_saving_splits_into_memoisation_and_the_tree():
     assert shares["total"] == pytest.approx(shares["memoisation"] * shares["tree"])
     assert shares["memoisation"] > 1 and shares["tree"] > 1
     assert saving_shares({"ours, tree layout": predictions["ours, tree layout"]})["memoisation"] is None
+
+
+def test_iteration_costs_split_by_proposal_add_up_and_refuse_mismatched_lengths():
+    from src.benchmarks.iteration_costs import CostCounters, split_by_proposal
+    costs = [CostCounters(requests=1, pool_scores=1, computed_tokens=900), CostCounters(),
+             CostCounters(requests=2, pool_scores=2, computed_tokens=1500), CostCounters()]
+    split = split_by_proposal(costs, [True, False, True, False])
+    assert (split["iterations"], split["proposals"], split["proposal_rate"]) == (4, 2, 0.5)
+    assert split["per_proposal"]["computed_tokens"]["total"] == 2400
+    assert split["per_proposal"]["pool_scores"]["median"] == 1.5
+    assert split["per_other_iteration"]["requests"]["max"] == 0
+    assert split_by_proposal([], [])["proposal_rate"] is None
+    with pytest.raises(ValueError, match="2 iteration costs but 1"):
+        split_by_proposal(costs[:2], [True])

@@ -60,3 +60,21 @@ def per_iteration(costs: Sequence[CostCounters]) -> dict[str, dict[str, float]]:
     if not costs:
         return {}
     return {name: asdict(Spread.of([getattr(c, name) for c in costs])) for name in FIGURES}
+
+
+def split_by_proposal(costs: Sequence[CostCounters], proposed: Sequence[bool]) -> dict[str, object]:
+    """The iterations' costs apart by whether the iteration proposed a flip (its prediction disagreed with the
+    claim's label). A steady-state iteration that proposes nothing costs ours nothing (its prediction is read
+    from the memoised pool score), so a run's cost per iteration is the proposal rate times the cost per
+    proposal, and the rate is the model's, not the engine's.
+
+    Returns {"iterations", "proposals", "proposal_rate" (None for no iterations), "per_proposal",
+    "per_other_iteration"} with ``per_iteration``'s spreads ({} when none). Raises ValueError when the two
+    sequences differ in length."""
+    if len(costs) != len(proposed):
+        raise ValueError(f"{len(costs)} iteration costs but {len(proposed)} proposal flags")
+    flips = [c for c, p in zip(costs, proposed) if p]
+    others = [c for c, p in zip(costs, proposed) if not p]
+    return {"iterations": len(costs), "proposals": len(flips),
+            "proposal_rate": len(flips) / len(costs) if costs else None,
+            "per_proposal": per_iteration(flips), "per_other_iteration": per_iteration(others)}

@@ -71,7 +71,7 @@ def share_of_true(labels: Iterable[Any]) -> Optional[float]:
 def share_true(claims: Claims) -> Optional[float]:
     """The share of the labelled claims labelled True, in [0, 1]; None when none is labelled. A labelling that
     drifts towards one label shows here first (log.jsonl's ``share_true``)."""
-    return share_of_true(c.label for c in claims)
+    return share_of_true(c.label for c in labelled_claims(claims))
 
 
 def _as_bool(label: Optional[int]) -> Optional[bool]:
