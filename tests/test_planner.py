@@ -120,6 +120,7 @@ def benchmark_report(path, *, pool=8, K=4, seed=0, modes=None):
         def total(value):
             return {"median": value / K, "p25": 0, "p75": 0, "min": 0, "max": 0, "total": value}
         return {"iterations": K, "wall_seconds": wall, "engine_seconds": engine, "engine_computed_tokens": tokens * 2,
+                "pool_scores_computed": scores * 2,
                 "per_iteration": {"pool_scores": total(scores), "computed_tokens": total(tokens), "prompt_tokens": total(tokens * 3),
                                   "requests": total(scores), "seconds": total(seconds)}}
     modes = modes or {"ours": mode(scores=6, tokens=4000, seconds=8.0, wall=10.0, engine=8.0)}
@@ -154,6 +155,26 @@ def test_validation_prints_projection_beside_measurement_with_the_relative_error
     assert row["within_tolerance"]["computed_tokens"] == (abs(projected - 1000) <= 150)
     assert row["projected"]["seconds"] == pytest.approx(projected / 1000 + 0.5)
     assert row["benchmark_engine_rate"] == 8000 / 8.0
+    # Per pool score, over the whole run: 8000 engine tokens and 8 engine seconds over 12 pool scores.
+    assert row["measured"]["computed_tokens_per_pool_score"] == pytest.approx(8000 / 12)
+    assert row["measured"]["seconds_per_pool_score"] == pytest.approx(8.0 / 12)
+    per_score = row["projected"]["computed_tokens_per_pool_score"]
+    assert row["projected"]["seconds_per_pool_score"] == pytest.approx(per_score / 1000)
+    assert row["within_tolerance"]["computed_tokens_per_pool_score"] == (abs(per_score - 8000 / 12) <= 0.15 * 8000 / 12)
+
+
+def test_a_calibration_that_proposed_no_flip_is_refused_and_a_given_rate_replaces_it(tmp_path, capsys):
+    bench = benchmark_report(tmp_path / "bench.json")
+    report = json.loads(bench.read_text())
+    report["regimes"]["steady"]["modes"]["ours"]["per_iteration"]["pool_scores"]["total"] = 0  # a fixed point
+    bench.write_text(json.dumps(report))
+    code, err = call(plan_run, [*SMALL, "--calibration", str(bench)], capsys)
+    refused(code, err, "computed no pool score", "fixed point", "--pool-scores-per-iteration")
+    plan, err = run_plan(tmp_path, capsys, "--K", "10", "--prefill-rate", "1000", "--pool-scores-per-iteration", "0.25")
+    assert plan["projection"]["per_iteration"]["pool_scores"] == 0.25
+    per_score = plan["projection"]["per_pool_score"]["computed_tokens"]
+    assert plan["projection"]["per_run"]["computed_tokens"] == pytest.approx(per_score * 0.25 * 10)
+    assert "(given)" in plan["assumptions"]["pool_scores_per_iteration"] and "pool scores per iteration are ASSUMED" not in err
 
 
 def test_relative_error_is_against_the_measurement():

@@ -141,6 +141,27 @@ def assumed_rate(pattern: str) -> PoolScoreRate:
         "0.01-0.1% of wall time). Pass --calibration BENCH.json to use a measurement"))
 
 
+def given_rate(pool_scores_per_iteration: float) -> PoolScoreRate:
+    """Pool scores per iteration given on the command line (--pool-scores-per-iteration): the researcher's own
+    figure, e.g. a proposal rate times pool scores per proposal from their model's log.jsonl and summary.json."""
+    return PoolScoreRate(pool_scores_per_iteration, 0.0, assumed=False, source=(
+        f"--pool-scores-per-iteration {pool_scores_per_iteration:g} (given); client overhead taken as 0"))
+
+
+def measured_pool_score(report: dict[str, Any], mode: str, path: Path) -> dict[str, Optional[float]]:
+    """What one pool score cost in a benchmark, over the whole run (first scoring included): computed_tokens and
+    engine seconds per pool score computed (None when it computed none). UserError when a figure is missing."""
+    entry = report["regimes"]["steady"]["modes"].get(mode)
+    try:
+        scores = int(entry["pool_scores_computed"])
+        tokens, seconds = float(entry["engine_computed_tokens"]), float(entry["engine_seconds"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: regimes.steady.modes.{mode} lacks pool_scores_computed, engine_computed_tokens or "
+                        "engine_seconds: give a report of this version's benchmark_icm.py") from None
+    return {"pool_scores": scores, "computed_tokens": tokens / scores if scores else None,
+            "seconds": seconds / scores if scores else None}
+
+
 def read_benchmark(path: Path) -> dict[str, Any]:
     """A benchmark_icm.py --json report; UserError if it can't be read or holds no steady-state regime."""
     try:
@@ -193,6 +214,12 @@ def calibrated_rate(path: Path, pattern: str) -> PoolScoreRate:
     report = read_benchmark(path)
     measured = measured_iteration(report, pattern, path)
     settings = report.get("settings", {})
+    if measured["pool_scores"] == 0:
+        raise UserError(
+            f"{path}: {pattern} computed no pool score in its {settings.get('K')} steady-state iterations: no prediction "
+            "disagreed with its claim's label (the labelling is a fixed point of the model's predictions, which no later "
+            "iteration leaves), so it measures no cost per iteration for a run that still moves. Calibrate with a "
+            "benchmark that proposed flips (another --seed or --pool), or give --pool-scores-per-iteration")
     return PoolScoreRate(measured["pool_scores"], measured["overhead_seconds"], assumed=False, source=(
         f"measured in {path} ({pattern}, steady state, {settings.get('testbed')} pool {settings.get('pool')}, "
         f"K={settings.get('K')}): {measured['pool_scores']:.3g} pool scores and "
