@@ -49,6 +49,7 @@ from src.benchmarks.run_plan import (
     project,
     read_benchmark,
     relative_error,
+    run_rate,
     simulate_pool_score,
 )
 from src.benchmarks.steady_state import BlockTokens
@@ -114,8 +115,9 @@ def build_parser() -> OneLineParser:
                        help="dollars per hour of the self-hosted server (all its GPUs)")
     speed.add_argument("--pool-scores-per-iteration", type=float, default=None, action=Bounded, at_least=0,
                        help="pool scores per iteration, your own figure (in place of --calibration)")
-    speed.add_argument("--calibration", type=Path, default=None, metavar="BENCH.json",
-                       help="a benchmark_icm.py --regime steady --json report: pool scores and client time per iteration")
+    speed.add_argument("--calibration", type=Path, default=None, metavar="BENCH.json|RUN_DIR",
+                       help="pool scores per iteration measured: a benchmark_icm.py --regime steady --json report, or a "
+                            "finished ICM.py run's --output-dir (its summary.json)")
     parser.add_argument("--validate", type=Path, default=None, metavar="BENCH.json",
                         help="project this steady-state benchmark's own setup and compare with what it measured")
     parser.add_argument("--secrets", type=Path, default=None, help="settings file (prices, rate limits)")
@@ -136,7 +138,10 @@ def check_flags(args: argparse.Namespace) -> None:
         if args.data is None:
             raise UserError("--columns names the columns of --data FILE: pass --data, or drop --columns")
         parse_columns(args.columns)
-    for flag, path in (("--calibration", args.calibration), ("--validate", args.validate)):
+    if args.calibration is not None and not (args.calibration.is_file() or args.calibration.is_dir()):
+        raise UserError(f"--calibration {args.calibration}: no such file or folder: give the JSON that benchmark_icm.py "
+                        "--regime steady --json wrote, or a finished ICM.py run's --output-dir")
+    for flag, path in (("--validate", args.validate),):
         if path is not None and not path.is_file():
             raise UserError(f"{flag} {path}: no such file: give the JSON that benchmark_icm.py --regime steady --json wrote")
     if args.json is not None:
@@ -150,8 +155,12 @@ def plan(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     check_flags(args)
     settings = load_settings(args.secrets)
     command = "python scripts/plan_run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.calibration is not None:
-        read_benchmark(args.calibration)  # refused now, before the simulation's minutes
+    if args.calibration is not None and args.pool_scores_per_iteration is None:
+        # Refused now, before the simulation's minutes.
+        patterns = ([args.pattern] if args.validate is None
+                    else [m for m in read_benchmark(args.validate)["regimes"]["steady"]["modes"] if m in PATTERNS])
+        for pattern in patterns:
+            rate_of(pattern, args.calibration)
     with contextlib.ExitStack() as stack:
         if args.validate is not None:
             report = validate(args, settings, stack)
@@ -203,6 +212,12 @@ def rate_of(pattern: str, calibration: Optional[Path], given: Optional[float] = 
     else assumed."""
     if given is not None:
         return given_rate(given)
+    if calibration is not None and calibration.is_dir():
+        if pattern == "ours":
+            return run_rate(calibration)
+        print(f"note: {calibration} is a run of ours; the {pattern!r} pattern's pool scores per iteration are assumed",
+              file=sys.stderr)
+        return assumed_rate(pattern)
     if calibration is not None and pattern in read_benchmark(calibration)["regimes"]["steady"]["modes"]:
         return calibrated_rate(calibration, pattern)
     if calibration is not None:

@@ -183,7 +183,7 @@ def test_relative_error_is_against_the_measurement():
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--calibration", "no-such-bench.json"], ["--calibration", "no such file"]),
+    (["--calibration", "no-such-bench.json"], ["--calibration", "no such file or folder"]),
     (["--prefill-rate", "-5"], ["--prefill-rate", "positive"]),
     (["--testbed", "nope"], ["--testbed", "nope"]),
     (["--prefill-rate", "5", "--probe", "http://127.0.0.1:9"], ["--prefill-rate and --probe"]),
@@ -273,3 +273,20 @@ def test_a_probe_of_a_server_that_is_down_ends_with_one_error_line(capsys):
     from tests.conftest import closed_port_url
     code, err = call(plan_run, [*SMALL, "--probe", closed_port_url(), "--probe-timeout", "2"], capsys)
     refused(code, err)
+
+
+def test_a_finished_runs_summary_calibrates_pool_scores_per_iteration(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"labeller": "icm", "testbed": "demo", "model": "m", "iterations": 24,
+                                                  "pool_scores_computed": 6, "settings": {"batch_size": 8}}))
+    plan, err = run_plan(tmp_path, capsys, "--K", "10", "--prefill-rate", "1000", "--calibration", run)
+    assert plan["projection"]["per_iteration"]["pool_scores"] == 0.25
+    assert f"measured in the run {run}" in plan["assumptions"]["pool_scores_per_iteration"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = call(plan_run, [*SMALL, "--calibration", str(empty)], capsys)
+    refused(code, err, "without summary.json")
+    (run / "summary.json").write_text(json.dumps({"labeller": "random", "iterations": 3, "pool_scores_computed": 1}))
+    code, err = call(plan_run, [*SMALL, "--calibration", str(run)], capsys)
+    refused(code, err, "not an ICM search")

@@ -31,6 +31,7 @@ from core.llm_api.completions_request import MAX_TOKENS
 from src.benchmarks.block_cache import BLOCK_SIZE
 from src.benchmarks.steady_state import BlockTokens, predicted_steady_state
 from src.pipeline.scoring_cost import INPUT_PRICE_SETTING, OUTPUT_PRICE_SETTING, TOKENS_PER_PRICE_UNIT
+from src.run_directory.run_reading import run_summary
 
 ROUTES = ("vllm", "external", "embedded")
 PATTERNS = ("ours", "reference")
@@ -146,6 +147,29 @@ def given_rate(pool_scores_per_iteration: float) -> PoolScoreRate:
     figure, e.g. a proposal rate times pool scores per proposal from their model's log.jsonl and summary.json."""
     return PoolScoreRate(pool_scores_per_iteration, 0.0, assumed=False, source=(
         f"--pool-scores-per-iteration {pool_scores_per_iteration:g} (given); client overhead taken as 0"))
+
+
+def run_rate(run_dir: Path) -> PoolScoreRate:
+    """Pool scores per iteration of a finished ICM run of your own (its summary.json: pool_scores_computed /
+    iterations, its first scoring and growing phase included, memo hits excluded): the calibration closest to
+    the job, since how often a model's prediction disagrees with a label (a proposal) is the model's. UserError
+    when the folder holds no ICM run summary with iterations."""
+    summary = run_summary(Path(run_dir))
+    if summary is None:
+        raise UserError(f"--calibration {run_dir}: a folder without summary.json: give a finished ICM.py run's "
+                        "--output-dir, or a benchmark_icm.py --json file")
+    try:
+        scores, iterations = int(summary["pool_scores_computed"]), int(summary["iterations"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"--calibration {run_dir}: its summary.json lacks pool_scores_computed or iterations") from None
+    if summary.get("labeller", "icm") != "icm" or iterations <= 0:
+        raise UserError(f"--calibration {run_dir}: not an ICM search with iterations (labeller "
+                        f"{summary.get('labeller')!r}, {iterations} iterations): give an ICM.py run")
+    settings = summary.get("settings") or {}
+    return PoolScoreRate(scores / iterations, 0.0, assumed=False, source=(
+        f"measured in the run {run_dir} ({summary.get('testbed')}, pool {settings.get('batch_size')}, "
+        f"{iterations} iterations, model {summary.get('model')}): {scores} pool scores, {scores / iterations:.3g} per "
+        "iteration, its first scoring and growing phase included; client overhead taken as 0"))
 
 
 def measured_pool_score(report: dict[str, Any], mode: str, path: Path) -> dict[str, Optional[float]]:
