@@ -1,21 +1,23 @@
 """Plan an ICM job before starting it: its requests, prompt tokens, engine-computed tokens, hours and dollars.
 
     python scripts/plan_run.py --testbed truthfulQA --batch_size 256 --batches 10 --K 3000 --seeds 1 \\
-        --route vllm --prefill-rate 5000 --calibration results/benchmark/steady-32.json
+        --route vllm --prefill-rate 5000 --calibration results/my-short-run
     python scripts/plan_run.py --testbed truthfulQA --batch_size 64 --K 3000 --probe http://127.0.0.1:8000
     python scripts/plan_run.py --validate results/benchmark/steady-32.json --calibration results/benchmark/steady-16.json \\
         --prefill-rate 900
 
 It simulates a few steady-state iterations of the search on a model of the engine's prefix cache
 (src/benchmarks/steady_state.py) to find what one pool score costs, multiplies by pool scores per iteration
-(--calibration: a steady-state benchmark_icm.py --json report; otherwise the issue's measurement at 16 claims,
-stated as an assumption), and by K × batches × seeds. Hours come from a prefill rate (--prefill-rate, or --probe
+(--pool-scores-per-iteration; or --calibration: a short ICM.py run of your own model, its --output-dir, or a
+steady-state benchmark_icm.py --json report; otherwise 12 small SmolLM2 runs' figure, stated as an assumption),
+and by K × batches × seeds. Hours come from a prefill rate (--prefill-rate, or --probe
 measuring your own server); on the hosted route from its rate limits. Dollars from API_PRICE_INPUT_PER_MTOK /
 API_PRICE_OUTPUT_PER_MTOK on the hosted route, from hours × --gpu-hour-price on a self-hosted one.
 Formulas and sources: src/benchmarks/run_plan.py and src/benchmarks/prefill_probe.py.
 
 --validate BENCH.json projects a steady-state benchmark's own setup (its testbed, pool, K, seed, layout, each
-mode it ran) and prints the projection beside what it measured per iteration, with the relative error.
+mode it ran) and prints the projection beside what it measured, per iteration and per pool score, with the
+relative error.
 """
 from __future__ import annotations
 
@@ -287,8 +289,8 @@ def plan_job(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStac
         "pool_scores_per_iteration": rate.source,
         "simulator_pool_scores_per_iteration": (f"{cost.simulated_pool_scores_per_iteration:.3g} (the stand-in's own, at "
                                                  "chance; not used)"),
-        "iterations": ("every iteration priced as a steady-state iteration of the full pool (a long run is mostly "
-                       "flips); the growing phase, the first scoring and the final predictions are not priced apart"),
+        "iterations": ("every pool score priced as one of the full pool; the growing phase (shorter prompts), the "
+                       "first scoring and the final predictions are not priced apart"),
         "throughput": throughput.source,
         "hours": projection["notes"]["hours"],
         "dollars": projection["notes"]["dollars"],
