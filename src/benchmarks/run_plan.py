@@ -66,6 +66,55 @@ ASSUMED_POOL_SCORES = {
 }
 
 
+@dataclass(frozen=True)
+class PoolScoreCost:
+    """What one pool score costs, on the simulator. Tokens are prompt tokens; ``requests`` is what our client
+    sends on a self-hosted route (ours: one batched request; the reference pattern: one per prompt, with its
+    predictions and decision queries); ``prompts`` the prompts in it."""
+    pool_size: int
+    prompts: float
+    requests: float
+    prompt_tokens: float
+    computed_tokens: float
+    mean_prompt_tokens: float  # prompt tokens / prompts
+    simulated_pool_scores_per_iteration: float  # the stand-in's own rate: too low for a real model (see module doc)
+    cache_tokens: int
+    block_size: int
+    tokens_per_demonstration: float  # mean tokens of one claim shown as a demonstration, with its separator
+
+    @property
+    def source(self) -> str:
+        return (f"prefix-cache simulator (src/benchmarks/steady_state.py): {self.pool_size} claims, "
+                f"{self.block_size}-token blocks, cache {self.cache_tokens:,} tokens")
+
+
+def simulate_pool_score(pool: Sequence[dict], layout: str, tokens: BlockTokens, cache_tokens: int, block_size: int,
+                        pattern: str, simulate_K: int, rng: random.Random) -> PoolScoreCost:
+    """Run ``simulate_K`` steady-state iterations of ``pattern`` on the cache model and divide its counts by the
+    pool scores it computed. ``rng`` drew ``pool`` (it goes on to draw the starting labels and the search's
+    choices, as in benchmark_icm.py). Raises UserError when a prompt is longer than the cache, or when no flip
+    was proposed in ``simulate_K`` iterations (then there is nothing to divide by)."""
+    try:
+        prediction = predicted_steady_state(list(pool), layout, tokens, cache_tokens, block_size, pattern, simulate_K, rng)
+    except ValueError as exc:
+        raise UserError(f"--cache-tokens {cache_tokens}: {exc}; give a larger cache") from None
+    spread = prediction.per_iteration
+    scores = spread["pool_scores"]["total"]
+    if not scores:
+        raise UserError(f"the simulator proposed no flip in {simulate_K} iterations, so it computed no pool score to "
+                        "measure: raise --simulate-K")
+    # Ours sends each labelled claim's prompt once per pool score; the reference pattern sends each prompt alone.
+    prompts = len(pool) if pattern == "ours" else spread["requests"]["total"] / scores
+    known = list(tokens._known.values())
+    return PoolScoreCost(
+        pool_size=len(pool), prompts=prompts, requests=spread["requests"]["total"] / scores,
+        prompt_tokens=spread["prompt_tokens"]["total"] / scores, computed_tokens=spread["computed_tokens"]["total"] / scores,
+        mean_prompt_tokens=spread["prompt_tokens"]["total"] / scores / prompts,
+        simulated_pool_scores_per_iteration=scores / prediction.iterations, cache_tokens=cache_tokens,
+        block_size=block_size, tokens_per_demonstration=(sum(map(len, known)) / len(known) if known else 0.0),
+    )
+
+
 def estimated_tokens(tokens_per_claim: int) -> BlockTokens:
     """Token pieces for a tokens-per-claim estimate, no tokenizer: each text becomes ``tokens_per_claim`` tokens,
     all but the last standing for the text without its last word, the last for the whole text. So a claim shown
