@@ -162,7 +162,7 @@ def plan(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
         patterns = ([args.pattern] if args.validate is None
                     else [m for m in read_benchmark(args.validate)["regimes"]["steady"]["modes"] if m in PATTERNS])
         for pattern in patterns:
-            rate_of(pattern, args.calibration)
+            rate_of(pattern, args.calibration, allow_zero=args.validate is not None)
     with contextlib.ExitStack() as stack:
         if args.validate is not None:
             report = validate(args, settings, stack)
@@ -209,7 +209,8 @@ def load_pool(args: argparse.Namespace, testbed: str, data_dir: Path, pool_size:
     return sample_pool(claims, TESTBED_SPECS[testbed], pool_size, rng, source), rng, f"{pool_size} claims drawn from {source}"
 
 
-def rate_of(pattern: str, calibration: Optional[Path], given: Optional[float] = None) -> PoolScoreRate:
+def rate_of(pattern: str, calibration: Optional[Path], given: Optional[float] = None,
+            allow_zero: bool = False) -> PoolScoreRate:
     """Pool scores per iteration of ``pattern``: given, else measured in ``calibration`` if it ran that mode,
     else assumed."""
     if given is not None:
@@ -221,7 +222,7 @@ def rate_of(pattern: str, calibration: Optional[Path], given: Optional[float] = 
               file=sys.stderr)
         return assumed_rate(pattern)
     if calibration is not None and pattern in read_benchmark(calibration)["regimes"]["steady"]["modes"]:
-        return calibrated_rate(calibration, pattern)
+        return calibrated_rate(calibration, pattern, allow_zero)
     if calibration is not None:
         print(f"note: {calibration} has no steady-state {pattern!r} measurement; its pool scores per iteration are assumed",
               file=sys.stderr)
@@ -337,7 +338,7 @@ def validate(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStac
               file=sys.stderr, flush=True)
         cost = simulate_pool_score(pool, layout if mode == "ours" else "reference", tokens, capacity, block, mode,
                                    args.simulate_K, rng)
-        rate = rate_of(mode, args.calibration, args.pool_scores_per_iteration)
+        rate = rate_of(mode, args.calibration, args.pool_scores_per_iteration, allow_zero=True)
         throughput, _ = throughput_of(args, settings, route, cost)
         projection = project(cost, rate, throughput, Job(len(pool), 1, 1, K), route)["per_iteration"]
         measured = measured_iteration(report, mode, args.validate)

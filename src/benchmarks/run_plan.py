@@ -239,13 +239,14 @@ def iteration_count(iterations: Any, fallback: Any) -> int:
     return value
 
 
-def calibrated_rate(path: Path, pattern: str) -> PoolScoreRate:
+def calibrated_rate(path: Path, pattern: str, allow_zero: bool = False) -> PoolScoreRate:
     """Pool scores per iteration and client overhead per iteration measured by a steady-state benchmark (the
-    mode ``pattern`` of regimes.steady)."""
+    mode ``pattern`` of regimes.steady). UserError when it computed no pool score after the first scoring,
+    unless ``allow_zero`` (a validation, which compares like with like)."""
     report = read_benchmark(path)
     measured = measured_iteration(report, pattern, path)
     settings = report.get("settings", {})
-    if measured["pool_scores"] == 0:
+    if measured["pool_scores"] == 0 and not allow_zero:
         raise UserError(
             f"{path}: {pattern} computed no pool score in its {settings.get('K')} steady-state iterations: no prediction "
             "disagreed with its claim's label (the labelling is a fixed point of the model's predictions, which no later "
