@@ -317,10 +317,15 @@ def test_a_signal_during_a_large_export_leaves_no_temporary_file_and_no_half_exp
         time.sleep(0.001)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + stop, stderr
     assert "Traceback" not in stderr
     assert not list(run.glob(".*.tmp"))  # the temporary file is gone
-    assert not (run / "export_sft.jsonl").exists()  # and no export, rather than half of one
+    if process.returncode == 0:
+        # On a loaded machine the poll above can see the temporary file late, and the signal then lands after
+        # the export was renamed into place: the export must then be whole.
+        assert len((run / "export_sft.jsonl").read_text().splitlines()) == 4_500
+    else:
+        assert process.returncode == 128 + stop, stderr
+        assert not (run / "export_sft.jsonl").exists()  # no export, rather than half of one
 
 
 def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path):
