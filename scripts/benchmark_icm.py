@@ -310,13 +310,6 @@ def targets(report: dict[str, Any]) -> list[tuple[str, Optional[float], str, Opt
         if ours and reference:
             value = entry["ratios"]["wall_seconds_per_iteration"]
             rows.append(("wall per iteration, reference / ours" + tag, value, "≥ 5", value >= TARGETS["reference_over_ours_wall"]))
-    for regime, entry in report["regimes"].items():
-        for mode, figures in entry["modes"].items():
-            split = figures.get("by_proposal")
-            if split:
-                print(f"{regime} {mode}: {split['proposals']} of {split['iterations']} iterations proposed a flip; "
-                      f"per proposal {show_split(split['per_proposal'])}; per other iteration "
-                      f"{show_split(split['per_other_iteration'])}")
     layouts = report.get("layouts")
     if layouts:
         value = layouts["tree_over_reference_tokens"]
