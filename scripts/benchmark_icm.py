@@ -207,11 +207,11 @@ def run_mode(mode: str, args: argparse.Namespace, regime: str = "growing", rss_c
             wall = time.perf_counter() - reader.started - reader.reading_seconds
             stats = dataclasses.replace(api.refresh_stats())
             figures = summarise(mode, args, recorder, scorer, stats, wall, TokenCounter(api))
+            costs = iteration_costs(readings)
             figures.update(regime=regime, labelled_at_start=sum(c.label is not None for c in claims.values()),
                            iterations_labelling_a_new_claim=len(newly_labelled),
                            first_scoring=dataclasses.asdict(readings[0]),
-                           per_iteration=per_iteration(iteration_costs(readings)),
-                           by_proposal=split_by_proposal(iteration_costs(readings), proposed))
+                           per_iteration=per_iteration(costs), by_proposal=split_by_proposal(costs, proposed))
 
             if mode == "ours" and rss_check and args.rss_K > args.K:
                 recorder.recording = False

@@ -143,9 +143,8 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.calibration is not None and not (args.calibration.is_file() or args.calibration.is_dir()):
         raise UserError(f"--calibration {args.calibration}: no such file or folder: give the JSON that benchmark_icm.py "
                         "--regime steady --json wrote, or a finished ICM.py run's --output-dir")
-    for flag, path in (("--validate", args.validate),):
-        if path is not None and not path.is_file():
-            raise UserError(f"{flag} {path}: no such file: give the JSON that benchmark_icm.py --regime steady --json wrote")
+    if args.validate is not None and not args.validate.is_file():
+        raise UserError(f"--validate {args.validate}: no such file: give the JSON that benchmark_icm.py --regime steady --json wrote")
     if args.json is not None:
         refuse_writing_over(args.json, "--json", [*data_files(args.data_dir, args.data),
                                                  *[("the benchmark report", p) for p in (args.calibration, args.validate) if p]],
@@ -157,17 +156,16 @@ def plan(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     check_flags(args)
     settings = load_settings(args.secrets)
     command = "python scripts/plan_run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.calibration is not None and args.pool_scores_per_iteration is None:
-        # Refused now, before the simulation's minutes.
-        patterns = ([args.pattern] if args.validate is None
-                    else [m for m in read_benchmark(args.validate)["regimes"]["steady"]["modes"] if m in PATTERNS])
-        for pattern in patterns:
-            rate_of(pattern, args.calibration, allow_zero=args.validate is not None)
+    # Pool scores per iteration, found once and before the simulation's minutes (a bad calibration is refused now).
+    patterns = ([args.pattern] if args.validate is None
+                else [m for m in read_benchmark(args.validate)["regimes"]["steady"]["modes"] if m in PATTERNS])
+    rates = {pattern: rate_of(pattern, args.calibration, args.pool_scores_per_iteration,
+                              allow_zero=args.validate is not None) for pattern in patterns}
     with contextlib.ExitStack() as stack:
         if args.validate is not None:
-            report = validate(args, settings, stack)
+            report = validate(args, settings, stack, rates)
         else:
-            report = plan_job(args, settings, stack)
+            report = plan_job(args, settings, stack, rates[args.pattern])
     report = {"command": command.strip(), **report}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +261,7 @@ def note_assumed(rate: PoolScoreRate, cache_note: str) -> None:
 
 # -- a job ------------------------------------------------------------------------------------------------
 
-def plan_job(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
+def plan_job(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStack, rate: PoolScoreRate) -> dict[str, Any]:
     route, pattern = args.route, args.pattern
     if route == "external" and args.gpu_hour_price is not None:
         raise UserError("--gpu-hour-price prices a self-hosted server; the external route is priced by "
@@ -277,7 +275,6 @@ def plan_job(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStac
     tokens, tokens_note = token_pieces(args, stack)
     print(f"simulating {args.simulate_K} steady-state iterations of a {len(pool)}-claim pool ...", file=sys.stderr, flush=True)
     cost = simulate_pool_score(pool, args.prompt_layout, tokens, capacity, block, pattern, args.simulate_K, rng)
-    rate = rate_of(pattern, args.calibration, args.pool_scores_per_iteration)
     throughput, probe = throughput_of(args, settings, route, cost)
     job = Job(len(pool), batches, args.seeds, args.K)
     prices = (settings.api_price_input_per_mtok, settings.api_price_output_per_mtok)
@@ -311,7 +308,8 @@ def plan_job(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStac
 TOLERATED = ("computed_tokens", "seconds", "computed_tokens_per_pool_score", "seconds_per_pool_score")
 
 
-def validate(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
+def validate(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStack,
+             rates: dict[str, PoolScoreRate]) -> dict[str, Any]:
     """Project each mode of a steady-state benchmark with its own setup, beside what it measured per iteration
     (means: total / iterations after the first scoring)."""
     report = read_benchmark(args.validate)
@@ -338,7 +336,7 @@ def validate(args: argparse.Namespace, settings: Any, stack: contextlib.ExitStac
               file=sys.stderr, flush=True)
         cost = simulate_pool_score(pool, layout if mode == "ours" else "reference", tokens, capacity, block, mode,
                                    args.simulate_K, rng)
-        rate = rate_of(mode, args.calibration, args.pool_scores_per_iteration, allow_zero=True)
+        rate = rates[mode]
         throughput, _ = throughput_of(args, settings, route, cost)
         projection = project(cost, rate, throughput, Job(len(pool), 1, 1, K), route)["per_iteration"]
         measured = measured_iteration(report, mode, args.validate)
