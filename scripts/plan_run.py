@@ -32,7 +32,7 @@ from typing import Any, Optional
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, load_settings
 from core.process_exit import exit_process
-from src.benchmarks.prefill_probe import probe_prefill
+from src.benchmarks.prefill_probe import PROMPTS_PER_REQUEST_CAP, probe_batch, probe_prefill, probe_shape
 from src.benchmarks.run_plan import (
     DEFAULT_CACHE,
     PATTERNS,
@@ -65,7 +65,7 @@ from src.run_directory.run_directory import write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "icm"
-PROBE_TOKENS_CAP = 4096  # the probe's default long prompt: the run's mean prompt length, at most this
+PROBE_TOKENS_CAP = 4096  # the probe's default depth: the run's mean prompt length, at most this
 VALIDATION_TOLERANCE = 0.15  # issue 24: within 15% of the measured engine tokens and wall time
 
 
@@ -106,7 +106,12 @@ def build_parser() -> OneLineParser:
     speed.add_argument("--probe", default=None, metavar="URL", help="measure the rate on this server (vLLM or llama.cpp)")
     speed.add_argument("--probe-model", default=None, help="the model to probe (default: the server's first)")
     speed.add_argument("--probe-tokens", type=int, default=None, action=Bounded, at_least=64,
-                       help=f"the probe's long prompt in tokens (default: the job's mean prompt, at most {PROBE_TOKENS_CAP})")
+                       help="the probe's long tail in tokens (default: the tokens a pool score computes per prompt, at least 64)")
+    speed.add_argument("--probe-prefix-tokens", type=int, default=None, action=Bounded, at_least=0,
+                       help=f"the cached prefix before each timed tail (default: the job's mean prompt less the tail, at "
+                            f"most {PROBE_TOKENS_CAP}; 0: fresh prompts)")
+    speed.add_argument("--probe-prompts", type=int, default=None, action=Bounded, at_least=1, at_most=256,
+                       help=f"prompts in each probe request (default: the job's per request, at most {PROMPTS_PER_REQUEST_CAP})")
     speed.add_argument("--probe-repeats", type=int, default=3, action=Bounded, at_least=1, at_most=20)
     speed.add_argument("--probe-timeout", type=float, default=120.0, action=Bounded, above=0, help="seconds per probe request")
     speed.add_argument("--requests-per-minute", type=float, default=None, action=Bounded, above=0,
@@ -238,17 +243,22 @@ def throughput_of(args: argparse.Namespace, settings: Any, route: str, cost: Poo
         return Throughput(args.prefill_rate, latency, source=f"--prefill-rate {args.prefill_rate:g} tokens/s (given), "
                                                              f"{latency:g} s per request"), None
     if args.probe:
-        long_tokens = args.probe_tokens or max(64, min(PROBE_TOKENS_CAP, round(cost.mean_prompt_tokens)))
-        print(f"probing {args.probe}: {1 + 2 * args.probe_repeats} requests, prompts of about {long_tokens} tokens ...",
+        prefix, tail = probe_shape(cost, args.probe_prefix_tokens, args.probe_tokens, PROBE_TOKENS_CAP)
+        batch = probe_batch(cost, args.probe_prompts)
+        requests = 1 + (3 if prefix else 2) * args.probe_repeats
+        print(f"probing {args.probe}: {requests} requests of {batch} prompt(s), tails of about 16 and {tail} tokens "
+              f"behind {f'a cached prefix of about {prefix} tokens' if prefix else 'nothing (fresh prompts)'} ...",
               file=sys.stderr, flush=True)
-        found = probe_prefill(args.probe, long_tokens, repeats=args.probe_repeats, timeout_seconds=args.probe_timeout,
-                              model=args.probe_model, settings=load_settings(args.secrets))
+        found = probe_prefill(args.probe, tail, prefix_tokens=prefix, prompts_per_request=batch, repeats=args.probe_repeats,
+                              timeout_seconds=args.probe_timeout, model=args.probe_model, settings=load_settings(args.secrets))
         latency = found.request_latency if args.request_latency is None else args.request_latency
+        behind = f" behind a cached prefix of {found.prefix_tokens} words" if found.prefix_tokens else " (fresh prompts)"
         return Throughput(found.prefill_rate, latency, source=(
-            f"probed {found.url} ({found.model}): {found.short_tokens:.0f} tokens in {found.short_seconds:.3f} s, "
-            f"{found.long_tokens:.0f} in {found.long_seconds:.3f} s (medians of {args.probe_repeats}; tokens from "
-            f"{found.tokens_counted_by}) -> {found.prefill_rate:,.0f} tokens/s, {latency:.3f} s per request; one prompt "
-            "per request, on a server nobody else used meanwhile")), as_json(found)
+            f"probed {found.url} ({found.model}): requests of {found.prompts_per_request} prompt(s) computed "
+            f"{found.short_tokens:.0f} tokens in {found.short_seconds:.3f} s with short tails, {found.long_tokens:.0f} in "
+            f"{found.long_seconds:.3f} s with long ones{behind} (medians of {args.probe_repeats}; tokens from "
+            f"{found.tokens_counted_by}) -> {found.prefill_rate:,.0f} tokens/s, {latency:.3f} s per request; on a "
+            "server nobody else used meanwhile")), as_json(found)
     return Throughput(None, latency, source="none: pass --prefill-rate or --probe URL for hours"), None
 
 

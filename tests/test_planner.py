@@ -2,12 +2,14 @@
 its arithmetic on hand-computed cases, calibration, prices, validation, refusals, and the probe against a pretend
 server whose answers take a known time."""
 import asyncio
+import dataclasses
 import json
 import random
 
 import pytest
 from aiohttp import web
 
+from core.errors import UserError
 from src.benchmarks.run_plan import (
     ASSUMED_POOL_SCORES,
     Job,
@@ -206,16 +208,27 @@ def test_a_report_without_a_steady_state_is_refused(tmp_path, capsys):
 
 # -- the probe ---------------------------------------------------------------------------------------------
 
-LATENCY, PER_TOKEN = 0.05, 0.001  # the pretend server's time: 50 ms a request + 1 ms a word (its tokens)
+LATENCY, PER_TOKEN = 0.05, 0.001  # the pretend server's time: 50 ms a request + 1 ms a word (its tokens) ...
+DEPTH_SCALE = 1000  # ... times (1 + the word's position / this): deeper words attend to more, as in a real model
 
 
 class SlowServer:
-    """A pretend OpenAI-compatible server: each completion takes LATENCY + PER_TOKEN × the prompt's words, and
-    /metrics counts the words as computed prompt tokens (llama.cpp's counter names)."""
+    """A pretend OpenAI-compatible server with a prefix cache: a completion computes the words its prompt does not
+    share with the prompts before it (at least its last), each costing PER_TOKEN × (1 + position / DEPTH_SCALE), after LATENCY; /metrics
+    counts the computed words (llama.cpp's counter names)."""
 
     def __init__(self) -> None:
         self.computed = 0
+        self.seen: list[list[str]] = []
         self.app = ThreadedApp(self.make_app, "slow test server")
+
+    def cached_words(self, words: list[str]) -> int:
+        def shared(other: list[str]) -> int:
+            n = 0
+            while n < min(len(words), len(other)) and words[n] == other[n]:
+                n += 1
+            return n
+        return max(map(shared, self.seen), default=0)
 
     async def make_app(self) -> web.Application:
         app = web.Application()
@@ -236,12 +249,19 @@ class SlowServer:
 
     async def completions(self, request: web.Request) -> web.Response:
         body = await request.json()
-        words = len(body["prompt"].split())
-        await asyncio.sleep(LATENCY + PER_TOKEN * words)
-        self.computed += words
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        seconds = LATENCY
+        for prompt in prompts:
+            words = prompt.split()
+            cached = min(self.cached_words(words), len(words) - 1)  # the last token is computed, as real engines do
+            self.seen.append(words)
+            seconds += PER_TOKEN * sum(1 + position / DEPTH_SCALE for position in range(cached, len(words)))
+            self.computed += len(words) - cached
+        await asyncio.sleep(seconds)
         top = {" True": -0.5, " False": -1.2, " maybe": -4.0}
-        return web.json_response({"choices": [{"index": 0, "text": " True", "logprobs": {
-            "tokens": [" True"], "token_logprobs": [-0.5], "top_logprobs": [top], "text_offset": [0]}}]})
+        return web.json_response({"choices": [{"index": i, "text": " True", "logprobs": {
+            "tokens": [" True"], "token_logprobs": [-0.5], "top_logprobs": [top], "text_offset": [0]}}
+            for i in range(len(prompts))]})
 
 
 @pytest.fixture
@@ -252,20 +272,83 @@ def slow_server():
     server.app.stop()
 
 
+def rate_at(first: int, last: int) -> float:
+    """The pretend server's words per second over positions first..last-1."""
+    return (last - first) / (PER_TOKEN * sum(1 + position / DEPTH_SCALE for position in range(first, last)))
+
+
 def test_the_probe_fits_a_servers_prefill_rate_and_latency(slow_server):
     from src.benchmarks.prefill_probe import probe_prefill
     found = probe_prefill(slow_server.app.url, 400, repeats=3, timeout_seconds=10)
-    assert found.requests == 7 and found.tokens_counted_by == "/metrics"
+    assert found.requests == 7 and found.tokens_counted_by == "/metrics" and found.prefix_tokens == 0
     assert found.long_tokens == 400 and found.short_tokens == 16
-    assert found.prefill_rate == pytest.approx(1 / PER_TOKEN, rel=0.25)
+    assert found.prefill_rate == pytest.approx(rate_at(16, 400), rel=0.25)
     assert found.request_latency == pytest.approx(LATENCY, abs=0.03)
 
 
+def test_the_probe_times_tails_behind_a_cached_prefix_at_their_depth(slow_server):
+    """A pool score computes short tails deep in the context: the probe times that, and finds the slower rate."""
+    from src.benchmarks.prefill_probe import probe_prefill
+    found = probe_prefill(slow_server.app.url, 200, prefix_tokens=1500, prompts_per_request=4, repeats=3,
+                          timeout_seconds=10)
+    assert found.requests == 10 and found.prefix_tokens == 1500 and found.prompts_per_request == 4
+    # The server computed only the 4 tails of each request: the untimed request before them cached the prefix.
+    assert found.long_tokens == 4 * 200 and found.short_tokens == 4 * 16
+    assert found.prefill_rate == pytest.approx(rate_at(1516, 1700), rel=0.25)
+    assert found.prefill_rate < 0.8 * rate_at(16, 200)
+    assert found.request_latency == pytest.approx(LATENCY, abs=0.03)
+
+
+def test_a_second_probe_of_the_same_server_is_not_served_from_the_firsts_cache(slow_server):
+    """Issue 24: the probe's words came from a fixed seed, so a second plan_run against the same server sent the
+    same prompts, and the 'long' ones computed 78 tokens of 1,230 (the rest cached), giving a rate of nothing."""
+    from src.benchmarks.prefill_probe import probe_prefill
+    first = probe_prefill(slow_server.app.url, 100, repeats=1, timeout_seconds=10)
+    second = probe_prefill(slow_server.app.url, 100, repeats=1, timeout_seconds=10)
+    # Fresh prompts may share a first word by chance (the pretend server caches word by word); not their tails.
+    assert min(first.long_tokens, second.long_tokens) >= 98 and min(first.short_tokens, second.short_tokens) >= 14
+
+
+def test_a_probe_whose_tails_the_server_already_cached_is_refused(slow_server):
+    from src.benchmarks.prefill_probe import probe_prefill
+    probe_prefill(slow_server.app.url, 100, repeats=1, timeout_seconds=10, seed=7)
+    with pytest.raises(UserError, match="served most of them from its cache"):
+        probe_prefill(slow_server.app.url, 100, repeats=1, timeout_seconds=10, seed=7)
+
+
+def test_the_probes_default_shape_is_the_jobs_mean_prompt_split_at_its_computed_tail():
+    from src.benchmarks.prefill_probe import probe_shape
+    cost = PoolScoreCost(pool_size=32, prompts=32, requests=1, prompt_tokens=32 * 1230, computed_tokens=6400,
+                         mean_prompt_tokens=1230, simulated_pool_scores_per_iteration=0.1, cache_tokens=46592,
+                         block_size=128, tokens_per_demonstration=40)
+    assert probe_shape(cost, None, None, 4096) == (1030, 200)
+    assert probe_shape(cost, None, None, 1000) == (800, 200)  # the depth is capped, the tail kept
+    assert probe_shape(cost, 0, None, 4096) == (0, 200)  # fresh prompts, when asked
+    assert probe_shape(cost, None, 500, 4096) == (730, 500)
+    tiny = dataclasses.replace(cost, computed_tokens=320)
+    assert probe_shape(tiny, None, None, 4096) == (1230 - 64, 64)  # a tail too short to time is lengthened
+
+
+def test_the_probes_default_batch_is_the_jobs_prompts_per_request_capped():
+    from src.benchmarks.prefill_probe import PROMPTS_PER_REQUEST_CAP, probe_batch
+    ours = PoolScoreCost(pool_size=8, prompts=8, requests=1, prompt_tokens=8 * 300, computed_tokens=800,
+                         mean_prompt_tokens=300, simulated_pool_scores_per_iteration=0.1, cache_tokens=8192,
+                         block_size=1, tokens_per_demonstration=40)
+    assert probe_batch(ours, None) == 8
+    assert probe_batch(dataclasses.replace(ours, pool_size=256, prompts=256), None) == PROMPTS_PER_REQUEST_CAP
+    reference = dataclasses.replace(ours, requests=12)  # one prompt per request, and its decision queries
+    assert probe_batch(reference, None) == 1
+    assert probe_batch(ours, 3) == 3
+
+
 def test_the_planner_takes_the_probes_rate(slow_server, tmp_path, capsys):
-    plan, _ = run_plan(tmp_path, capsys, "--K", "5", "--probe", slow_server.app.url, "--probe-tokens", "300",
+    plan, _ = run_plan(tmp_path, capsys, "--K", "5", "--probe", slow_server.app.url, "--probe-tokens", "100",
                          "--probe-repeats", "2", "--probe-timeout", "10")
-    assert plan["throughput"]["prefill_rate"] == pytest.approx(1 / PER_TOKEN, rel=0.3)
-    assert plan["probe"]["requests"] == 5 and "probed" in plan["assumptions"]["throughput"]
+    prefix = plan["probe"]["prefix_tokens"]
+    assert prefix > 0 and f"behind a cached prefix of {prefix} words" in plan["assumptions"]["throughput"]
+    assert plan["throughput"]["prefill_rate"] == pytest.approx(rate_at(prefix + 16, prefix + 100), rel=0.3)
+    assert plan["probe"]["requests"] == 7 and plan["probe"]["prompts_per_request"] == 8  # the demo pool's 8 prompts
+    assert "probed" in plan["assumptions"]["throughput"]
     assert plan["projection"]["job"]["hours"] is not None
 
 

@@ -1,19 +1,31 @@
-"""Measure a server's prefill rate with a short, bounded probe: a few prompts of two known lengths, timed.
+"""Measure a server's prefill rate with a short, bounded probe: a few prompts with tails of two known lengths, timed.
 
-Each prompt is fresh random words, so no prefix of it is in the server's cache (and the server's /metrics
-confirms what it computed). The time of a request is modelled as
+A pool score does not compute whole prompts one at a time: it sends its prompts in one request, the server's
+prefix cache holds the shared demonstrations, and each prompt's uncached tail is computed behind them, deep in the
+context, where every token attends to all the tokens before it. So the probe times the same shape: per repeat, a
+fresh random prefix of ``prefix_tokens`` words is sent once (untimed, so the server caches it), then one request of
+``prompts_per_request`` prompts, each that prefix with its own short tail, and one with long tails, timed. With
+``prefix_tokens`` 0 the prompts are fresh, whole (the cold-start shape). On SmolLM2-135M and 2 CPU cores, fresh
+1,230-token prompts measured 351 tokens/s on the CPU vLLM where a 32-claim pool score ran at 291 (README,
+"Planning a run"): the fresh shape times tokens at half the depth.
+
+The server's /metrics counts what it computed (so a prefix it did not keep, or a partial block, is counted, not
+assumed). The time of a request is modelled as
 
     seconds = latency + computed tokens / rate
 
-and fitted on the medians of the short and the long prompts: rate = (long tokens - short tokens) / (long seconds
-- short seconds), latency = short seconds - short tokens / rate (at least 0). The requests go through the
+and fitted on the medians of the short-tail and the long-tail requests: rate = (long tokens - short tokens) /
+(long seconds - short seconds), latency = short seconds - short tokens / rate (at least 0). So what a request of
+that many prompts costs beside its computed tokens (llama.cpp moving a cached prefix into each of its slots, say)
+is latency, and what slows its tokens (llama.cpp's slots attending over one shared KV cache, say) is rate. The requests go through the
 project's own vLLM client (core/llm_api/vllm_llm.py), with its timeout cut to the probe's, so every wait is
-bounded: at most 1 + 2 × repeats requests, each within ``timeout_seconds``, and Ctrl-C ends it (KeyboardInterrupt
-out of the client's event loop).
+bounded: at most 1 + 3 × repeats requests (2 × repeats without a prefix), each within ``timeout_seconds``, and
+Ctrl-C ends it (KeyboardInterrupt out of the client's event loop).
 
-What it assumes: one prompt per request, as a pool score's longest prompts are computed; a batched request of
-many prompts may reach a higher rate on a GPU, and a prompt much longer than the probe's a lower one (attention
-grows with the context), so probe near the run's prompt length (the planner's default).
+What it assumes: the run's requests look like the probe's. Probe at the run's depth and batch (the planner's
+default: the prefix is the job's mean prompt less its mean computed tail, and the prompts per request are the
+job's, at most PROMPTS_PER_REQUEST_CAP). On SmolLM2 and 2 cores a single prompt behind a cached prefix matched
+the CPU vLLM's pool scores but ran 22-29% fast on llama.cpp's 4 slots (README, "Planning a run").
 """
 from __future__ import annotations
 
@@ -27,6 +39,7 @@ from typing import Callable, Optional
 from core.errors import UserError
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, check_url
+from src.benchmarks.run_plan import PoolScoreCost
 
 # Short common words: about one token each in most BPE vocabularies.
 WORDS = ("the of and to in is was for on as with by at from that this are be or an it not but have had his her "
@@ -38,12 +51,14 @@ WORDS = ("the of and to in is was for on as with by at from that this are be or 
          "off come since against go came right used take three").split()
 SHORT_WORDS = 16
 MIN_LONG_WORDS = 64
+PROMPTS_PER_REQUEST_CAP = 16  # the planner's default batch at most: enough to fill llama.cpp's slots, and short
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """The fitted rate (engine-computed prompt tokens per second) and latency (seconds per request), with the
-    medians they came from (tokens as the server counted them)."""
+    """The fitted rate (engine-computed prompt tokens per second) and latency (seconds per request of
+    ``prompts_per_request`` prompts), with the medians they came from (a request's tokens as the server counted
+    them)."""
     url: str
     model: str
     prefill_rate: float
@@ -52,21 +67,47 @@ class ProbeResult:
     short_seconds: float
     long_tokens: float
     long_seconds: float
+    prefix_tokens: int  # the cached prefix's words before each timed tail (0: fresh prompts)
+    prompts_per_request: int
     requests: int
     tokens_counted_by: str  # "/metrics" (computed tokens) or "/tokenize" (the prompt's length)
+
+
+def probe_shape(cost: PoolScoreCost, prefix_tokens: Optional[int], tail_tokens: Optional[int],
+                depth_cap: int) -> tuple[int, int]:
+    """The probe's (cached prefix, long tail) in tokens for a job whose pool score costs ``cost``: the tail is what a
+    pool score computes per prompt (at least MIN_LONG_WORDS), the prefix the mean prompt less that tail, so the
+    timed tokens sit where a pool score's do; both capped so their sum stays within ``depth_cap``. A value given
+    (not None) is used as it is."""
+    tail = tail_tokens or max(MIN_LONG_WORDS, round(cost.computed_tokens / max(cost.prompts, 1.0)))
+    if prefix_tokens is not None:
+        return prefix_tokens, tail
+    tail = min(tail, depth_cap)
+    return max(0, min(depth_cap, round(cost.mean_prompt_tokens)) - tail), tail
+
+
+def probe_batch(cost: PoolScoreCost, prompts_per_request: Optional[int]) -> int:
+    """Prompts in each timed request: given, or the job's prompts per request (a pool score's, on its route), at
+    most PROMPTS_PER_REQUEST_CAP."""
+    if prompts_per_request is not None:
+        return prompts_per_request
+    return max(1, min(PROMPTS_PER_REQUEST_CAP, round(cost.prompts / max(cost.requests, 1.0))))
 
 
 def random_prompt(words: int, rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def probe_prefill(url: str, long_tokens: int, *, repeats: int = 3, timeout_seconds: float = 120.0,
-                  model: Optional[str] = None, settings: Optional[Settings] = None,
-                  clock: Callable[[], float] = time.perf_counter, seed: int = 0) -> ProbeResult:
+def probe_prefill(url: str, long_tokens: int, *, prefix_tokens: int = 0, prompts_per_request: int = 1,
+                  repeats: int = 3, timeout_seconds: float = 120.0, model: Optional[str] = None, settings: Optional[Settings] = None,
+                  clock: Callable[[], float] = time.perf_counter, seed: Optional[int] = None) -> ProbeResult:
     """Probe the OpenAI-compatible server at ``url`` (vLLM, or llama.cpp's server) and fit its prefill rate.
 
-    ``long_tokens``: the long prompts' target length (capped by the server's context); ``repeats``: prompts of
-    each length, after one untimed warm-up. Raises UserError (a ScoringError from the client, or a fit that makes
+    ``long_tokens``: the long tail's target length in tokens (about a word each); ``prefix_tokens``: the cached
+    prefix before each tail (0: fresh prompts); together capped by the server's context. ``prompts_per_request``:
+    prompts in each timed request, each with its own tail. ``repeats``: requests of each tail length, after one
+    untimed warm-up. ``seed``: the random words' (None, the default: fresh from the OS, so a second probe of the
+    same server doesn't find the first one's prompts in its cache). Raises UserError (a ScoringError from the client, or a fit that makes
     no sense: timings that don't grow with length, no way to count the tokens)."""
     check_url("--probe", url, "on the command line")
     base = settings or Settings()
@@ -76,34 +117,56 @@ def probe_prefill(url: str, long_tokens: int, *, repeats: int = 3, timeout_secon
     rng = random.Random(seed)
     with ModelAPI(model, settings=probe_settings, use_vllm=True, show_progress=False, exact_label_logprobs=False) as api:
         if api.context_tokens:
-            long_tokens = min(long_tokens, api.context_tokens - 16)
+            room = api.context_tokens - 16
+            prefix_tokens = max(0, min(prefix_tokens, room - MIN_LONG_WORDS))
+            long_tokens = min(long_tokens, room - prefix_tokens)
         long_words = max(MIN_LONG_WORDS, long_tokens)
         counted_by = "/metrics"
 
-        def timed(words: int) -> tuple[float, float]:
+        def timed(prefix: str, words: int, first_words: list[str]) -> tuple[float, float]:
             nonlocal counted_by
-            prompt = random_prompt(words, rng)
+            prompts = [prefix + first + " " + random_prompt(words - 1, rng) for first in first_words]
             before = api.refresh_stats().computed_tokens
             started = clock()
-            api.next_token_logprobs([prompt])
+            api.next_token_logprobs(prompts)
             seconds = clock() - started
             computed = api.refresh_stats().computed_tokens - before
             if computed <= 0:  # no counters on this server: count the prompt itself (fresh words: nothing cached)
+                if prefix:
+                    raise UserError(f"{url} reports no prompt-token counters on /metrics, so the probe can't tell what "
+                                    "it computed behind a cached prefix: pass --probe-prefix-tokens 0 (fresh prompts), "
+                                    "or --prefill-rate")
                 counted_by = "/tokenize"
                 try:
-                    computed = len(api.tokenize([prompt])[0])
+                    computed = sum(map(len, api.tokenize(prompts)))
                 except UserError:
                     raise UserError(f"{url} reports no prompt-token counters on /metrics and offers no /tokenize, so the "
                                     "probe can't count what it computed: pass --prefill-rate instead") from None
             return float(computed), seconds
 
-        timed(SHORT_WORDS)  # warm-up: connections, the first request's set-up
+        def first_words() -> list[str]:
+            # Tails behind one prefix start with words of their own where the list allows, so none of them finds
+            # another's start in the cache (the server counts what it computed either way).
+            if 2 * prompts_per_request <= len(WORDS):
+                return rng.sample(WORDS, 2 * prompts_per_request)
+            return [rng.choice(WORDS) for _ in range(2 * prompts_per_request)]
+
+        timed("", SHORT_WORDS, first_words()[:prompts_per_request])  # warm-up: connections, the first request's set-up
         short, long = [], []
         for _ in range(repeats):
-            short.append(timed(SHORT_WORDS))
-            long.append(timed(long_words))
+            # A fresh prefix each time, so no repeat finds another's tail in the cache.
+            prefix = random_prompt(prefix_tokens, rng) + " " if prefix_tokens else ""
+            if prefix:
+                api.next_token_logprobs([prefix.rstrip()])  # untimed: puts the prefix in the server's cache
+            starts = first_words()
+            short.append(timed(prefix, SHORT_WORDS, starts[:prompts_per_request]))
+            long.append(timed(prefix, long_words, starts[prompts_per_request:]))
         short_tokens, short_seconds = (statistics.median(x) for x in zip(*short))
         long_tokens_seen, long_seconds = (statistics.median(x) for x in zip(*long))
+        if long_tokens_seen < prompts_per_request * long_words / 2:
+            raise UserError(f"{url} computed {long_tokens_seen:.0f} tokens for {prompts_per_request} new tails of "
+                            f"{long_words} words: it served most of them from its cache, so the probe timed no prefill; "
+                            "probe again, or pass --prefill-rate")
         if long_seconds <= short_seconds or long_tokens_seen <= short_tokens:
             raise UserError(f"the probe of {url} did not take longer for {long_tokens_seen:.0f} tokens ({long_seconds:.3f} s) "
                             f"than for {short_tokens:.0f} ({short_seconds:.3f} s): the server is busy or the prompts too "
@@ -112,4 +175,6 @@ def probe_prefill(url: str, long_tokens: int, *, repeats: int = 3, timeout_secon
         return ProbeResult(url=api.describe().get("endpoint", url), model=api.model, prefill_rate=rate,
                            request_latency=max(0.0, short_seconds - short_tokens / rate), short_tokens=short_tokens,
                            short_seconds=short_seconds, long_tokens=long_tokens_seen, long_seconds=long_seconds,
-                           requests=1 + 2 * repeats, tokens_counted_by=counted_by)
+                           prefix_tokens=prefix_tokens, prompts_per_request=prompts_per_request,
+                           requests=1 + (3 if prefix_tokens else 2) * repeats,
+                           tokens_counted_by=counted_by)
