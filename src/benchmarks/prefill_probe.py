@@ -3,7 +3,8 @@
 A pool score does not compute whole prompts one at a time: it sends its prompts in one request, the server's
 prefix cache holds the shared demonstrations, and each prompt's uncached tail is computed behind them, deep in the
 context, where every token attends to all the tokens before it. So the probe times the same shape: per repeat, a
-fresh random prefix of ``prefix_tokens`` words is sent once (untimed, so the server caches it), then one request of
+fresh random prefix of ``prefix_tokens`` words is sent (untimed, so the server caches it: in each of its slots, on
+llama.cpp), then one request of
 ``prompts_per_request`` prompts, each that prefix with its own short tail, and one with long tails, timed. With
 ``prefix_tokens`` 0 the prompts are fresh, whole (the cold-start shape). On SmolLM2-135M and 2 CPU cores, fresh
 1,230-token prompts measured 351 tokens/s on the CPU vLLM where a 32-claim pool score ran at 291 (README,
@@ -144,23 +145,25 @@ def probe_prefill(url: str, long_tokens: int, *, prefix_tokens: int = 0, prompts
                                     "probe can't count what it computed: pass --prefill-rate instead") from None
             return float(computed), seconds
 
-        def first_words() -> list[str]:
-            # Tails behind one prefix start with words of their own where the list allows, so none of them finds
-            # another's start in the cache (the server counts what it computed either way).
-            if 2 * prompts_per_request <= len(WORDS):
-                return rng.sample(WORDS, 2 * prompts_per_request)
-            return [rng.choice(WORDS) for _ in range(2 * prompts_per_request)]
+        def first_words() -> tuple[list[str], list[str], list[str]]:
+            # The warming, short and long requests' tails behind one prefix start with words of their own where the
+            # list allows, so none finds another's start in the cache (the server counts what it computed anyway).
+            m = prompts_per_request
+            words = rng.sample(WORDS, 3 * m) if 3 * m <= len(WORDS) else [rng.choice(WORDS) for _ in range(3 * m)]
+            return words[:m], words[m:2 * m], words[2 * m:]
 
-        timed("", SHORT_WORDS, first_words()[:prompts_per_request])  # warm-up: connections, the first request's set-up
+        timed("", SHORT_WORDS, first_words()[0])  # warm-up: connections, the first request's set-up
         short, long = [], []
         for _ in range(repeats):
             # A fresh prefix each time, so no repeat finds another's tail in the cache.
             prefix = random_prompt(prefix_tokens, rng) + " " if prefix_tokens else ""
+            warming, short_starts, long_starts = first_words()
             if prefix:
-                api.next_token_logprobs([prefix.rstrip()])  # untimed: puts the prefix in the server's cache
-            starts = first_words()
-            short.append(timed(prefix, SHORT_WORDS, starts[:prompts_per_request]))
-            long.append(timed(prefix, long_words, starts[prompts_per_request:]))
+                # Untimed: puts the prefix in the server's cache, as many times as the request's prompts: llama.cpp
+                # keeps a cache per slot, and a timed request that first filled its slots would time that too.
+                api.next_token_logprobs([prefix + word for word in warming])
+            short.append(timed(prefix, SHORT_WORDS, short_starts))
+            long.append(timed(prefix, long_words, long_starts))
         short_tokens, short_seconds = (statistics.median(x) for x in zip(*short))
         long_tokens_seen, long_seconds = (statistics.median(x) for x in zip(*long))
         if long_tokens_seen < prompts_per_request * long_words / 2:
