@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.llm_api.llm import ModelAPI
-from core.llm_api.settings import Settings, load_settings
+from core.llm_api.settings import Settings, check_url, load_settings
 from core.process_exit import exit_process
 from src.benchmarks.prefill_probe import PROMPTS_PER_REQUEST_CAP, probe_batch, probe_prefill, probe_shape
 from src.benchmarks.run_plan import (
@@ -106,7 +106,8 @@ def build_parser() -> OneLineParser:
     speed.add_argument("--probe", default=None, metavar="URL", help="measure the rate on this server (vLLM or llama.cpp)")
     speed.add_argument("--probe-model", default=None, help="the model to probe (default: the server's first)")
     speed.add_argument("--probe-tokens", type=int, default=None, action=Bounded, at_least=64,
-                       help="the probe's long tail in tokens (default: the tokens a pool score computes per prompt, at least 64)")
+                       help="the probe's long tail in tokens (default: the tokens a pool score computes per prompt, at "
+                            f"least 64, at most {PROBE_TOKENS_CAP}); the default prefix shrinks to keep the job's depth")
     speed.add_argument("--probe-prefix-tokens", type=int, default=None, action=Bounded, at_least=0,
                        help=f"the cached prefix before each timed tail (default: the job's mean prompt less the tail, at "
                             f"most {PROBE_TOKENS_CAP}; 0: fresh prompts)")
@@ -139,6 +140,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def check_flags(args: argparse.Namespace) -> None:
     if args.prefill_rate is not None and args.probe:
         raise UserError("--prefill-rate and --probe both give the rate: pass one")
+    if args.probe is not None:  # now, not after the minutes of simulation
+        check_url("--probe", args.probe, "on the command line")
     if args.batches is not None and args.num_batches is not None:
         raise UserError("--batches (pools of --batch_size) and --num-batches (the data split) both count pools: pass one")
     if args.columns is not None:

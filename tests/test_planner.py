@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import json
 import random
+from typing import Optional
 
 import pytest
 from aiohttp import web
@@ -217,9 +218,12 @@ class SlowServer:
     share with the prompts before it (at least its last), each costing PER_TOKEN × (1 + position / DEPTH_SCALE), after LATENCY; /metrics
     counts the computed words (llama.cpp's counter names)."""
 
-    def __init__(self) -> None:
+    def __init__(self, context_words: Optional[int] = None) -> None:
         self.computed = 0
         self.seen: list[list[str]] = []
+        # None: /v1/models tells the client vLLM's max_model_len; a number: llama.cpp's server, which doesn't say,
+        # refusing longer prompts with its own words
+        self.context_words = context_words
         self.app = ThreadedApp(self.make_app, "slow test server")
 
     def cached_words(self, words: list[str]) -> int:
@@ -233,6 +237,8 @@ class SlowServer:
     async def make_app(self) -> web.Application:
         app = web.Application()
         async def models(request: web.Request) -> web.Response:
+            if self.context_words is not None:
+                return web.json_response({"data": [{"id": "slow"}]})
             return web.json_response({"data": [{"id": "slow", "max_model_len": 4096}]})
 
         async def health(request: web.Request) -> web.Response:
@@ -250,6 +256,11 @@ class SlowServer:
     async def completions(self, request: web.Request) -> web.Response:
         body = await request.json()
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        longest = max(len(p.split()) for p in prompts)
+        if self.context_words is not None and longest > self.context_words:
+            return web.json_response({"error": {"code": 400, "type": "exceed_context_size_error", "message":
+                f"request ({longest} tokens) exceeds the available context size ({self.context_words} tokens), "
+                "try increasing it"}}, status=400)
         seconds = LATENCY
         for prompt in prompts:
             words = prompt.split()
@@ -325,6 +336,7 @@ def test_the_probes_default_shape_is_the_jobs_mean_prompt_split_at_its_computed_
     assert probe_shape(cost, None, None, 1000) == (800, 200)  # the depth is capped, the tail kept
     assert probe_shape(cost, 0, None, 4096) == (0, 200)  # fresh prompts, when asked
     assert probe_shape(cost, None, 500, 4096) == (730, 500)
+    assert probe_shape(cost, None, 5000, 4096) == (0, 5000)  # a given tail is kept, and leaves no room for a prefix
     tiny = dataclasses.replace(cost, computed_tokens=320)
     assert probe_shape(tiny, None, None, 4096) == (1230 - 64, 64)  # a tail too short to time is lengthened
 
@@ -352,10 +364,30 @@ def test_the_planner_takes_the_probes_rate(slow_server, tmp_path, capsys):
     assert plan["projection"]["job"]["hours"] is not None
 
 
+def test_a_probe_longer_than_a_llamacpp_servers_context_names_the_flags_to_lower():
+    """llama.cpp's server does not say its context in /v1/models, so the probe can't cap its prompts: the refusal
+    must name the probe's flags, not the run's pool size."""
+    from src.benchmarks.prefill_probe import probe_prefill
+    server = SlowServer(context_words=500)
+    server.app.start()
+    try:
+        with pytest.raises(UserError, match="lower --probe-prefix-tokens or --probe-tokens"):
+            probe_prefill(server.app.url, 100, prefix_tokens=600, repeats=1, timeout_seconds=10)
+    finally:
+        server.app.stop()
+
+
+def test_a_bad_probe_url_is_refused_before_the_simulation(capsys):
+    for url in ("ftp://x", ""):
+        code, err = call(plan_run, [*SMALL, "--probe", url], capsys)
+        refused(code, err, "--probe")
+        assert "simulating" not in err
+
+
 def test_a_probe_of_a_server_that_is_down_ends_with_one_error_line(capsys):
     from tests.conftest import closed_port_url
     code, err = call(plan_run, [*SMALL, "--probe", closed_port_url(), "--probe-timeout", "2"], capsys)
-    refused(code, err)
+    refused(code, err, "--probe-timeout")  # the probe's own flag, not the VLLM_* settings it replaced
 
 
 def test_a_finished_runs_summary_calibrates_pool_scores_per_iteration(tmp_path, capsys):

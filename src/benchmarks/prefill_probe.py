@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from core.errors import UserError
+from core.llm_api.base_llm import ScoringError
+from core.llm_api.faults import PromptTooLong
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, check_url
 from src.benchmarks.run_plan import PoolScoreCost
@@ -69,6 +71,7 @@ class ProbeResult:
     long_tokens: float
     long_seconds: float
     prefix_tokens: int  # the cached prefix's words before each timed tail (0: fresh prompts)
+    tail_words: int  # the long tails' words (the short ones': SHORT_WORDS)
     prompts_per_request: int
     requests: int
     tokens_counted_by: str  # "/metrics" (computed tokens) or "/tokenize" (the prompt's length)
@@ -78,12 +81,12 @@ def probe_shape(cost: PoolScoreCost, prefix_tokens: Optional[int], tail_tokens: 
                 depth_cap: int) -> tuple[int, int]:
     """The probe's (cached prefix, long tail) in tokens for a job whose pool score costs ``cost``: the tail is what a
     pool score computes per prompt (at least MIN_LONG_WORDS), the prefix the mean prompt less that tail, so the
-    timed tokens sit where a pool score's do; both capped so their sum stays within ``depth_cap``. A value given
+    timed tokens sit where a pool score's do; the default tail within ``depth_cap``, and the default prefix so
+    that prefix and tail stay within it (a given tail as long as the mean prompt leaves no prefix). A value given
     (not None) is used as it is."""
-    tail = tail_tokens or max(MIN_LONG_WORDS, round(cost.computed_tokens / max(cost.prompts, 1.0)))
+    tail = tail_tokens or min(depth_cap, max(MIN_LONG_WORDS, round(cost.computed_tokens / max(cost.prompts, 1.0))))
     if prefix_tokens is not None:
         return prefix_tokens, tail
-    tail = min(tail, depth_cap)
     return max(0, min(depth_cap, round(cost.mean_prompt_tokens)) - tail), tail
 
 
@@ -115,7 +118,20 @@ def probe_prefill(url: str, long_tokens: int, *, prefix_tokens: int = 0, prompts
     # The run's client, bounded by the probe's own limits: a server that doesn't answer ends the probe.
     probe_settings = dataclasses.replace(base, vllm_base_url=url, llama_api_base=None, vllm_timeout_seconds=timeout_seconds,
                                          vllm_retry_seconds=min(base.vllm_retry_seconds, timeout_seconds), vllm_max_retries=2)
-    rng = random.Random(seed)
+    try:
+        return _probe(url, long_tokens, prefix_tokens, prompts_per_request, repeats, model, probe_settings, clock,
+                      random.Random(seed))
+    except PromptTooLong:
+        raise UserError(f"the probe's prompts (a prefix of {prefix_tokens} words and tails of up to {long_tokens}) are "
+                        f"longer than {url}'s context: lower --probe-prefix-tokens or --probe-tokens") from None
+    except ScoringError as exc:
+        # The client names the run's settings; the probe replaced them with its own flags.
+        raise UserError(f"the probe of {url} failed: {exc} (for the probe, --probe-timeout sets the wait per request and "
+                        "for its retries, not the VLLM_* settings; fewer --probe-prompts make each request shorter)") from None
+
+
+def _probe(url: str, long_tokens: int, prefix_tokens: int, prompts_per_request: int, repeats: int,
+           model: Optional[str], probe_settings: Settings, clock: Callable[[], float], rng: random.Random) -> ProbeResult:
     with ModelAPI(model, settings=probe_settings, use_vllm=True, show_progress=False, exact_label_logprobs=False) as api:
         if api.context_tokens:
             room = api.context_tokens - 16
@@ -178,6 +194,6 @@ def probe_prefill(url: str, long_tokens: int, *, prefix_tokens: int = 0, prompts
         return ProbeResult(url=api.describe().get("endpoint", url), model=api.model, prefill_rate=rate,
                            request_latency=max(0.0, short_seconds - short_tokens / rate), short_tokens=short_tokens,
                            short_seconds=short_seconds, long_tokens=long_tokens_seen, long_seconds=long_seconds,
-                           prefix_tokens=prefix_tokens, prompts_per_request=prompts_per_request,
+                           prefix_tokens=prefix_tokens, tail_words=long_words, prompts_per_request=prompts_per_request,
                            requests=1 + (3 if prefix_tokens else 2) * repeats,
                            tokens_counted_by=counted_by)
