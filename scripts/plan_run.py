@@ -32,10 +32,11 @@ from typing import Any, Optional
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, check_url, load_settings
 from core.process_exit import exit_process
-from src.benchmarks.prefill_probe import PROMPTS_PER_REQUEST_CAP, probe_batch, probe_prefill, probe_shape
+from src.benchmarks.prefill_probe import probe_prefill, probe_requests
 from src.benchmarks.run_plan import (
     DEFAULT_CACHE,
     PATTERNS,
+    PROMPTS_PER_REQUEST_CAP,
     ROUTES,
     Job,
     PoolScoreCost,
@@ -48,6 +49,8 @@ from src.benchmarks.run_plan import (
     given_rate,
     measured_iteration,
     measured_pool_score,
+    probe_batch,
+    probe_shape,
     project,
     read_benchmark,
     relative_error,
@@ -248,9 +251,8 @@ def throughput_of(args: argparse.Namespace, settings: Any, route: str, cost: Poo
     if args.probe:
         prefix, tail = probe_shape(cost, args.probe_prefix_tokens, args.probe_tokens, PROBE_TOKENS_CAP)
         batch = probe_batch(cost, args.probe_prompts)
-        requests = 1 + (3 if prefix else 2) * args.probe_repeats
-        print(f"probing {args.probe}: {requests} requests of {batch} prompt(s), tails of about 16 and {tail} tokens "
-              f"behind {f'a cached prefix of about {prefix} tokens' if prefix else 'nothing (fresh prompts)'} ...",
+        print(f"probing {args.probe}: {probe_requests(prefix, args.probe_repeats)} requests of {batch} prompt(s), tails of "
+              f"about 16 and {tail} tokens behind {f'a cached prefix of about {prefix} tokens' if prefix else 'nothing (fresh prompts)'} ...",
               file=sys.stderr, flush=True)
         found = probe_prefill(args.probe, tail, prefix_tokens=prefix, prompts_per_request=batch, repeats=args.probe_repeats,
                               timeout_seconds=args.probe_timeout, model=args.probe_model, settings=load_settings(args.secrets))

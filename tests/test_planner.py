@@ -328,7 +328,7 @@ def test_a_probe_whose_tails_the_server_already_cached_is_refused(slow_server):
 
 
 def test_the_probes_default_shape_is_the_jobs_mean_prompt_split_at_its_computed_tail():
-    from src.benchmarks.prefill_probe import probe_shape
+    from src.benchmarks.run_plan import probe_shape
     cost = PoolScoreCost(pool_size=32, prompts=32, requests=1, prompt_tokens=32 * 1230, computed_tokens=6400,
                          mean_prompt_tokens=1230, simulated_pool_scores_per_iteration=0.1, cache_tokens=46592,
                          block_size=128, tokens_per_demonstration=40)
@@ -342,7 +342,7 @@ def test_the_probes_default_shape_is_the_jobs_mean_prompt_split_at_its_computed_
 
 
 def test_the_probes_default_batch_is_the_jobs_prompts_per_request_capped():
-    from src.benchmarks.prefill_probe import PROMPTS_PER_REQUEST_CAP, probe_batch
+    from src.benchmarks.run_plan import PROMPTS_PER_REQUEST_CAP, probe_batch
     ours = PoolScoreCost(pool_size=8, prompts=8, requests=1, prompt_tokens=8 * 300, computed_tokens=800,
                          mean_prompt_tokens=300, simulated_pool_scores_per_iteration=0.1, cache_tokens=8192,
                          block_size=1, tokens_per_demonstration=40)

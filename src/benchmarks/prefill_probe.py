@@ -25,7 +25,7 @@ Ctrl-C ends it (KeyboardInterrupt out of the client's event loop).
 
 What it assumes: the run's requests look like the probe's. Probe at the run's depth and batch (the planner's
 default: the prefix is the job's mean prompt less its mean computed tail, and the prompts per request are the
-job's, at most PROMPTS_PER_REQUEST_CAP). On SmolLM2 and 2 cores a single prompt behind a cached prefix matched
+job's, at most run_plan.PROMPTS_PER_REQUEST_CAP). On SmolLM2 and 2 cores a single prompt behind a cached prefix matched
 the CPU vLLM's pool scores but ran 22-29% fast on llama.cpp's 4 slots (README, "Planning a run").
 """
 from __future__ import annotations
@@ -42,7 +42,6 @@ from core.llm_api.base_llm import ScoringError
 from core.llm_api.faults import PromptTooLong
 from core.llm_api.llm import ModelAPI
 from core.llm_api.settings import Settings, check_url
-from src.benchmarks.run_plan import PoolScoreCost
 
 # Short common words: about one token each in most BPE vocabularies.
 WORDS = ("the of and to in is was for on as with by at from that this are be or an it not but have had his her "
@@ -54,7 +53,6 @@ WORDS = ("the of and to in is was for on as with by at from that this are be or 
          "off come since against go came right used take three").split()
 SHORT_WORDS = 16
 MIN_LONG_WORDS = 64
-PROMPTS_PER_REQUEST_CAP = 16  # the planner's default batch at most: enough to fill llama.cpp's slots, and short
 
 
 @dataclass(frozen=True)
@@ -77,25 +75,9 @@ class ProbeResult:
     tokens_counted_by: str  # "/metrics" (computed tokens) or "/tokenize" (the prompt's length)
 
 
-def probe_shape(cost: PoolScoreCost, prefix_tokens: Optional[int], tail_tokens: Optional[int],
-                depth_cap: int) -> tuple[int, int]:
-    """The probe's (cached prefix, long tail) in tokens for a job whose pool score costs ``cost``: the tail is what a
-    pool score computes per prompt (at least MIN_LONG_WORDS), the prefix the mean prompt less that tail, so the
-    timed tokens sit where a pool score's do; the default tail within ``depth_cap``, and the default prefix so
-    that prefix and tail stay within it (a given tail as long as the mean prompt leaves no prefix). A value given
-    (not None) is used as it is."""
-    tail = tail_tokens or min(depth_cap, max(MIN_LONG_WORDS, round(cost.computed_tokens / max(cost.prompts, 1.0))))
-    if prefix_tokens is not None:
-        return prefix_tokens, tail
-    return max(0, min(depth_cap, round(cost.mean_prompt_tokens)) - tail), tail
-
-
-def probe_batch(cost: PoolScoreCost, prompts_per_request: Optional[int]) -> int:
-    """Prompts in each timed request: given, or the job's prompts per request (a pool score's, on its route), at
-    most PROMPTS_PER_REQUEST_CAP."""
-    if prompts_per_request is not None:
-        return prompts_per_request
-    return max(1, min(PROMPTS_PER_REQUEST_CAP, round(cost.prompts / max(cost.requests, 1.0))))
+def probe_requests(prefix_tokens: int, repeats: int) -> int:
+    """Requests a probe sends: the warm-up, then per repeat a short and a long one (and the prefix's, if any)."""
+    return 1 + (3 if prefix_tokens else 2) * repeats
 
 
 def random_prompt(words: int, rng: random.Random) -> str:
@@ -195,5 +177,4 @@ def _probe(url: str, long_tokens: int, prefix_tokens: int, prompts_per_request: 
                            request_latency=max(0.0, short_seconds - short_tokens / rate), short_tokens=short_tokens,
                            short_seconds=short_seconds, long_tokens=long_tokens_seen, long_seconds=long_seconds,
                            prefix_tokens=prefix_tokens, tail_words=long_words, prompts_per_request=prompts_per_request,
-                           requests=1 + (3 if prefix_tokens else 2) * repeats,
-                           tokens_counted_by=counted_by)
+                           requests=probe_requests(prefix_tokens, repeats), tokens_counted_by=counted_by)

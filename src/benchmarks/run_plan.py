@@ -31,6 +31,7 @@ from typing import Any, Optional, Sequence
 from core.errors import UserError
 from core.llm_api.completions_request import MAX_TOKENS
 from src.benchmarks.block_cache import BLOCK_SIZE
+from src.benchmarks.prefill_probe import MIN_LONG_WORDS
 from src.benchmarks.steady_state import BlockTokens, predicted_steady_state
 from src.pipeline.scoring_cost import INPUT_PRICE_SETTING, OUTPUT_PRICE_SETTING, TOKENS_PER_PRICE_UNIT
 from src.run_directory.run_reading import run_summary
@@ -52,6 +53,8 @@ DEFAULT_CACHE = {
     # reported: the cache model decides nothing billed here, so a cache that never evicts keeps the simulation cheap.
     "external": (10**9, BLOCK_SIZE, "no cache discount: a hosted API bills every prompt token sent"),
 }
+
+PROMPTS_PER_REQUEST_CAP = 16  # the probe's default batch at most: enough to fill llama.cpp's slots, and short
 
 # Pool scores computed per iteration when neither --calibration nor --pool-scores-per-iteration is given: 12 ICM
 # runs on the embedded SmolLM2-135M (issue 23's sweep and comparison: TruthfulQA pools of 8 claims, 4 seed labels,
@@ -86,6 +89,27 @@ class PoolScoreCost:
     def source(self) -> str:
         return (f"prefix-cache simulator (src/benchmarks/steady_state.py): {self.pool_size} claims, "
                 f"{self.block_size}-token blocks, cache {self.cache_tokens:,} tokens")
+
+
+def probe_shape(cost: PoolScoreCost, prefix_tokens: Optional[int], tail_tokens: Optional[int],
+                depth_cap: int) -> tuple[int, int]:
+    """The probe's (cached prefix, long tail) in tokens for a job whose pool score costs ``cost``: the tail is what a
+    pool score computes per prompt (at least MIN_LONG_WORDS), the prefix the mean prompt less that tail, so the
+    timed tokens sit where a pool score's do; the default tail within ``depth_cap``, and the default prefix so
+    that prefix and tail stay within it (a given tail as long as the mean prompt leaves no prefix). A value given
+    (not None) is used as it is."""
+    tail = tail_tokens or min(depth_cap, max(MIN_LONG_WORDS, round(cost.computed_tokens / max(cost.prompts, 1.0))))
+    if prefix_tokens is not None:
+        return prefix_tokens, tail
+    return max(0, min(depth_cap, round(cost.mean_prompt_tokens)) - tail), tail
+
+
+def probe_batch(cost: PoolScoreCost, prompts_per_request: Optional[int]) -> int:
+    """Prompts in each timed request: given, or the job's prompts per request (a pool score's, on its route), at
+    most PROMPTS_PER_REQUEST_CAP."""
+    if prompts_per_request is not None:
+        return prompts_per_request
+    return max(1, min(PROMPTS_PER_REQUEST_CAP, round(cost.prompts / max(cost.requests, 1.0))))
 
 
 def simulate_pool_score(pool: Sequence[dict], layout: str, tokens: BlockTokens, cache_tokens: int, block_size: int,
